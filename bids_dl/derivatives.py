@@ -1,0 +1,183 @@
+"""Naming and atomic writing of BIDS derivatives: the one place that knows how outputs are called.
+
+Every file is written to a hidden temporary name in its final folder and then renamed, so a
+reader (or a crashed run) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import nibabel as nb
+
+from bids_dl import __version__
+
+#: Entity order of the BIDS specification (plus BEP016's model/param for diffusion maps).
+ENTITY_ORDER = (
+    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part",
+    "space", "res", "den", "from", "to", "mode", "model", "param", "label", "desc",
+)  # fmt: skip
+#: Entities of the source file that its derivatives keep.
+INHERITED_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
+_ENTITY = re.compile(r"(?P<key>[a-zA-Z]+)-(?P<value>[a-zA-Z0-9]+)")
+_LABEL = re.compile(r"^[a-zA-Z0-9]+$")
+
+
+def parse_entities(path: str | os.PathLike) -> dict[str, str]:
+    """Return the ``key-value`` entities of a BIDS file name (the suffix and extension excluded)."""
+    name = Path(path).name.split(".")[0]
+    parts = name.split("_")
+    return {m["key"]: m["value"] for p in parts[:-1] if (m := _ENTITY.fullmatch(p))}
+
+
+def derivative_name(
+    entities: Mapping[str, str | None], suffix: str, extension: str = ".nii.gz"
+) -> str:
+    """Build a BIDS file name from entities, in the specification's order.
+
+    >>> derivative_name({"sub": "01", "desc": "brain"}, "mask")
+    'sub-01_desc-brain_mask.nii.gz'
+    """
+    unknown = set(entities) - set(ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"unknown BIDS entities: {sorted(unknown)}")
+    if not entities.get("sub"):
+        raise ValueError("a derivative needs a subject label")
+    parts = []
+    for key in ENTITY_ORDER:
+        value = entities.get(key)
+        if value is None:
+            continue
+        if not _LABEL.fullmatch(str(value)):
+            raise ValueError(f"BIDS label {key}-{value!r} must be alphanumeric")
+        parts.append(f"{key}-{value}")
+    if not _LABEL.fullmatch(suffix):
+        raise ValueError(f"BIDS suffix {suffix!r} must be alphanumeric")
+    return "_".join([*parts, suffix]) + extension
+
+
+def derivative_path(
+    source_file: str | os.PathLike,
+    suffix: str,
+    datatype: str = "anat",
+    extension: str = ".nii.gz",
+    **entities: str | None,
+) -> Path:
+    """Path (relative to the derivatives root) of an output derived from ``source_file``.
+
+    Entities of the source are kept unless overridden; pass ``name=None`` to drop one.
+    """
+    source = parse_entities(source_file)
+    merged = {k: v for k, v in source.items() if k in INHERITED_ENTITIES}
+    merged.update({k.rstrip("_"): v for k, v in entities.items()})
+    merged = {k: v for k, v in merged.items() if v is not None}
+    folder = Path(f"sub-{merged['sub']}")
+    if merged.get("ses"):
+        folder /= f"ses-{merged['ses']}"
+    return folder / datatype / derivative_name(merged, suffix, extension)
+
+
+def bids_uri(path: str | os.PathLike, root: str | os.PathLike, dataset: str = "") -> str:
+    """BIDS URI of ``path`` inside the dataset ``root`` (``bids:raw:sub-01/anat/...``)."""
+    return f"bids:{dataset}:{Path(path).resolve().relative_to(Path(root).resolve()).as_posix()}"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_nifti_atomic(image: nb.Nifti1Image, path: str | os.PathLike) -> Path:
+    """Save a NIfTI image whole or not at all."""
+    return _write_atomic(Path(path), lambda tmp: nb.save(image, tmp))
+
+
+def write_json_atomic(content: Mapping, path: str | os.PathLike) -> Path:
+    """Save a JSON document (indented, keys sorted) whole or not at all."""
+    text = json.dumps(content, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return write_text_atomic(text, path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Save a text file whole or not at all."""
+    return _write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy a file whole or not at all."""
+    return _write_atomic(Path(path), lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def container_info() -> dict[str, str] | None:
+    """The container this process runs in, as BIDS ``GeneratedBy.Container`` wants it."""
+    for variable in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        if image := os.environ.get(variable):
+            return {"Type": "singularity", "URI": image}
+    if Path("/.dockerenv").exists():
+        return {"Type": "docker"}
+    return None
+
+
+def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.PathLike) -> Path:
+    """Write the derivatives' ``dataset_description.json`` (GeneratedBy, SourceDatasets)."""
+    output_dir = Path(output_dir)
+    bids_dir = Path(bids_dir).resolve()
+    generated_by = {
+        "Name": "bids_dl",
+        "Version": __version__,
+        "Description": "Classical preprocessing and deep-learning analyses of a BIDS dataset",
+    }
+    if container := container_info():
+        generated_by["Container"] = container
+    source_description = bids_dir / "dataset_description.json"
+    source_dataset = {"URL": bids_dir.as_uri()}
+    if source_description.is_file():
+        source_info = json.loads(source_description.read_text(encoding="utf-8"))
+        if doi := source_info.get("DatasetDOI"):
+            source_dataset["DOI"] = doi
+        if version := source_info.get("BIDSVersion"):
+            source_dataset["Version"] = version
+    description = {
+        "Name": "bids_dl derivatives",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source_dataset],
+        "DatasetLinks": {"raw": bids_dir.as_uri()},
+        "HowToAcknowledge": "Cite the tools named in each subject report's methods section.",
+    }
+    return write_json_atomic(description, output_dir / "dataset_description.json")
+
+
+#: Files the report and logs add that are not BIDS derivatives.
+BIDSIGNORE = ("*.html", "logs/", "figures/", "*_qc.json")
+
+
+def write_bidsignore(output_dir: str | os.PathLike) -> Path:
+    """List the non-BIDS files (reports, figures, logs) for the validator to skip."""
+    return write_text_atomic("\n".join(BIDSIGNORE) + "\n", Path(output_dir) / ".bidsignore")
