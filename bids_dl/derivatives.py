@@ -88,11 +88,14 @@ def bids_uri(path: str | os.PathLike, root: str | os.PathLike, dataset: str = ""
     return f"bids:{dataset}:{Path(path).resolve().relative_to(Path(root).resolve()).as_posix()}"
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def write_file_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -106,7 +109,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 def write_nifti_atomic(image: nb.Nifti1Image, path: str | os.PathLike) -> Path:
     """Save a NIfTI image whole or not at all."""
-    return _write_atomic(Path(path), lambda tmp: nb.save(image, tmp))
+    return write_file_atomic(Path(path), lambda tmp: nb.save(image, tmp))
 
 
 def write_json_atomic(content: Mapping, path: str | os.PathLike) -> Path:
@@ -117,12 +120,12 @@ def write_json_atomic(content: Mapping, path: str | os.PathLike) -> Path:
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Save a text file whole or not at all."""
-    return _write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_file_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Copy a file whole or not at all."""
-    return _write_atomic(Path(path), lambda tmp: shutil.copyfile(source, tmp))
+    return write_file_atomic(Path(path), lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _json_default(value):
@@ -171,13 +174,43 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
         "DatasetLinks": {"raw": bids_dir.as_uri()},
         "HowToAcknowledge": "Cite the tools named in each subject report's methods section.",
     }
+    write_text_atomic(_DERIVATIVES_README.format(version=__version__), output_dir / "README.md")
     return write_json_atomic(description, output_dir / "dataset_description.json")
 
 
-#: Files the report and logs add that are not BIDS derivatives.
-BIDSIGNORE = ("*.html", "logs/", "figures/", "*_qc.json")
+#: Files that BIDS has no name for yet: reports, figures, logs, transforms (BEP014) and
+#: per-subject measure tables.
+# The validator matches folders without a trailing slash ("sub-*/figures/" would not match).
+BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "*_xfm.h5", "*_measures.tsv")
+
+
+_DERIVATIVES_README = """bids_dl derivatives
+==================
+
+Written by bids_dl {version}. Each participant has a folder of BIDS derivatives (sub-<label>/anat)
+and an HTML report (sub-<label>.html, figures in sub-<label>/figures). The group level writes
+phenotype/anatomical.tsv (one row per participant) with its data dictionary, and group.html.
+The methods text of the run is in logs/CITATION.md.
+"""
 
 
 def write_bidsignore(output_dir: str | os.PathLike) -> Path:
     """List the non-BIDS files (reports, figures, logs) for the validator to skip."""
     return write_text_atomic("\n".join(BIDSIGNORE) + "\n", Path(output_dir) / ".bidsignore")
+
+
+#: Labels of the tissue ``dseg`` (fMRIPrep's order): index, name, abbreviation, colour.
+TISSUE_LOOKUP = (
+    (1, "gray matter", "GM", "#1f77b4"),
+    (2, "white matter", "WM", "#2ca02c"),
+    (3, "cerebrospinal fluid", "CSF", "#d62728"),
+)
+
+
+def write_tissue_lookup(output_dir: str | os.PathLike) -> Path:
+    """Root ``dseg.tsv``: by BIDS inheritance it describes every ``sub-*_dseg.nii.gz``."""
+    rows = ["index\tname\tabbreviation\tcolor"]
+    rows += [
+        f"{i}\t{name}\t{abbreviation}\t{color}" for i, name, abbreviation, color in TISSUE_LOOKUP
+    ]
+    return write_text_atomic("\n".join(rows) + "\n", Path(output_dir) / "dseg.tsv")

@@ -9,7 +9,6 @@ outputs can be scored. Everything is deterministic for a given seed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,9 +168,9 @@ def _simulate_subject(
             signal = np.where(inside, t1_brain / np.percentile(template_t1[brain], 95), signal)
         signal *= bias
         sigma = subject.noise_sigma
-        noisy = np.hypot(
-            signal + rng.normal(0, sigma, shape), rng.normal(0, sigma, shape)
-        ).astype(np.float32)
+        noisy = np.hypot(signal + rng.normal(0, sigma, shape), rng.normal(0, sigma, shape)).astype(
+            np.float32
+        )
         images[contrast] = _to_int16_image(noisy * 1000, affine)
 
     labels = np.argmax(np.stack([0.5 * np.ones(shape), gm, wm, csf]), axis=0).astype(np.uint8)
@@ -241,7 +240,9 @@ def write_sample_dataset(
         truth_anat = truth_dir / f"sub-{subject.label}" / "anat"
         source = [f"bids:raw:sub-{subject.label}/anat/{prefix}_T1w.nii.gz"]
         write_nifti_atomic(images["mask"], truth_anat / f"{prefix}_desc-brain_mask.nii.gz")
-        write_json_atomic({"Type": "Brain", "Sources": source}, truth_anat / f"{prefix}_desc-brain_mask.json")
+        write_json_atomic(
+            {"Type": "Brain", "Sources": source}, truth_anat / f"{prefix}_desc-brain_mask.json"
+        )
         write_nifti_atomic(images["dseg"], truth_anat / f"{prefix}_dseg.nii.gz")
         write_json_atomic(
             {"Sources": source, "SimulationParameters": subject.__dict__},
@@ -258,13 +259,20 @@ def write_sample_dataset(
     write_json_atomic(
         {
             "age": {"Description": "age of the simulated participant", "Units": "year"},
-            "sex": {"Description": "sex of the simulated participant", "Levels": {"F": "female", "M": "male"}},
+            "sex": {
+                "Description": "sex of the simulated participant",
+                "Levels": {"F": "female", "M": "male"},
+            },
         },
         output_dir / "participants.json",
     )
-    description = _dataset_description("bids_dl sample dataset (simulated from MNI152 2009a)", "raw")
+    description = _dataset_description(
+        "bids_dl sample dataset (simulated from MNI152 2009a)", "raw"
+    )
     write_json_atomic(description, output_dir / "dataset_description.json")
-    write_text_atomic(_README.format(n=n_subjects, voxel=voxel_mm, seed=seed), output_dir / "README")
+    write_text_atomic(
+        _README.format(n=n_subjects, voxel=voxel_mm, seed=seed), output_dir / "README"
+    )
 
     truth_description = _dataset_description("bids_dl sample ground truth", "derivative")
     truth_description["SourceDatasets"] = [{"URL": "bids:raw:."}]

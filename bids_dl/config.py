@@ -1,0 +1,81 @@
+"""The settings of one run, gathered in one object that the CLI fills and the workflows read."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+#: Analyses bids_dl knows, in the order they run.
+ANALYSES = ("anat",)
+
+
+@dataclass
+class ExecutionSettings:
+    """What to process and where."""
+
+    bids_dir: Path
+    output_dir: Path
+    work_dir: Path
+    participant_labels: list[str] = field(default_factory=list)
+    session_labels: list[str] = field(default_factory=list)
+    bids_filters: dict = field(default_factory=dict)
+    analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
+    skip_bids_validation: bool = False
+    dry_run: bool = False
+    boilerplate_only: bool = False
+    reports_only: bool = False
+    verbose: int = 0
+    run_uuid: str = field(
+        default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S_") + uuid.uuid4().hex[:8]
+    )
+
+
+@dataclass
+class NipypeSettings:
+    """How nipype executes the graph."""
+
+    plugin: str = "MultiProc"
+    plugin_args: dict = field(default_factory=dict)
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    stop_on_first_crash: bool = False
+
+    def plugin_settings(self) -> dict:
+        """Arguments of ``Workflow.run``: the plugin and its resource limits."""
+        args = dict(self.plugin_args)
+        if self.plugin == "MultiProc":
+            args.setdefault("n_procs", self.nprocs)
+            if self.mem_gb:
+                args.setdefault("memory_gb", self.mem_gb)
+            args.setdefault("raise_insufficient", True)
+            # Forking a process that already runs BLAS/ITK threads can deadlock the workers.
+            args.setdefault("mp_context", "forkserver")
+        return {"plugin": self.plugin, "plugin_args": args}
+
+
+@dataclass
+class WorkflowSettings:
+    """Choices that change the results."""
+
+    device: str = "auto"
+    sloppy: bool = False
+
+
+@dataclass
+class Config:
+    """All settings of a run."""
+
+    execution: ExecutionSettings
+    nipype: NipypeSettings = field(default_factory=NipypeSettings)
+    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
+
+    @property
+    def template_dir(self) -> Path:
+        return self.execution.work_dir / "templates"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)

@@ -1,0 +1,118 @@
+"""The group level: gather every participant's measures into one table and one report."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_dl import __version__
+from bids_dl.derivatives import write_file_atomic, write_json_atomic, write_text_atomic
+from bids_dl.inputs import InputError
+
+#: BIDS puts participant-level measures in ``phenotype/``: the validator accepts it there.
+GROUP_TABLE = Path("phenotype") / "anatomical.tsv"
+
+
+def gather_measures(output_dir: Path, participant_labels: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate the per-subject ``*_desc-anat_measures.tsv`` files, one row per subject."""
+    files = sorted(Path(output_dir).glob("sub-*/anat/sub-*_desc-anat_measures.tsv"))
+    if participant_labels:
+        files = [
+            f for f in files if f.name.split("_")[0].removeprefix("sub-") in participant_labels
+        ]
+    if not files:
+        raise InputError(f"no participant results in {output_dir}: run the participant level first")
+    table = pd.concat([pd.read_csv(f, sep="\t") for f in files], ignore_index=True)
+    return table.sort_values("participant_id").reset_index(drop=True)
+
+
+def outlier_flags(table: pd.DataFrame, threshold: float = 3.0) -> pd.DataFrame:
+    """True where a value lies more than ``threshold`` MADs from its column's median."""
+    numeric = table.select_dtypes("number")
+    median = numeric.median()
+    mad = (numeric - median).abs().median().replace(0, np.nan)
+    flags = ((numeric - median).abs() / mad > threshold).fillna(False)
+    return flags.reindex(columns=table.columns, fill_value=False)
+
+
+def write_group_outputs(output_dir: Path, participant_labels: list[str] | None = None) -> Path:
+    """Write the group table (TSV + JSON data dictionary) and ``group.html``; return the TSV."""
+    from bids_dl.reports.participant import template_environment
+    from bids_dl.workflows.interfaces.morphometry import MEASURES_DICTIONARY
+
+    output_dir = Path(output_dir)
+    table = gather_measures(output_dir, participant_labels)
+    buffer = io.StringIO()
+    table.to_csv(buffer, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+    table_path = write_text_atomic(buffer.getvalue(), output_dir / GROUP_TABLE)
+    dictionary = {c: MEASURES_DICTIONARY.get(c, {"Description": c}) for c in table.columns}
+    write_json_atomic(dictionary, table_path.with_suffix(".json"))
+
+    flags = outlier_flags(table)
+    columns = [c for c in table.columns if c != "participant_id"]
+    rows = [
+        {
+            "participant_id": row["participant_id"],
+            "cells": {c: row[c] for c in columns},
+            "flags": {c: bool(flags.loc[i, c]) for c in columns},
+        }
+        for i, row in table.iterrows()
+    ]
+    figures = []
+    figure_path = _plot_measures(table, output_dir / "figures" / "group_measures.png")
+    if figure_path:
+        figures.append(
+            {
+                "path": figure_path.relative_to(output_dir).as_posix(),
+                "title": "Measures across participants (one dot per participant)",
+            }
+        )
+    html = (
+        template_environment()
+        .get_template("group.html.j2")
+        .render(
+            version=__version__,
+            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            table=GROUP_TABLE.as_posix(),
+            columns=columns,
+            rows=rows,
+            figures=figures,
+        )
+    )
+    write_text_atomic(html, output_dir / "group.html")
+    return table_path
+
+
+def _plot_measures(table: pd.DataFrame, out_file: Path) -> Path | None:
+    """A strip plot per measure, so an outlier stands out at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = table.select_dtypes("number")
+    if numeric.empty:
+        return None
+    figure, axes = plt.subplots(1, numeric.shape[1], figsize=(2.2 * numeric.shape[1], 3))
+    for axis, column in zip(np.atleast_1d(axes), numeric.columns, strict=True):
+        values = numeric[column].to_numpy()
+        jitter = np.linspace(-0.1, 0.1, len(values)) if len(values) > 1 else np.zeros(1)
+        axis.scatter(jitter, values, s=18)
+        axis.set_xlim(-0.5, 0.5)
+        axis.set_xticks([])
+        axis.set_title(column, fontsize=8)
+        axis.tick_params(labelsize=7)
+    figure.tight_layout()
+    write_file_atomic(out_file, lambda tmp: figure.savefig(tmp, dpi=90, format="png"))
+    plt.close(figure)
+    return out_file
+
+
+def describe_table(table_path: Path) -> str:
+    """One line for the console: where the table is and its size."""
+    table = pd.read_csv(table_path, sep="\t")
+    return f"{table_path} ({len(table)} participants, {table.shape[1] - 1} measures)"

@@ -1,0 +1,182 @@
+"""Find each participant's inputs (pybids) and check them before any work starts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bids_dl.images import ImageError, load_3d_image
+
+LOGGER = logging.getLogger("bids_dl.inputs")
+
+#: Default pybids queries; ``--bids-filter-file`` entries update them key by key.
+DEFAULT_QUERIES = {
+    "t1w": {"datatype": "anat", "suffix": "T1w", "extension": [".nii", ".nii.gz"]},
+    "t2w": {"datatype": "anat", "suffix": "T2w", "extension": [".nii", ".nii.gz"]},
+    "flair": {"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]},
+}
+
+
+class InputError(Exception):
+    """Invalid input: the CLI prints the message on one line and exits with code 2."""
+
+
+@dataclass
+class SubjectInputs:
+    """The files found for one participant."""
+
+    label: str
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def t1w(self) -> str:
+        """The T1w that is processed: the first in BIDS order when there are several."""
+        return self.files["t1w"][0]
+
+
+def strip_prefix(labels: list[str] | tuple[str, ...], prefix: str) -> list[str]:
+    """``sub-01`` and ``01`` both mean ``01``, as in the BIDS-Apps specification."""
+    return [label.removeprefix(f"{prefix}-") for label in labels]
+
+
+def check_folders(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
+    """Refuse a missing or non-BIDS input and outputs that would land inside the input."""
+    if not bids_dir.exists():
+        raise InputError(f"BIDS_DIR {bids_dir} does not exist")
+    if not bids_dir.is_dir():
+        raise InputError(f"BIDS_DIR {bids_dir} is not a folder")
+    description = bids_dir / "dataset_description.json"
+    if not description.is_file():
+        raise InputError(f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json")
+    try:
+        json.loads(description.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{description} is not valid JSON ({error})") from error
+    resolved_bids = bids_dir.resolve()
+    for option, folder in (("OUTPUT_DIR", output_dir), ("--work-dir", work_dir)):
+        resolved = folder.resolve()
+        if resolved == resolved_bids or resolved_bids in resolved.parents:
+            raise InputError(
+                f"{option} {folder} is inside the input dataset {bids_dir}; the input is never "
+                "written to: choose a folder outside it"
+            )
+
+
+def load_filters(path: Path | None) -> dict:
+    """Read ``--bids-filter-file``: a JSON object of pybids queries keyed by input kind."""
+    if path is None:
+        return {}
+    try:
+        filters = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"--bids-filter-file {path}: {error}") from error
+    unknown = set(filters) - set(DEFAULT_QUERIES) if isinstance(filters, dict) else None
+    if unknown is None or unknown:
+        raise InputError(
+            f"--bids-filter-file {path}: expected a JSON object with keys among "
+            f"{sorted(DEFAULT_QUERIES)}"
+        )
+    return filters
+
+
+def collect_inputs(
+    bids_dir: Path,
+    participant_labels: list[str],
+    session_labels: list[str],
+    filters: dict,
+) -> dict[str, SubjectInputs]:
+    """Index the dataset and return each requested participant's files.
+
+    Raises :class:`InputError` for unknown participants, a participant without a T1w, and a
+    T1w that cannot be read as one 3D volume.
+    """
+    from bids import BIDSLayout
+
+    layout = BIDSLayout(str(bids_dir), validate=False)
+    available = sorted(layout.get_subjects())
+    if not available:
+        raise InputError(f"{bids_dir} has no sub-<label> folders with data")
+    labels = participant_labels or available
+    unknown = sorted(set(labels) - set(available))
+    if unknown:
+        raise InputError(
+            f"participant label(s) {', '.join(unknown)} not found in {bids_dir} "
+            f"(it has: {', '.join(available)})"
+        )
+    subjects = {}
+    for label in labels:
+        files = {}
+        for kind, query in DEFAULT_QUERIES.items():
+            query = {**query, **filters.get(kind, {})}
+            if session_labels:
+                query["session"] = session_labels
+            files[kind] = sorted(layout.get(subject=label, return_type="file", **query))
+        if not files["t1w"]:
+            sessions = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
+            raise InputError(f"sub-{label} has no T1w image{sessions}")
+        if len(files["t1w"]) > 1:
+            LOGGER.warning(
+                "sub-%s has %d T1w images; processing %s", label, len(files["t1w"]), files["t1w"][0]
+            )
+        try:
+            load_3d_image(files["t1w"][0])
+        except ImageError as error:
+            raise InputError(f"sub-{label}: {error}") from error
+        subjects[label] = SubjectInputs(label=label, files=files)
+    return subjects
+
+
+def validator_command() -> list[str] | None:
+    """The ``bids-validator-deno`` executable installed beside this Python, or on PATH."""
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("bids-validator-deno")
+    return [found] if found else None
+
+
+def validate_dataset(bids_dir: Path, participant_labels: list[str] | None = None) -> list[str]:
+    """Run the official BIDS validator; return its warnings, raise on errors.
+
+    Errors about participants that are not requested are ignored, as fMRIPrep does.
+    """
+    command = validator_command()
+    if command is None:
+        raise InputError(
+            "bids-validator-deno is not installed; install it or pass --skip-bids-validation"
+        )
+    result = subprocess.run(
+        [*command, "--format", "json", str(bids_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"the BIDS validator failed to run ({result.stderr.strip()[:300]}); "
+            "pass --skip-bids-validation to go on without it"
+        ) from error
+    issues = report.get("issues", {}).get("issues", [])
+
+    def concerns_request(issue: dict) -> bool:
+        location = issue.get("location", "")
+        if not participant_labels or not location.startswith("/sub-"):
+            return True
+        return location.split("/")[1].removeprefix("sub-") in participant_labels
+
+    errors = [i for i in issues if i.get("severity") == "error" and concerns_request(i)]
+    if errors:
+        first = errors[0]
+        raise InputError(
+            f"the BIDS validator found {len(errors)} error(s) in {bids_dir}, first: "
+            f"{first.get('code')} at {first.get('location', '?')}; fix them or pass "
+            "--skip-bids-validation"
+        )
+    return sorted({i.get("code", "") for i in issues if i.get("severity") == "warning"})

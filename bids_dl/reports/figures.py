@@ -1,0 +1,113 @@
+"""Report figures: mosaics of an anatomical image with contours or label overlays (nilearn)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nb  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from nilearn import plotting  # noqa: E402
+
+from bids_dl.derivatives import TISSUE_LOOKUP  # noqa: E402
+
+#: Rows of a mosaic: display mode and number of cuts.
+MOSAIC_ROWS = (("x", 6), ("y", 6), ("z", 6))
+
+
+def _cut_coords(image: nb.Nifti1Image, mask: np.ndarray, axis: int, count: int) -> list[float]:
+    """World coordinates of ``count`` evenly spaced cuts through the mask along ``axis``."""
+    indices = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    if indices.size == 0:
+        indices = np.arange(image.shape[axis])
+    positions = np.linspace(indices.min(), indices.max(), count + 2)[1:-1]
+    voxel = np.zeros((count, 3))
+    voxel[:, axis] = positions
+    return list(nb.affines.apply_affine(image.affine, voxel)[:, axis])
+
+
+def _mosaic(
+    anat_file: str | Path,
+    out_file: str | Path,
+    extent_mask: np.ndarray | None,
+    decorate,
+    title: str,
+) -> Path:
+    anat = nb.as_closest_canonical(nb.load(str(anat_file)))
+    data = anat.get_fdata(dtype=np.float32)
+    mask = extent_mask if extent_mask is not None else data > np.percentile(data, 60)
+    figure = plt.figure(figsize=(12, 2.2 * len(MOSAIC_ROWS)), facecolor="black")
+    vmax = float(np.percentile(data[mask], 99.5)) if mask.any() else None
+    for row, (mode, count) in enumerate(MOSAIC_ROWS):
+        axes = figure.add_axes((0, 1 - (row + 1) / len(MOSAIC_ROWS), 1, 1 / len(MOSAIC_ROWS)))
+        display = plotting.plot_anat(
+            anat,
+            display_mode=mode,
+            cut_coords=_cut_coords(anat, mask, "xyz".index(mode), count),
+            axes=axes,
+            figure=figure,
+            vmin=0,
+            vmax=vmax,
+            annotate=row == 0,
+            draw_cross=False,
+            black_bg=True,
+            dim=0,
+            colorbar=False,
+            title=title if row == 0 else None,
+        )
+        decorate(display)
+    out_file = Path(out_file)
+    figure.savefig(out_file, dpi=80, facecolor="black")
+    plt.close(figure)
+    return out_file
+
+
+def _canonical_mask(path: str | Path) -> tuple[nb.Nifti1Image, np.ndarray]:
+    image = nb.as_closest_canonical(nb.load(str(path)))
+    return image, image.get_fdata() > 0.5
+
+
+def plot_brain_mask(anat_file: str, mask_file: str, out_file: str) -> Path:
+    """The brain-mask contour (red) on the T1w: checks brain extraction."""
+    mask_image, mask = _canonical_mask(mask_file)
+
+    def decorate(display):
+        display.add_contours(mask_image, levels=[0.5], colors=["#ff3030"], linewidths=1.2)
+
+    return _mosaic(anat_file, out_file, mask, decorate, "brain mask")
+
+
+def plot_registration(
+    std_file: str, template_mask_file: str, template_tissue_files: Sequence[str], out_file: str
+) -> Path:
+    """The T1w in template space with the template's brain and GM/WM contours on top."""
+    mask_image, mask = _canonical_mask(template_mask_file)
+
+    def decorate(display):
+        display.add_contours(mask_image, levels=[0.5], colors=["#ff3030"], linewidths=1.0)
+        for path, color in zip(template_tissue_files, ("#ffd700", "#00e0ff"), strict=False):
+            display.add_contours(str(path), levels=[0.5], colors=[color], linewidths=0.7)
+
+    return _mosaic(std_file, out_file, mask, decorate, "T1w in template space, template contours")
+
+
+def plot_tissues(anat_file: str, dseg_file: str, mask_file: str, out_file: str) -> Path:
+    """GM (blue), WM (green) and CSF (red) labels over the T1w."""
+    dseg = nb.as_closest_canonical(nb.load(str(dseg_file)))
+    _, mask = _canonical_mask(mask_file)
+    colormap = ListedColormap([color for *_, color in TISSUE_LOOKUP])
+
+    masked_labels = nb.Nifti1Image(
+        np.where(dseg.get_fdata() > 0, dseg.get_fdata(), np.nan).astype(np.float32), dseg.affine
+    )
+
+    def decorate(display):
+        display.add_overlay(masked_labels, cmap=colormap, vmin=1, vmax=3, transparency=0.45)
+
+    return _mosaic(anat_file, out_file, mask, decorate, "tissues: GM, WM, CSF")

@@ -1,0 +1,83 @@
+"""The per-participant HTML report: figures, measures, methods and errors (jinja2)."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+
+from bids_dl import __version__
+from bids_dl.derivatives import write_text_atomic
+
+#: The figures of the anatomical section, in display order: (desc entity, title, caption).
+ANAT_FIGURES = (
+    ("brain", "Brain mask", "Contour of the brain mask (red) on the bias-corrected T1w."),
+    (
+        "registration",
+        "Template registration",
+        "The T1w resampled to MNI152NLin2009aSym, with the template's brain outline (red), "
+        "grey-matter (yellow) and white-matter (cyan) boundaries on top.",
+    ),
+    ("tissues", "Tissue segmentation", "Grey matter (blue), white matter (green) and CSF (red)."),
+)
+
+
+def template_environment() -> jinja2.Environment:
+    """Jinja2 environment over the templates installed in ``bids_dl/data/templates``."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("bids_dl", "data/templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def read_measures(path: Path) -> dict[str, str]:
+    """The single row of a per-subject measures TSV."""
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return rows[0] if rows else {}
+
+
+def find_crash_files(output_dir: Path, subject: str) -> list[Path]:
+    """Crash files that nipype left for this subject, newest run last."""
+    return sorted((output_dir / f"sub-{subject}" / "log").glob("*/crash-*"))
+
+
+def write_participant_report(
+    output_dir: Path,
+    subject: str,
+    source: str,
+    methods: list[str],
+    references: list[str],
+) -> Path:
+    """Write ``OUTPUT_DIR/sub-<label>.html``; images are linked relative to it."""
+    output_dir = Path(output_dir)
+    figures_dir = output_dir / f"sub-{subject}" / "figures"
+    figures = []
+    for desc, title, caption in ANAT_FIGURES:
+        for path in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_T1w.png")):
+            relative = path.relative_to(output_dir).as_posix()
+            figures.append({"path": relative, "title": title, "caption": caption})
+    measures_files = sorted((output_dir / f"sub-{subject}").glob("**/*_desc-anat_measures.tsv"))
+    crashes = [
+        {"path": path.relative_to(output_dir).as_posix(), "text": path.read_text(errors="replace")}
+        for path in find_crash_files(output_dir, subject)
+    ]
+    html = (
+        template_environment()
+        .get_template("participant.html.j2")
+        .render(
+            subject=subject,
+            version=__version__,
+            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            source=source,
+            measures=read_measures(measures_files[0]) if measures_files else {},
+            figures=figures,
+            methods=methods,
+            references=references,
+            crashes=crashes,
+        )
+    )
+    return write_text_atomic(html, output_dir / f"sub-{subject}.html")

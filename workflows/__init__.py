@@ -1,0 +1,1 @@
+"""Nipype workflows of bids_dl, installed as ``bids_dl.workflows``."""

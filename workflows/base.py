@@ -1,0 +1,96 @@
+"""Assemble the participant workflow: one sub-workflow per subject, every analysis in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_dl.config import Config
+from bids_dl.inputs import SubjectInputs
+from bids_dl.workflows.anat import init_anat_preproc_wf
+from bids_dl.workflows.interfaces.morphometry import AnatomicalMeasures
+from bids_dl.workflows.outputs import init_anat_derivatives_wf, init_anat_reports_wf
+
+
+def subject_log_dir(output_dir: Path, subject: str, run_uuid: str) -> Path:
+    """Where the crash files of one subject and one run go (as fMRIPrep: ``sub-X/log/<run>``)."""
+    return Path(output_dir) / f"sub-{subject}" / "log" / run_uuid
+
+
+def init_bids_dl_wf(config: Config, subjects: dict[str, SubjectInputs]) -> pe.Workflow:
+    """The whole participant-level graph: one :func:`init_single_subject_wf` per subject."""
+    workflow = pe.Workflow(name="bids_dl_wf", base_dir=str(config.execution.work_dir))
+    for label, inputs in subjects.items():
+        single_subject_wf = init_single_subject_wf(config, inputs)
+        crash_dir = subject_log_dir(config.execution.output_dir, label, config.execution.run_uuid)
+        single_subject_wf.config["execution"]["crashdump_dir"] = str(crash_dir)
+        for node in single_subject_wf._get_all_nodes():
+            node.config = {**(node.config or {}), "execution": {"crashdump_dir": str(crash_dir)}}
+        workflow.add_nodes([single_subject_wf])
+    return workflow
+
+
+def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow:
+    """Everything bids_dl does for one participant.
+
+    Inputs
+    ------
+    t1w
+        the participant's T1w (set from ``inputs``)
+    """
+    workflow = pe.Workflow(name=f"single_subject_{inputs.label}_wf")
+    workflow.__desc__ = (
+        f"Results included in this report were generated with bids_dl, a BIDS-App built on "
+        f"Nipype [@nipype]. The participant's T1w image ({Path(inputs.t1w).name}) was processed "
+        "as follows."
+    )
+    output_dir = str(config.execution.output_dir)
+    bids_dir = str(config.execution.bids_dir)
+    template_dir = str(config.template_dir)
+    omp_nthreads = config.nipype.omp_nthreads
+
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
+    inputnode.inputs.t1w = inputs.t1w
+    anat_preproc_wf = init_anat_preproc_wf(
+        template_dir=template_dir, omp_nthreads=omp_nthreads, sloppy=config.workflow.sloppy
+    )
+    measures = pe.Node(
+        AnatomicalMeasures(subject_label=inputs.label, template_dir=template_dir),
+        name="anat_measures",
+        mem_gb=1.0,
+    )
+    anat_derivatives_wf = init_anat_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir)
+    anat_reports_wf = init_anat_reports_wf(
+        output_dir=output_dir, bids_dir=bids_dir, template_dir=template_dir
+    )
+    workflow.connect([
+        (inputnode, anat_preproc_wf, [("t1w", "inputnode.t1w")]),
+        (anat_preproc_wf, measures, [
+            ("outputnode.probseg", "probseg"),
+            ("outputnode.brain_mask", "brain_mask"),
+            ("outputnode.std_t1w", "std_t1w"),
+            ("outputnode.std_dseg", "std_dseg"),
+        ]),
+        (inputnode, anat_derivatives_wf, [("t1w", "inputnode.source_file")]),
+        (anat_preproc_wf, anat_derivatives_wf, [
+            ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.brain_mask", "inputnode.brain_mask"),
+            ("outputnode.probseg", "inputnode.probseg"),
+            ("outputnode.dseg", "inputnode.dseg"),
+            ("outputnode.std_t1w", "inputnode.std_t1w"),
+            ("outputnode.std_dseg", "inputnode.std_dseg"),
+            ("outputnode.forward_transform", "inputnode.forward_transform"),
+            ("outputnode.reverse_transform", "inputnode.reverse_transform"),
+        ]),
+        (measures, anat_derivatives_wf, [("out_file", "inputnode.measures")]),
+        (inputnode, anat_reports_wf, [("t1w", "inputnode.source_file")]),
+        (anat_preproc_wf, anat_reports_wf, [
+            ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.brain_mask", "inputnode.brain_mask"),
+            ("outputnode.dseg", "inputnode.dseg"),
+            ("outputnode.std_t1w", "inputnode.std_t1w"),
+        ]),
+    ])  # fmt: skip
+    return workflow

@@ -1,0 +1,1 @@
+"""Nipype interfaces wrapping bids_dl functions."""

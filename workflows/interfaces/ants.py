@@ -1,0 +1,329 @@
+"""Classical anatomical steps (antspyx): bias correction, brain mask, registration, tissues.
+
+Each function works on files and returns files, so that nipype caches it and the functions can
+be used without nipype. Parameters were chosen for a 2-core machine (see README, Performance).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+from scipy import ndimage
+
+from bids_dl.derivatives import TISSUE_LOOKUP
+from bids_dl.images import save_image
+from bids_dl.templates import TemplateFiles
+
+#: Tissue labels of the ``dseg`` output, in fMRIPrep's order.
+TISSUE_LABELS = {index: abbreviation for index, _, abbreviation, _ in TISSUE_LOOKUP}
+
+
+def _set_threads(num_threads: int) -> None:
+    """ITK reads its thread count from the environment when a filter starts."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(num_threads)))
+
+
+def _shrink_factor(image, target_mm: float) -> int:
+    return max(1, int(round(target_mm / min(image.spacing))))
+
+
+def n4_bias_correct(in_file: str, out_file: str, num_threads: int = 1) -> str:
+    """N4 bias-field correction inside an Otsu head mask, fitted on a ~4 mm grid.
+
+    The head mask keeps N4 from fitting the noisy background, which is both more accurate and
+    five times faster than fitting the whole field of view.
+    """
+    import ants
+
+    _set_threads(num_threads)
+    image = ants.image_read(in_file)
+    image = image - min(0.0, float(image.min()))
+    head = ants.threshold_image(image, "Otsu", 1)
+    corrected = ants.n4_bias_field_correction(
+        image,
+        mask=head,
+        shrink_factor=_shrink_factor(image, 4.0),
+        convergence={"iters": [50, 50, 30], "tol": 1e-7},
+    )
+    ants.image_write(corrected, out_file)
+    return out_file
+
+
+def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum(mask, labels, range(1, count + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def brain_mask_from_template(
+    in_file: str,
+    template: TemplateFiles,
+    out_file: str,
+    work_prefix: str,
+    num_threads: int = 1,
+) -> str:
+    """Brain mask by registering the template brain onto the (bias-corrected) head.
+
+    Two stages: an affine fit of the template brain to the whole head, then a quick SyN
+    restricted to the affine mask dilated by 6 mm, so that scalp and neck cannot pull the
+    deformation. Both run on the head resampled to 2 mm (five times faster than 1 mm, same
+    mask within a voxel); the warped template mask is thresholded at 0.5 on the native grid,
+    holes filled, and only the largest connected part kept.
+    """
+    import ants
+
+    _set_threads(num_threads)
+    native = ants.image_read(in_file)
+    head = native
+    if min(native.spacing) < 2.0:
+        head = ants.resample_image(native, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
+    template_t1w = ants.image_read(str(template.t1w))
+    template_mask = ants.image_read(str(template.brain_mask))
+    affine = ants.registration(
+        fixed=head,
+        moving=template_t1w,
+        type_of_transform="antsRegistrationSyNQuick[a]",
+        outprefix=f"{work_prefix}affine_",
+    )
+    affine_mask = ants.apply_transforms(head, template_mask, affine["fwdtransforms"]).numpy() > 0.5
+    distance = ndimage.distance_transform_edt(~affine_mask, sampling=head.spacing)
+    dilated = head.new_image_like((distance <= 6.0).astype(np.float32))
+    deformable = ants.registration(
+        fixed=head * dilated,
+        moving=template_t1w,
+        type_of_transform="antsRegistrationSyNQuick[s]",
+        initial_transform=affine["fwdtransforms"][0],
+        outprefix=f"{work_prefix}syn_",
+    )
+    warped = ants.apply_transforms(native, template_mask, deformable["fwdtransforms"])
+    mask = _largest_component_filled(warped.numpy() > 0.5)
+    reference = nb.load(in_file)
+    save_image(mask.astype(np.uint8), reference.affine, out_file)
+    return out_file
+
+
+def register_to_template(
+    brain_file: str,
+    template: TemplateFiles,
+    out_prefix: str,
+    num_threads: int = 1,
+    sloppy: bool = False,
+) -> dict[str, str]:
+    """Rigid -> affine -> SyN registration of the skull-stripped T1w to the template brain.
+
+    The optimisation runs against the template resampled to 2 mm (SyN levels at 8, 4 and 2 mm,
+    Mattes mutual information throughout), which keeps it near a minute on two cores; the
+    transforms are physical, so the outputs are still resampled on the 1 mm template grid.
+    ``sloppy`` (tests) stops SyN at 4 mm. Writes forward and inverse composite transforms
+    (HDF5).
+    """
+    import ants
+
+    _set_threads(num_threads)
+    moving = ants.image_read(brain_file)
+    fixed = ants.image_read(str(template.t1w))
+    fixed_2mm = ants.resample_image(fixed, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
+    result = ants.registration(
+        fixed=fixed_2mm,
+        moving=moving,
+        type_of_transform="SyNRA",
+        aff_iterations=(1000, 500, 250) if not sloppy else (500, 250, 0),
+        aff_shrink_factors=(4, 2, 1),
+        aff_smoothing_sigmas=(2, 1, 0),
+        reg_iterations=(100, 70, 40) if not sloppy else (60, 30, 0),
+        write_composite_transform=True,
+        outprefix=out_prefix,
+    )
+    return {
+        "forward_transform": result["fwdtransforms"],
+        "reverse_transform": result["invtransforms"],
+    }
+
+
+def segment_tissues(in_file: str, mask_file: str, out_prefix: str, num_threads: int = 1) -> dict:
+    """Three-class Atropos (k-means start, MRF 0.1) inside the brain mask.
+
+    Classes are named by their mean intensity on a T1w: darkest CSF, then GM, brightest WM.
+    Returns the GM/WM/CSF probability maps and the ``dseg`` (1 GM, 2 WM, 3 CSF).
+    """
+    import ants
+
+    _set_threads(num_threads)
+    image = ants.image_read(in_file)
+    mask = ants.image_read(mask_file)
+    segmentation = ants.atropos(a=image, x=mask, i="kmeans[3]", m="[0.1,1x1x1]", c="[3,0]")
+    probabilities = [p.numpy() for p in segmentation["probabilityimages"]]
+    intensities = image.numpy()
+    inside = mask.numpy() > 0
+    means = [
+        float((p * intensities)[inside].sum() / max(p[inside].sum(), 1e-6)) for p in probabilities
+    ]
+    csf, gm, wm = (probabilities[i] for i in np.argsort(means))
+    reference = nb.load(in_file)
+    outputs = {}
+    for name, probability in (("GM", gm), ("WM", wm), ("CSF", csf)):
+        path = f"{out_prefix}label-{name}_probseg.nii.gz"
+        data = np.where(inside, np.clip(probability, 0, 1), 0).astype(np.float32)
+        save_image(data, reference.affine, path)
+        outputs[name] = path
+    dseg = (np.argmax(np.stack([gm, wm, csf]), axis=0) + 1).astype(np.uint8)
+    dseg[~inside] = 0
+    outputs["dseg"] = f"{out_prefix}dseg.nii.gz"
+    save_image(dseg, reference.affine, outputs["dseg"])
+    return outputs
+
+
+def apply_transform(
+    in_file: str, reference_file: str, transform: str, out_file: str, labels: bool = False
+) -> str:
+    """Resample ``in_file`` onto ``reference_file``'s grid through an ANTs transform."""
+    import ants
+
+    moving = ants.image_read(in_file)
+    reference = ants.image_read(reference_file)
+    interpolator = "genericLabel" if labels else "linear"
+    resampled = ants.apply_transforms(reference, moving, [transform], interpolator=interpolator)
+    ants.image_write(resampled, out_file)
+    return out_file
+
+
+def _template_files(template_dir: str) -> TemplateFiles:
+    from bids_dl.templates import write_template_files
+
+    return write_template_files(template_dir)
+
+
+class _N4InputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="conformed anatomical image")
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _OutFileSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class N4BiasFieldCorrection(SimpleInterface):
+    """N4 bias-field correction (antspyx)."""
+
+    input_spec = _N4InputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / "corrected.nii.gz")
+        self._results["out_file"] = n4_bias_correct(
+            self.inputs.in_file, out_file, self.inputs.num_threads
+        )
+        return runtime
+
+
+class _TemplateInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True)
+    template_dir = traits.Str(mandatory=True, desc="folder holding the template files")
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class TemplateBrainMask(SimpleInterface):
+    """Brain mask from the registered template (classical baseline of brain extraction)."""
+
+    input_spec = _TemplateInputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / "brain_mask.nii.gz")
+        self._results["out_file"] = brain_mask_from_template(
+            self.inputs.in_file,
+            _template_files(self.inputs.template_dir),
+            out_file,
+            str(Path(runtime.cwd) / "bet_"),
+            self.inputs.num_threads,
+        )
+        return runtime
+
+
+class _RegistrationInputSpec(_TemplateInputSpec):
+    sloppy = traits.Bool(False, usedefault=True, desc="skip the finest SyN level (tests)")
+
+
+class _RegistrationOutputSpec(TraitedSpec):
+    forward_transform = File(exists=True, desc="T1w -> template composite transform (HDF5)")
+    reverse_transform = File(exists=True, desc="template -> T1w composite transform (HDF5)")
+
+
+class TemplateRegistration(SimpleInterface):
+    """Rigid -> affine -> SyN registration to the template (antspyx)."""
+
+    input_spec = _RegistrationInputSpec
+    output_spec = _RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results.update(
+            register_to_template(
+                self.inputs.in_file,
+                _template_files(self.inputs.template_dir),
+                str(Path(runtime.cwd) / "t1w_to_template_"),
+                self.inputs.num_threads,
+                self.inputs.sloppy,
+            )
+        )
+        return runtime
+
+
+class _AtroposInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask")
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _AtroposOutputSpec(TraitedSpec):
+    probseg = traits.List(File(exists=True), desc="GM, WM, CSF probability maps")
+    dseg = File(exists=True, desc="1 GM, 2 WM, 3 CSF")
+
+
+class AtroposSegmentation(SimpleInterface):
+    """Three-class tissue segmentation (antspyx Atropos)."""
+
+    input_spec = _AtroposInputSpec
+    output_spec = _AtroposOutputSpec
+
+    def _run_interface(self, runtime):
+        outputs = segment_tissues(
+            self.inputs.in_file,
+            self.inputs.mask_file,
+            str(Path(runtime.cwd) / "tissue_"),
+            self.inputs.num_threads,
+        )
+        self._results["probseg"] = [outputs[name] for name in TISSUE_LABELS.values()]
+        self._results["dseg"] = outputs["dseg"]
+        return runtime
+
+
+class _ApplyTransformInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True)
+    transform = File(exists=True, mandatory=True, desc="composite transform (HDF5)")
+    template_dir = traits.Str(mandatory=True, desc="the template grid is the reference")
+    labels = traits.Bool(False, usedefault=True, desc="label image: no blending of labels")
+
+
+class ApplyTransformToTemplate(SimpleInterface):
+    """Resample a T1w-space image onto the 1 mm template grid."""
+
+    input_spec = _ApplyTransformInputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        template = _template_files(self.inputs.template_dir)
+        out_file = str(Path(runtime.cwd) / "in_template.nii.gz")
+        self._results["out_file"] = apply_transform(
+            self.inputs.in_file,
+            str(template.t1w),
+            self.inputs.transform,
+            out_file,
+            self.inputs.labels,
+        )
+        return runtime

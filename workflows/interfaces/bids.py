@@ -1,0 +1,80 @@
+"""Nipype interface that saves a result as a BIDS derivative (name, sidecar, atomic write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    File,
+    InputMultiObject,
+    OutputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_dl.derivatives import bids_uri, copy_atomic, derivative_path, write_json_atomic
+
+
+class _SinkInputSpec(TraitedSpec):
+    base_directory = traits.Str(mandatory=True, desc="derivatives root (OUTPUT_DIR)")
+    bids_dir = traits.Str(mandatory=True, desc="input BIDS dataset, for the Sources URIs")
+    source_file = File(exists=True, mandatory=True, desc="raw file the output derives from")
+    in_file = InputMultiObject(File(exists=True), mandatory=True, desc="file(s) to save")
+    suffix = traits.Str(mandatory=True)
+    datatype = traits.Str("anat", usedefault=True)
+    extension = traits.Str(".nii.gz", usedefault=True)
+    entities = traits.Dict(traits.Str, traits.Any, usedefault=True, desc="entities to set")
+    labels = traits.List(traits.Str, desc="one 'label' entity per in_file (probseg maps)")
+    metadata = traits.Dict(usedefault=True, desc="extra sidecar fields")
+    sidecar = traits.Bool(True, usedefault=True, desc="write a JSON sidecar with Sources")
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_file = OutputMultiObject(File(exists=True))
+
+
+class DerivativesDataSink(SimpleInterface):
+    """Copy results into the derivatives tree under their BIDS names, with JSON sidecars.
+
+    Runs every time (cheap), so a derivative deleted by hand comes back on a cached re-run.
+    """
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        base = Path(self.inputs.base_directory)
+        in_files = list(self.inputs.in_file)
+        labels = self.inputs.labels if isdefined(self.inputs.labels) else [None] * len(in_files)
+        if len(labels) != len(in_files):
+            raise ValueError(f"{len(labels)} labels for {len(in_files)} files")
+        source_uri = bids_uri(self.inputs.source_file, self.inputs.bids_dir, "raw")
+        out_files = []
+        for in_file, label in zip(in_files, labels, strict=True):
+            entities = dict(self.inputs.entities)
+            if label is not None:
+                entities["label"] = label
+            relative = derivative_path(
+                self.inputs.source_file,
+                self.inputs.suffix,
+                self.inputs.datatype,
+                self.inputs.extension,
+                **entities,
+            )
+            out_file = copy_atomic(in_file, base / relative)
+            if self.inputs.sidecar:
+                sidecar = {"Sources": [source_uri], **self.inputs.metadata}
+                if "space" not in entities:
+                    # Native-space outputs share the grid of the raw image they come from.
+                    sidecar.setdefault("SpatialReference", source_uri)
+                write_json_atomic(sidecar, out_file.with_name(_sidecar_name(out_file.name)))
+            out_files.append(str(out_file))
+        self._results["out_file"] = out_files
+        return runtime
+
+
+def _sidecar_name(name: str) -> str:
+    return name.split(".")[0] + ".json"

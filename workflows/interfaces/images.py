@@ -1,0 +1,45 @@
+"""Small voxel-wise image operations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
+
+from bids_dl.images import save_image
+
+
+def apply_brain_mask(in_file: str, mask_file: str, out_file: str) -> str:
+    """Zero everything outside the brain mask (same grid required)."""
+    image = nb.load(in_file)
+    mask = nb.load(mask_file)
+    if image.shape[:3] != mask.shape[:3] or not np.allclose(image.affine, mask.affine, atol=1e-3):
+        raise ValueError(f"{in_file} and {mask_file} are not on the same grid")
+    data = image.get_fdata(dtype=np.float32) * (mask.get_fdata() > 0.5)
+    save_image(data, image.affine, out_file)
+    return out_file
+
+
+class _ApplyMaskInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True)
+
+
+class _ApplyMaskOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class ApplyBrainMask(SimpleInterface):
+    """Skull-strip an image with a brain mask."""
+
+    input_spec = _ApplyMaskInputSpec
+    output_spec = _ApplyMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / "brain.nii.gz")
+        self._results["out_file"] = apply_brain_mask(
+            self.inputs.in_file, self.inputs.mask_file, out_file
+        )
+        return runtime

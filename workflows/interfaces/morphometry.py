@@ -1,0 +1,135 @@
+"""Per-subject measures for statistics: tissue volumes and registration quality, one TSV row."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import File, InputMultiObject, SimpleInterface, TraitedSpec, traits
+
+from bids_dl.templates import TemplateFiles
+
+
+def voxel_volume_mm3(image: nb.spatialimages.SpatialImage) -> float:
+    """Volume of one voxel, from the affine (not the header zooms, which can disagree)."""
+    return float(abs(np.linalg.det(image.affine[:3, :3])))
+
+
+def tissue_volumes(probseg_files: dict[str, str], mask_file: str) -> dict[str, float]:
+    """Tissue volumes in mm^3: the sum of each probability map times the voxel volume."""
+    mask = nb.load(mask_file)
+    volumes = {
+        "brain_mask_mm3": float(np.count_nonzero(mask.get_fdata() > 0.5)) * voxel_volume_mm3(mask)
+    }
+    for name, path in probseg_files.items():
+        image = nb.load(path)
+        volumes[f"{name.lower()}_mm3"] = float(image.get_fdata().sum()) * voxel_volume_mm3(image)
+    return {key: round(value, 1) for key, value in volumes.items()}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean arrays (1.0 when both are empty)."""
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+def registration_quality(
+    std_t1w_file: str, std_dseg_file: str, template: TemplateFiles
+) -> dict[str, float]:
+    """How well the T1w matches the template after registration.
+
+    Pearson correlation of intensities inside the template brain, and Dice of the subject's
+    GM and WM labels (carried to template space) with the template's maps thresholded at 0.5.
+    """
+    brain = nb.load(template.brain_mask).get_fdata() > 0.5
+    subject = nb.load(std_t1w_file).get_fdata()[brain]
+    reference = nb.load(template.t1w).get_fdata()[brain]
+    labels = np.asarray(nb.load(std_dseg_file).dataobj)
+    quality = {"template_correlation": float(np.corrcoef(subject, reference)[0, 1])}
+    for index, name, path in ((1, "gm", template.gm), (2, "wm", template.wm)):
+        quality[f"template_dice_{name}"] = dice(labels == index, nb.load(path).get_fdata() > 0.5)
+    return {key: round(value, 4) for key, value in quality.items()}
+
+
+def write_measures_tsv(measures: dict[str, object], out_file: str | Path) -> Path:
+    """One header line, one row: the format the group level concatenates."""
+    out_file = Path(out_file)
+    with out_file.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=list(measures), delimiter="\t", lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerow(measures)
+    return out_file
+
+
+class _MeasuresInputSpec(TraitedSpec):
+    subject_label = traits.Str(mandatory=True)
+    probseg = InputMultiObject(File(exists=True), mandatory=True, desc="GM, WM, CSF maps")
+    brain_mask = File(exists=True, mandatory=True)
+    std_t1w = File(exists=True, mandatory=True, desc="T1w in template space")
+    std_dseg = File(exists=True, mandatory=True, desc="tissue labels in template space")
+    template_dir = traits.Str(mandatory=True)
+
+
+class _MeasuresOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="one-row TSV")
+    measures = traits.Dict()
+
+
+class AnatomicalMeasures(SimpleInterface):
+    """Tissue volumes (mm^3) and registration quality of one subject, as a one-row TSV."""
+
+    input_spec = _MeasuresInputSpec
+    output_spec = _MeasuresOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_dl.templates import write_template_files
+
+        template = write_template_files(self.inputs.template_dir)
+        names = ("GM", "WM", "CSF")
+        measures: dict[str, object] = {"participant_id": f"sub-{self.inputs.subject_label}"}
+        measures.update(
+            tissue_volumes(
+                dict(zip(names, self.inputs.probseg, strict=True)), self.inputs.brain_mask
+            )
+        )
+        measures.update(registration_quality(self.inputs.std_t1w, self.inputs.std_dseg, template))
+        self._results["measures"] = measures
+        self._results["out_file"] = str(
+            write_measures_tsv(measures, Path(runtime.cwd) / "measures.tsv")
+        )
+        return runtime
+
+
+#: Data dictionary of the measures table (BIDS-style JSON sidecar).
+MEASURES_DICTIONARY = {
+    "participant_id": {"Description": "BIDS participant label"},
+    "brain_mask_mm3": {"Description": "volume of the brain mask", "Units": "mm^3"},
+    "gm_mm3": {
+        "Description": "grey-matter volume (sum of the GM probability map)",
+        "Units": "mm^3",
+    },
+    "wm_mm3": {
+        "Description": "white-matter volume (sum of the WM probability map)",
+        "Units": "mm^3",
+    },
+    "csf_mm3": {
+        "Description": "CSF volume inside the brain mask (sum of the CSF map)",
+        "Units": "mm^3",
+    },
+    "template_correlation": {
+        "Description": "Pearson correlation of the T1w in template space with the template T1w, "
+        "inside the template brain mask (registration quality; 1 is perfect)"
+    },
+    "template_dice_gm": {
+        "Description": "Dice of the subject's GM labels in template space with the template GM "
+        "map thresholded at 0.5 (registration and segmentation quality)"
+    },
+    "template_dice_wm": {
+        "Description": "Dice of the subject's WM labels in template space with the template WM "
+        "map thresholded at 0.5"
+    },
+}

@@ -1,0 +1,169 @@
+"""Write the anatomical results as BIDS derivatives and draw their report figures."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_dl.templates import TEMPLATE_NAME
+from bids_dl.workflows.interfaces.bids import DerivativesDataSink
+from bids_dl.workflows.interfaces.reports import BrainMaskFigure, RegistrationFigure, TissueFigure
+
+ANAT_OUTPUT_FIELDS = [
+    "source_file", "t1w_preproc", "brain_mask", "probseg", "dseg", "std_t1w", "std_dseg",
+    "forward_transform", "reverse_transform", "measures",
+]  # fmt: skip
+
+
+def init_anat_derivatives_wf(*, output_dir: str, bids_dir: str, name: str = "anat_derivatives_wf"):
+    """Save the anatomical outputs under their BIDS derivative names.
+
+    Inputs
+    ------
+    source_file
+        the raw T1w (names and ``Sources`` derive from it)
+    t1w_preproc, brain_mask, probseg, dseg, std_t1w, std_dseg
+        images from :func:`~bids_dl.workflows.anat.init_anat_preproc_wf`
+    forward_transform, reverse_transform
+        composite transforms (HDF5)
+    measures
+        the one-row TSV of tissue volumes and registration quality
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=ANAT_OUTPUT_FIELDS), name="inputnode")
+
+    def sink(node_name: str, suffix: str, **kwargs) -> pe.Node:
+        return pe.Node(
+            DerivativesDataSink(
+                base_directory=output_dir, bids_dir=bids_dir, suffix=suffix, **kwargs
+            ),
+            name=node_name,
+            run_without_submitting=True,
+            mem_gb=0.1,
+        )
+
+    ds_preproc = sink(
+        "ds_t1w_preproc",
+        "T1w",
+        entities={"desc": "preproc"},
+        metadata={"SkullStripped": False, "Description": "bias-corrected T1w, RAS+ native grid"},
+    )
+    ds_mask = sink(
+        "ds_brain_mask",
+        "mask",
+        entities={"desc": "brain"},
+        metadata={"Type": "Brain", "Description": "brain mask"},
+    )
+    ds_probseg = sink(
+        "ds_probseg",
+        "probseg",
+        labels=["GM", "WM", "CSF"],
+        metadata={"Description": "tissue probability"},
+    )
+    ds_dseg = sink("ds_dseg", "dseg", metadata={"Description": "tissue labels, see dseg.tsv"})
+    ds_std_t1w = sink(
+        "ds_std_t1w",
+        "T1w",
+        entities={"space": TEMPLATE_NAME, "desc": "preproc"},
+        metadata={"SkullStripped": False, "Description": "bias-corrected T1w in template space"},
+    )
+    ds_std_dseg = sink(
+        "ds_std_dseg",
+        "dseg",
+        entities={"space": TEMPLATE_NAME},
+        metadata={"Description": "tissue labels in template space, see dseg.tsv"},
+    )
+    xfm = {"mode": "image", "extension": ".h5", "sidecar": False}
+    ds_forward = sink(
+        "ds_forward_xfm",
+        "xfm",
+        entities={"from": "T1w", "to": TEMPLATE_NAME, "mode": xfm["mode"]},
+        extension=xfm["extension"],
+        sidecar=xfm["sidecar"],
+    )
+    ds_reverse = sink(
+        "ds_reverse_xfm",
+        "xfm",
+        entities={"from": TEMPLATE_NAME, "to": "T1w", "mode": xfm["mode"]},
+        extension=xfm["extension"],
+        sidecar=xfm["sidecar"],
+    )
+    ds_measures = sink(
+        "ds_measures", "measures", entities={"desc": "anat"}, extension=".tsv", sidecar=False
+    )
+    sinks = (ds_preproc, ds_mask, ds_probseg, ds_dseg, ds_std_t1w, ds_std_dseg, ds_forward,
+             ds_reverse, ds_measures)  # fmt: skip
+    workflow.connect(
+        [(inputnode, node, [("source_file", "source_file")]) for node in sinks]
+        + [
+            (inputnode, ds_preproc, [("t1w_preproc", "in_file")]),
+            (inputnode, ds_mask, [("brain_mask", "in_file")]),
+            (inputnode, ds_probseg, [("probseg", "in_file")]),
+            (inputnode, ds_dseg, [("dseg", "in_file")]),
+            (inputnode, ds_std_t1w, [("std_t1w", "in_file")]),
+            (inputnode, ds_std_dseg, [("std_dseg", "in_file")]),
+            (inputnode, ds_forward, [("forward_transform", "in_file")]),
+            (inputnode, ds_reverse, [("reverse_transform", "in_file")]),
+            (inputnode, ds_measures, [("measures", "in_file")]),
+        ]
+    )
+    return workflow
+
+
+def init_anat_reports_wf(
+    *, output_dir: str, bids_dir: str, template_dir: str, name: str = "anat_reports_wf"
+):
+    """Draw the anatomical report figures into ``sub-X/figures/``.
+
+    Inputs
+    ------
+    source_file, t1w_preproc, brain_mask, dseg, std_t1w
+        as in :func:`init_anat_derivatives_wf`
+    """
+    workflow = pe.Workflow(name=name)
+    fields = ["source_file", "t1w_preproc", "brain_mask", "dseg", "std_t1w"]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    figure_args = {"mem_gb": 1.0}
+    mask_figure = pe.Node(BrainMaskFigure(), name="brain_mask_figure", **figure_args)
+    registration_figure = pe.Node(
+        RegistrationFigure(template_dir=template_dir), name="registration_figure", **figure_args
+    )
+    tissue_figure = pe.Node(TissueFigure(), name="tissue_figure", **figure_args)
+    sinks = {}
+    for key, desc in (("mask", "brain"), ("registration", "registration"), ("tissue", "tissues")):
+        sinks[key] = pe.Node(
+            DerivativesDataSink(
+                base_directory=output_dir,
+                bids_dir=bids_dir,
+                suffix="T1w",
+                datatype="figures",
+                extension=".png",
+                entities={"desc": desc},
+                sidecar=False,
+            ),
+            name=f"ds_{key}_figure",
+            run_without_submitting=True,
+            mem_gb=0.1,
+        )
+    workflow.connect(
+        [
+            (inputnode, mask_figure, [("t1w_preproc", "anat"), ("brain_mask", "brain_mask")]),
+            (inputnode, registration_figure, [("std_t1w", "std_anat")]),
+            (
+                inputnode,
+                tissue_figure,
+                [
+                    ("t1w_preproc", "anat"),
+                    ("dseg", "dseg"),
+                    ("brain_mask", "brain_mask"),
+                ],
+            ),
+            (mask_figure, sinks["mask"], [("out_file", "in_file")]),
+            (registration_figure, sinks["registration"], [("out_file", "in_file")]),
+            (tissue_figure, sinks["tissue"], [("out_file", "in_file")]),
+        ]
+        + [  # fmt: skip
+            (inputnode, node, [("source_file", "source_file")]) for node in sinks.values()
+        ]
+    )
+    return workflow
