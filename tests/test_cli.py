@@ -1,0 +1,173 @@
+"""The command line: BIDS-Apps arguments, and a clear exit 2 for every bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bids_dl.cli import expand_multi_value_options, main
+from tests.conftest import write_tiny_bids
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_input_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    message = result.output.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_space_separated_labels_are_expanded():
+    args = ["bids", "out", "participant", "--participant-label", "01", "sub-02", "-w", "w"]
+    assert expand_multi_value_options(args) == [
+        "bids", "out", "participant", "--participant-label", "01",
+        "--participant-label", "sub-02", "-w", "w",
+    ]  # fmt: skip
+
+
+def test_dry_run_lists_requested_participants(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--participant-label", "01",
+                    "sub-02", "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "sub-01: T1w sub-01/anat/sub-01_T1w.nii.gz" in result.output
+    assert "sub-02: T1w sub-02/anat/sub-02_T1w.nii.gz" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_boilerplate_only_writes_methods_with_references(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--boilerplate-only",
+                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / "logs" / "CITATION.md").read_text()
+    assert "N4" in text and "Atropos" in text and "MNI152NLin2009aSym" in text
+    assert "[@" not in text
+    assert "Tustison NJ" in text
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and "bids_dl" in result.output
+
+
+def test_missing_folder(tmp_path):
+    assert_input_error(invoke(tmp_path / "nope", tmp_path / "out", "participant"), "does not exist")
+
+
+def test_folder_that_is_not_bids(tmp_path):
+    (tmp_path / "data").mkdir()
+    result = invoke(tmp_path / "data", tmp_path / "out", "participant")
+    assert_input_error(result, "not a BIDS dataset", "dataset_description.json")
+
+
+def test_unknown_participant(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--participant-label", "07",
+                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert_input_error(result, "07", "not found", "01, 02")
+
+
+def test_subject_without_t1w(tiny_bids, tmp_path):
+    shutil.rmtree(tiny_bids / "sub-02" / "anat")
+    (tiny_bids / "sub-02" / "anat").mkdir()
+    nb.save(nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
+            tiny_bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz")  # fmt: skip
+    result = invoke(
+        tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation", "-w", tmp_path / "w"
+    )
+    assert_input_error(result, "sub-02 has no T1w")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _not_nifti(path: Path) -> None:
+    with gzip.open(path, "wb") as handle:
+        handle.write(b"this is a text file, not an image\n" * 20)
+
+
+def _four_d(path: Path) -> None:
+    nb.save(nb.Nifti1Image(np.ones((6, 6, 6, 3), np.float32), np.eye(4)), path)
+
+
+def _two_d(path: Path) -> None:
+    nb.save(nb.Nifti1Image(np.ones((6, 6), np.float32), np.eye(4)), path)
+
+
+@pytest.mark.parametrize(
+    "corrupt, reason",
+    [(_truncate, "sub-01"), (_not_nifti, "not a readable NIfTI"), (_four_d, "expected a 3D volume"),
+     (_two_d, "expected a 3D volume")],
+)  # fmt: skip
+def test_unreadable_t1w(tiny_bids, tmp_path, corrupt, reason):
+    corrupt(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--participant-label", "01",
+                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert_input_error(result, reason, "sub-01_T1w.nii.gz")
+
+
+def test_output_inside_input(tiny_bids, tmp_path):
+    result = invoke(
+        tiny_bids, tiny_bids / "derivatives" / "bids_dl", "participant", "-w", tmp_path / "w"
+    )
+    assert_input_error(result, "inside the input dataset")
+    assert not (tiny_bids / "derivatives").exists()
+
+
+def test_work_dir_inside_input(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "-w", tiny_bids / "work")
+    assert_input_error(result, "--work-dir", "inside the input dataset")
+
+
+def test_unknown_analysis_level(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "session")
+    assert result.exit_code == 2
+    assert "'session' is not one of 'participant', 'group'" in result.output
+
+
+def test_unknown_analysis(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--analyses", "anat", "tumour",
+                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert_input_error(result, "unknown analysis tumour")
+
+
+def test_bad_filter_file(tiny_bids, tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"bold": {}}))
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--bids-filter-file", filters,
+                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert_input_error(result, "--bids-filter-file")
+
+
+def test_filter_file_selects_the_t1w(tmp_path):
+    bids = write_tiny_bids(tmp_path / "bids")
+    anat = bids / "sub-01" / "anat"
+    shutil.copy(anat / "sub-01_T1w.nii.gz", anat / "sub-01_acq-fast_T1w.nii.gz")
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"t1w": {"acquisition": "fast"}}))
+    result = invoke(bids, tmp_path / "out", "participant", "--bids-filter-file", filters,
+                    "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "sub-01_acq-fast_T1w.nii.gz" in result.output
+
+
+def test_validator_errors_stop_the_run(tiny_bids, tmp_path):
+    bad = tiny_bids / "sub-01" / "anat" / "sub-01_notasuffix.nii.gz"
+    shutil.copy(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", bad)
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "--dry-run", "-w", tmp_path / "w")
+    assert_input_error(result, "BIDS validator found", "--skip-bids-validation")
+
+
+def test_group_before_participant(tiny_bids, tmp_path):
+    result = invoke(tiny_bids, tmp_path / "out", "group")
+    assert_input_error(result, "run the participant level first")

@@ -1,0 +1,186 @@
+"""End to end: the real CLI on the small sample dataset, then the group level."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_dl.inputs import validator_command
+from tests.conftest import run_cli, tree_digest
+
+pytestmark = pytest.mark.slow
+SPACE = "MNI152NLin2009aSym"
+EXPECTED_PER_SUBJECT = [
+    "anat/sub-{s}_desc-preproc_T1w.nii.gz",
+    "anat/sub-{s}_desc-preproc_T1w.json",
+    "anat/sub-{s}_desc-brain_mask.nii.gz",
+    "anat/sub-{s}_desc-brain_mask.json",
+    "anat/sub-{s}_label-GM_probseg.nii.gz",
+    "anat/sub-{s}_label-WM_probseg.nii.gz",
+    "anat/sub-{s}_label-CSF_probseg.nii.gz",
+    "anat/sub-{s}_label-CSF_probseg.json",
+    "anat/sub-{s}_dseg.nii.gz",
+    "anat/sub-{s}_dseg.json",
+    f"anat/sub-{{s}}_space-{SPACE}_desc-preproc_T1w.nii.gz",
+    f"anat/sub-{{s}}_space-{SPACE}_dseg.nii.gz",
+    f"anat/sub-{{s}}_from-T1w_to-{SPACE}_mode-image_xfm.h5",
+    f"anat/sub-{{s}}_from-{SPACE}_to-T1w_mode-image_xfm.h5",
+    "anat/sub-{s}_desc-anat_measures.tsv",
+    "figures/sub-{s}_desc-brain_T1w.png",
+    "figures/sub-{s}_desc-registration_T1w.png",
+    "figures/sub-{s}_desc-tissues_T1w.png",
+]
+
+
+def test_participant_and_group_succeed(smoke_run):
+    assert smoke_run["participant"].returncode == 0, smoke_run["participant"].stderr[-3000:]
+    assert smoke_run["group"].returncode == 0, smoke_run["group"].stderr[-3000:]
+    assert "Report:" in smoke_run["participant"].stdout
+
+
+def test_every_derivative_is_written(smoke_run):
+    output = smoke_run["output"]
+    for label in ("01", "02"):
+        for pattern in EXPECTED_PER_SUBJECT:
+            assert (output / f"sub-{label}" / pattern.format(s=label)).is_file(), pattern
+        assert (output / f"sub-{label}.html").is_file()
+    for name in ("dataset_description.json", "dseg.tsv", ".bidsignore", "logs/CITATION.md",
+                 "phenotype/anatomical.tsv", "phenotype/anatomical.json", "group.html"):  # fmt: skip
+        assert (output / name).is_file(), name
+    leftovers = [p for p in output.rglob(".*.tmp*")]
+    assert not leftovers
+
+
+def test_outputs_keep_the_native_grid_in_ras(smoke_run):
+    output, bids = smoke_run["output"], smoke_run["bids"]
+    raw = nb.load(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    preproc = nb.load(output / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz")
+    mask = nb.load(output / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz")
+    assert nb.aff2axcodes(preproc.affine) == ("R", "A", "S")
+    assert nb.aff2axcodes(raw.affine) != ("R", "A", "S")
+    canonical = nb.as_closest_canonical(raw)
+    assert preproc.shape == canonical.shape and np.allclose(preproc.affine, canonical.affine)
+    assert mask.shape == preproc.shape and np.allclose(mask.affine, preproc.affine)
+    std = nb.load(output / "sub-01" / "anat" / f"sub-01_space-{SPACE}_desc-preproc_T1w.nii.gz")
+    assert std.shape == (197, 233, 189)
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_brain_mask_and_tissues_agree_with_the_simulation_truth(smoke_run):
+    output, truth = smoke_run["output"], smoke_run["bids"] / "derivatives" / "sample-truth"
+    for label in ("01", "02"):
+        true_mask = nb.as_closest_canonical(
+            nb.load(truth / f"sub-{label}/anat/sub-{label}_desc-brain_mask.nii.gz")
+        )
+        true_dseg = nb.as_closest_canonical(
+            nb.load(truth / f"sub-{label}/anat/sub-{label}_dseg.nii.gz")
+        )
+        mask = (
+            nb.load(output / f"sub-{label}/anat/sub-{label}_desc-brain_mask.nii.gz").get_fdata() > 0
+        )
+        dseg = nb.load(output / f"sub-{label}/anat/sub-{label}_dseg.nii.gz").get_fdata()
+        assert _dice(mask, true_mask.get_fdata() > 0) > 0.93
+        for index in (1, 2):  # GM, WM
+            assert _dice(dseg == index, true_dseg.get_fdata() == index) > 0.7
+
+
+def test_sidecars_name_their_sources(smoke_run):
+    sidecar = json.loads(
+        (smoke_run["output"] / "sub-02/anat/sub-02_desc-brain_mask.json").read_text()
+    )
+    assert sidecar["Sources"] == ["bids:raw:sub-02/anat/sub-02_T1w.nii.gz"]
+    assert sidecar["Type"] == "Brain"
+    description = json.loads((smoke_run["output"] / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bids_dl"
+
+
+def test_group_table_reads_with_plain_pandas(smoke_run):
+    table = pd.read_csv(smoke_run["output"] / "phenotype" / "anatomical.tsv", sep="\t")
+    assert list(table["participant_id"]) == ["sub-01", "sub-02"]
+    assert (table[["gm_mm3", "wm_mm3", "csf_mm3"]] > 0).all().all()
+    assert (table["template_correlation"] > 0.8).all()
+    dictionary = json.loads((smoke_run["output"] / "phenotype" / "anatomical.json").read_text())
+    assert set(dictionary) == set(table.columns)
+
+
+def test_input_dataset_is_untouched(smoke_run):
+    assert tree_digest(smoke_run["bids"]) == smoke_run["input_before"]
+
+
+def test_derivatives_pass_the_bids_validator(smoke_run):
+    result = subprocess.run([*validator_command(), "--format", "json", str(smoke_run["output"])],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    issues = json.loads(result.stdout)["issues"]["issues"]
+    errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+    assert errors == []
+
+
+def test_rerun_reuses_the_cache(smoke_run):
+    work = smoke_run["work"]
+    results = sorted(work.rglob("result_registration.pklz")) + sorted(work.rglob("result_n4.pklz"))
+    assert len(results) == 4
+    before = {p: p.stat().st_mtime_ns for p in results}
+    deleted = smoke_run["output"] / "sub-01" / "anat" / "sub-01_dseg.nii.gz"
+    deleted.unlink()
+    rerun = run_cli(str(smoke_run["bids"]), str(smoke_run["output"]), "participant", "-w", str(work),
+                    "--nprocs", "2", "--sloppy", "--skip-bids-validation")  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in results} == before
+    assert deleted.exists()
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("BIDS_DL_REQUIRE_CHROMIUM"):
+        pytest.fail("chromium is required (BIDS_DL_REQUIRE_CHROMIUM is set) but not installed")
+    if found is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return found
+
+
+def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}"]  # fmt: skip
+    try:
+        return subprocess.run(
+            [chromium, *flags, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.parametrize("page, expected_images", [("sub-01.html", 3), ("group.html", 1)])
+def test_report_opens_in_chromium_with_every_image(smoke_run, tmp_path, page, expected_images):
+    from PIL import Image
+
+    chromium = _chromium()
+    moved = tmp_path / "moved"
+    shutil.copytree(smoke_run["output"], moved)  # relative links: the folder can move
+    url = (moved / page).as_uri()
+    dom = _headless(chromium, "--virtual-time-budget=10000", "--dump-dom", url).stdout
+    total = re.search(r'data-images-total="(\d+)"', dom)
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    assert total and loaded, dom[:500]
+    assert int(total.group(1)) == int(loaded.group(1)) == expected_images
+    screenshot = tmp_path / "page.png"
+    _headless(chromium, "--window-size=1200,2000", f"--screenshot={screenshot}", url)
+    pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
+    assert pixels.std() > 20  # not a blank page
+    for figure in re.findall(r'<img src="([^"]+)"', dom):
+        image = np.asarray(Image.open(moved / figure).convert("L"), dtype=float)
+        assert image.std() > 10 and (image > 30).mean() > 0.05, figure

@@ -1,0 +1,70 @@
+"""Workflow graphs built on a tiny dataset, without running them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bids_dl.boilerplate import methods_text
+from bids_dl.config import Config, ExecutionSettings
+from bids_dl.inputs import SubjectInputs
+from bids_dl.workflows.anat import init_anat_preproc_wf, init_brain_extraction_wf
+from bids_dl.workflows.base import init_bids_dl_wf
+
+
+@pytest.fixture
+def config(tiny_bids, tmp_path) -> Config:
+    return Config(
+        ExecutionSettings(bids_dir=tiny_bids, output_dir=tmp_path / "out", work_dir=tmp_path / "w")
+    )
+
+
+def _subjects(bids: Path) -> dict[str, SubjectInputs]:
+    return {
+        label: SubjectInputs(
+            label, {"t1w": [str(bids / f"sub-{label}/anat/sub-{label}_T1w.nii.gz")]}
+        )
+        for label in ("01", "02")
+    }
+
+
+def test_participant_graph_has_every_step_per_subject(config, tiny_bids):
+    workflow = init_bids_dl_wf(config, _subjects(tiny_bids))
+    names = set(workflow.list_node_names())
+    for label in ("01", "02"):
+        for step in ("anat_preproc_wf.n4", "anat_preproc_wf.registration", "anat_preproc_wf.tissues",
+                     "anat_preproc_wf.brain_extraction_wf.template_mask", "anat_measures",
+                     "anat_derivatives_wf.ds_forward_xfm", "anat_reports_wf.tissue_figure"):  # fmt: skip
+            assert f"single_subject_{label}_wf.{step}" in names
+
+
+def test_every_worker_node_declares_memory_and_threads(config, tiny_bids):
+    config.nipype.omp_nthreads = 3
+    workflow = init_bids_dl_wf(config, _subjects(tiny_bids))
+    for node in workflow._get_all_nodes():
+        if node.name.startswith(("ds_", "inputnode", "outputnode")):
+            continue
+        assert node.mem_gb >= 0.3, node.fullname
+    n_procs = {n.name: n.n_procs for n in workflow._get_all_nodes()}
+    assert n_procs["registration"] == 3 and n_procs["n4"] == 3
+
+
+def test_crash_files_go_to_the_subject_log(config, tiny_bids):
+    workflow = init_bids_dl_wf(config, _subjects(tiny_bids))
+    node = workflow.get_node("single_subject_02_wf.anat_preproc_wf.n4")
+    crash_dir = Path(node.config["execution"]["crashdump_dir"])
+    assert crash_dir.parent == config.execution.output_dir / "sub-02" / "log"
+
+
+def test_brain_extraction_workflow_has_a_stable_interface():
+    workflow = init_brain_extraction_wf(template_dir="/tmp/t", omp_nthreads=1)
+    assert workflow.get_node("inputnode").inputs.copyable_trait_names() == ["in_file"]
+    assert workflow.get_node("outputnode").inputs.copyable_trait_names() == ["brain_mask"]
+
+
+def test_methods_follow_the_graph(config, tiny_bids):
+    paragraphs, references = methods_text(init_anat_preproc_wf(template_dir="/t", omp_nthreads=1))
+    text = " ".join(paragraphs)
+    assert text.index("N4") < text.index("brain mask") < text.index("Atropos")
+    assert len(references) == len(set(references)) >= 5
