@@ -67,8 +67,14 @@ def smoke_run(sample_small: Path, tmp_path_factory) -> dict:
         str(sample_small), str(output), "participant", "-w", str(work), "--nprocs", "2", "--sloppy"
     )
     group = run_cli(str(sample_small), str(output), "group")
-    return {"bids": sample_small, "output": output, "work": work, "input_before": input_before,
-            "participant": participant, "group": group}  # fmt: skip
+    return {
+        "bids": sample_small,
+        "output": output,
+        "work": work,
+        "input_before": input_before,
+        "participant": participant,
+        "group": group,
+    }
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -31,14 +31,31 @@ def assert_input_error(result, *fragments):
 def test_space_separated_labels_are_expanded():
     args = ["bids", "out", "participant", "--participant-label", "01", "sub-02", "-w", "w"]
     assert expand_multi_value_options(args) == [
-        "bids", "out", "participant", "--participant-label", "01",
-        "--participant-label", "sub-02", "-w", "w",
-    ]  # fmt: skip
+        "bids",
+        "out",
+        "participant",
+        "--participant-label",
+        "01",
+        "--participant-label",
+        "sub-02",
+        "-w",
+        "w",
+    ]
 
 
 def test_dry_run_lists_requested_participants(tiny_bids, tmp_path):
-    result = invoke(tiny_bids, tmp_path / "out", "participant", "--participant-label", "01",
-                    "sub-02", "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        tiny_bids,
+        tmp_path / "out",
+        "participant",
+        "--participant-label",
+        "01",
+        "sub-02",
+        "--dry-run",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert result.exit_code == 0, result.output
     assert "sub-01: T1w sub-01/anat/sub-01_T1w.nii.gz" in result.output
     assert "sub-02: T1w sub-02/anat/sub-02_T1w.nii.gz" in result.output
@@ -46,8 +63,15 @@ def test_dry_run_lists_requested_participants(tiny_bids, tmp_path):
 
 
 def test_boilerplate_only_writes_methods_with_references(tiny_bids, tmp_path):
-    result = invoke(tiny_bids, tmp_path / "out", "participant", "--boilerplate-only",
-                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        tiny_bids,
+        tmp_path / "out",
+        "participant",
+        "--boilerplate-only",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert result.exit_code == 0, result.output
     text = (tmp_path / "out" / "logs" / "CITATION.md").read_text()
     assert "N4" in text and "Atropos" in text and "MNI152NLin2009aSym" in text
@@ -71,16 +95,26 @@ def test_folder_that_is_not_bids(tmp_path):
 
 
 def test_unknown_participant(tiny_bids, tmp_path):
-    result = invoke(tiny_bids, tmp_path / "out", "participant", "--participant-label", "07",
-                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        tiny_bids,
+        tmp_path / "out",
+        "participant",
+        "--participant-label",
+        "07",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert_input_error(result, "07", "not found", "01, 02")
 
 
 def test_subject_without_t1w(tiny_bids, tmp_path):
     shutil.rmtree(tiny_bids / "sub-02" / "anat")
     (tiny_bids / "sub-02" / "anat").mkdir()
-    nb.save(nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
-            tiny_bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz")  # fmt: skip
+    nb.save(
+        nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
+        tiny_bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz",
+    )
     result = invoke(
         tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation", "-w", tmp_path / "w"
     )
@@ -106,13 +140,25 @@ def _two_d(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "corrupt, reason",
-    [(_truncate, "sub-01"), (_not_nifti, "not a readable NIfTI"), (_four_d, "expected a 3D volume"),
-     (_two_d, "expected a 3D volume")],
-)  # fmt: skip
+    [
+        (_truncate, "sub-01"),
+        (_not_nifti, "not a readable NIfTI"),
+        (_four_d, "expected a 3D volume"),
+        (_two_d, "expected a 3D volume"),
+    ],
+)
 def test_unreadable_t1w(tiny_bids, tmp_path, corrupt, reason):
     corrupt(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
-    result = invoke(tiny_bids, tmp_path / "out", "participant", "--participant-label", "01",
-                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        tiny_bids,
+        tmp_path / "out",
+        "participant",
+        "--participant-label",
+        "01",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert_input_error(result, reason, "sub-01_T1w.nii.gz")
 
 
@@ -136,16 +182,33 @@ def test_unknown_analysis_level(tiny_bids, tmp_path):
 
 
 def test_unknown_analysis(tiny_bids, tmp_path):
-    result = invoke(tiny_bids, tmp_path / "out", "participant", "--analyses", "anat", "tumour",
-                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        tiny_bids,
+        tmp_path / "out",
+        "participant",
+        "--analyses",
+        "anat",
+        "tumour",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert_input_error(result, "unknown analysis tumour")
 
 
 def test_bad_filter_file(tiny_bids, tmp_path):
     filters = tmp_path / "filters.json"
     filters.write_text(json.dumps({"bold": {}}))
-    result = invoke(tiny_bids, tmp_path / "out", "participant", "--bids-filter-file", filters,
-                    "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        tiny_bids,
+        tmp_path / "out",
+        "participant",
+        "--bids-filter-file",
+        filters,
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert_input_error(result, "--bids-filter-file")
 
 
@@ -155,8 +218,17 @@ def test_filter_file_selects_the_t1w(tmp_path):
     shutil.copy(anat / "sub-01_T1w.nii.gz", anat / "sub-01_acq-fast_T1w.nii.gz")
     filters = tmp_path / "filters.json"
     filters.write_text(json.dumps({"t1w": {"acquisition": "fast"}}))
-    result = invoke(bids, tmp_path / "out", "participant", "--bids-filter-file", filters,
-                    "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w")  # fmt: skip
+    result = invoke(
+        bids,
+        tmp_path / "out",
+        "participant",
+        "--bids-filter-file",
+        filters,
+        "--dry-run",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+    )
     assert result.exit_code == 0, result.output
     assert "sub-01_acq-fast_T1w.nii.gz" in result.output
 

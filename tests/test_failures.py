@@ -32,7 +32,7 @@ def test_failed_node_is_reported(tmp_path, monkeypatch):
             "--plugin",
             "Linear",
             "--skip-bids-validation",
-        ],  # fmt: skip
+        ],
     )
     assert result.exit_code == 1, result.output
     message = result.output.strip().splitlines()[-1]

@@ -53,8 +53,15 @@ def test_every_derivative_is_written(smoke_run):
         for pattern in EXPECTED_PER_SUBJECT:
             assert (output / f"sub-{label}" / pattern.format(s=label)).is_file(), pattern
         assert (output / f"sub-{label}.html").is_file()
-    for name in ("dataset_description.json", "dseg.tsv", ".bidsignore", "logs/CITATION.md",
-                 "phenotype/anatomical.tsv", "phenotype/anatomical.json", "group.html"):  # fmt: skip
+    for name in (
+        "dataset_description.json",
+        "dseg.tsv",
+        ".bidsignore",
+        "logs/CITATION.md",
+        "phenotype/anatomical.tsv",
+        "phenotype/anatomical.json",
+        "group.html",
+    ):
         assert (output / name).is_file(), name
     leftovers = [p for p in output.rglob(".*.tmp*")]
     assert not leftovers
@@ -121,8 +128,12 @@ def test_input_dataset_is_untouched(smoke_run):
 
 
 def test_derivatives_pass_the_bids_validator(smoke_run):
-    result = subprocess.run([*validator_command(), "--format", "json", str(smoke_run["output"])],
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [*validator_command(), "--format", "json", str(smoke_run["output"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     issues = json.loads(result.stdout)["issues"]["issues"]
     errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
     assert errors == []
@@ -135,8 +146,17 @@ def test_rerun_reuses_the_cache(smoke_run):
     before = {p: p.stat().st_mtime_ns for p in results}
     deleted = smoke_run["output"] / "sub-01" / "anat" / "sub-01_dseg.nii.gz"
     deleted.unlink()
-    rerun = run_cli(str(smoke_run["bids"]), str(smoke_run["output"]), "participant", "-w", str(work),
-                    "--nprocs", "2", "--sloppy", "--skip-bids-validation")  # fmt: skip
+    rerun = run_cli(
+        str(smoke_run["bids"]),
+        str(smoke_run["output"]),
+        "participant",
+        "-w",
+        str(work),
+        "--nprocs",
+        "2",
+        "--sloppy",
+        "--skip-bids-validation",
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in results} == before
     assert deleted.exists()
@@ -153,9 +173,17 @@ def _chromium() -> str | None:
 
 def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="chromium-")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
     try:
         return subprocess.run(
             [chromium, *flags, *args], capture_output=True, text=True, timeout=120, check=False

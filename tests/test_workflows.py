@@ -33,9 +33,15 @@ def test_participant_graph_has_every_step_per_subject(config, tiny_bids):
     workflow = init_bids_dl_wf(config, _subjects(tiny_bids))
     names = set(workflow.list_node_names())
     for label in ("01", "02"):
-        for step in ("anat_preproc_wf.n4", "anat_preproc_wf.registration", "anat_preproc_wf.tissues",
-                     "anat_preproc_wf.brain_extraction_wf.template_mask", "anat_measures",
-                     "anat_derivatives_wf.ds_forward_xfm", "anat_reports_wf.tissue_figure"):  # fmt: skip
+        for step in (
+            "anat_preproc_wf.n4",
+            "anat_preproc_wf.registration",
+            "anat_preproc_wf.tissues",
+            "anat_preproc_wf.brain_extraction_wf.template_mask",
+            "anat_measures",
+            "anat_derivatives_wf.ds_forward_xfm",
+            "anat_reports_wf.tissue_figure",
+        ):
             assert f"single_subject_{label}_wf.{step}" in names
 
 
