@@ -20,6 +20,19 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def run_participant(bids, tmp_path, *options):
+    """The participant level without the validator, outputs and work dir in ``tmp_path``."""
+    return invoke(
+        bids,
+        tmp_path / "out",
+        "participant",
+        "--skip-bids-validation",
+        "-w",
+        tmp_path / "w",
+        *options,
+    )
+
+
 def assert_input_error(result, *fragments):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
@@ -44,17 +57,8 @@ def test_space_separated_labels_are_expanded():
 
 
 def test_dry_run_lists_requested_participants(tiny_bids, tmp_path):
-    result = invoke(
-        tiny_bids,
-        tmp_path / "out",
-        "participant",
-        "--participant-label",
-        "01",
-        "sub-02",
-        "--dry-run",
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
+    result = run_participant(
+        tiny_bids, tmp_path, "--participant-label", "01", "sub-02", "--dry-run"
     )
     assert result.exit_code == 0, result.output
     assert "sub-01: T1w sub-01/anat/sub-01_T1w.nii.gz" in result.output
@@ -63,15 +67,7 @@ def test_dry_run_lists_requested_participants(tiny_bids, tmp_path):
 
 
 def test_boilerplate_only_writes_methods_with_references(tiny_bids, tmp_path):
-    result = invoke(
-        tiny_bids,
-        tmp_path / "out",
-        "participant",
-        "--boilerplate-only",
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
-    )
+    result = run_participant(tiny_bids, tmp_path, "--boilerplate-only")
     assert result.exit_code == 0, result.output
     text = (tmp_path / "out" / "logs" / "CITATION.md").read_text()
     assert "N4" in text and "Atropos" in text and "MNI152NLin2009aSym" in text
@@ -95,16 +91,7 @@ def test_folder_that_is_not_bids(tmp_path):
 
 
 def test_unknown_participant(tiny_bids, tmp_path):
-    result = invoke(
-        tiny_bids,
-        tmp_path / "out",
-        "participant",
-        "--participant-label",
-        "07",
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
-    )
+    result = run_participant(tiny_bids, tmp_path, "--participant-label", "07")
     assert_input_error(result, "07", "not found", "01, 02")
 
 
@@ -115,10 +102,7 @@ def test_subject_without_t1w(tiny_bids, tmp_path):
         nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
         tiny_bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz",
     )
-    result = invoke(
-        tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation", "-w", tmp_path / "w"
-    )
-    assert_input_error(result, "sub-02 has no T1w")
+    assert_input_error(run_participant(tiny_bids, tmp_path), "sub-02 has no T1w")
 
 
 def _truncate(path: Path) -> None:
@@ -149,16 +133,7 @@ def _two_d(path: Path) -> None:
 )
 def test_unreadable_t1w(tiny_bids, tmp_path, corrupt, reason):
     corrupt(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
-    result = invoke(
-        tiny_bids,
-        tmp_path / "out",
-        "participant",
-        "--participant-label",
-        "01",
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
-    )
+    result = run_participant(tiny_bids, tmp_path, "--participant-label", "01")
     assert_input_error(result, reason, "sub-01_T1w.nii.gz")
 
 
@@ -182,33 +157,14 @@ def test_unknown_analysis_level(tiny_bids, tmp_path):
 
 
 def test_unknown_analysis(tiny_bids, tmp_path):
-    result = invoke(
-        tiny_bids,
-        tmp_path / "out",
-        "participant",
-        "--analyses",
-        "anat",
-        "tumour",
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
-    )
+    result = run_participant(tiny_bids, tmp_path, "--analyses", "anat", "tumour")
     assert_input_error(result, "unknown analysis tumour")
 
 
 def test_bad_filter_file(tiny_bids, tmp_path):
     filters = tmp_path / "filters.json"
     filters.write_text(json.dumps({"bold": {}}))
-    result = invoke(
-        tiny_bids,
-        tmp_path / "out",
-        "participant",
-        "--bids-filter-file",
-        filters,
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
-    )
+    result = run_participant(tiny_bids, tmp_path, "--bids-filter-file", filters)
     assert_input_error(result, "--bids-filter-file")
 
 
@@ -218,17 +174,7 @@ def test_filter_file_selects_the_t1w(tmp_path):
     shutil.copy(anat / "sub-01_T1w.nii.gz", anat / "sub-01_acq-fast_T1w.nii.gz")
     filters = tmp_path / "filters.json"
     filters.write_text(json.dumps({"t1w": {"acquisition": "fast"}}))
-    result = invoke(
-        bids,
-        tmp_path / "out",
-        "participant",
-        "--bids-filter-file",
-        filters,
-        "--dry-run",
-        "--skip-bids-validation",
-        "-w",
-        tmp_path / "w",
-    )
+    result = run_participant(bids, tmp_path, "--bids-filter-file", filters, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "sub-01_acq-fast_T1w.nii.gz" in result.output
 

@@ -16,14 +16,15 @@ from bids_dl.workflows.interfaces.ants import (
 from bids_dl.workflows.interfaces.conform import Conform
 from bids_dl.workflows.interfaces.images import ApplyBrainMask
 
-#: Peak resident memory of each step on a 1 mm whole-head T1w (bench/bench_anat.py).
+#: Memory of each step in GB: the peak resident memory measured by bench/bench_anat.py on the
+#: 1 mm sample (~12 M voxels), plus ~10 % headroom; it grows with the voxel count.
 MEM_GB = {
-    "conform": 0.5,
-    "n4": 0.8,
-    "brain_extraction": 1.2,
-    "registration": 1.5,
-    "tissues": 1.2,
-    "resample": 0.8,
+    "conform": 0.3,
+    "n4": 1.0,
+    "brain_extraction": 1.25,
+    "registration": 1.25,
+    "tissues": 1.5,
+    "resample": 1.0,
 }
 
 
