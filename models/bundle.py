@@ -1,0 +1,149 @@
+"""Model bundles: a folder with ``weights.safetensors`` and the ``model.json`` card.
+
+Loading never runs code: weights are safetensors only (a pickle is refused), and the card is
+checked against the weights before the network is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bids_dl.models.networks import UNet3D
+
+CARD_VERSION = 1
+WEIGHTS = "weights.safetensors"
+CARD = "model.json"
+ARCHITECTURES = {"UNet3D": UNet3D}
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+REQUIRED_CARD_KEYS = (
+    "card_version",
+    "name",
+    "version",
+    "task",
+    "architecture",
+    "inputs",
+    "outputs",
+)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used, with the reason."""
+
+
+@dataclass
+class ModelCard:
+    """What a model is, what it expects, how it was made and how well it did.
+
+    ``inputs``: contrasts, voxel_size_mm, orientation, normalisation, window (voxels).
+    ``outputs``: labels as {index: name}.
+    """
+
+    name: str
+    version: str
+    task: str
+    architecture: dict
+    inputs: dict
+    outputs: dict
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    card_version: int = CARD_VERSION
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.outputs["labels"].items()}
+
+
+def build_network(architecture: dict) -> torch.nn.Module:
+    """Instantiate the network a card describes (``{"name": ..., "args": {...}}``)."""
+    name = architecture.get("name")
+    if name not in ARCHITECTURES:
+        raise BundleError(f"unknown architecture {name!r} (known: {sorted(ARCHITECTURES)})")
+    args = dict(architecture.get("args", {}))
+    if "features" in args:
+        args["features"] = tuple(args["features"])
+    return ARCHITECTURES[name](**args)
+
+
+def save_bundle(folder: str | os.PathLike, card: ModelCard, network: torch.nn.Module) -> Path:
+    """Write weights then card (each atomically) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=".weights.", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    save_file(state, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / WEIGHTS)
+    card_text = json.dumps(asdict(card), indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(card_text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / CARD)
+    return folder
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 of the weights file: what a derivative's sidecar records."""
+    return hashlib.sha256((Path(folder) / WEIGHTS).read_bytes()).hexdigest()
+
+
+def load_card(folder: str | os.PathLike) -> ModelCard:
+    """Read and check ``model.json``."""
+    path = Path(folder) / CARD
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path}: cannot read the model card ({error})") from error
+    missing = [key for key in REQUIRED_CARD_KEYS if key not in content]
+    if missing:
+        raise BundleError(f"{path}: the card lacks {', '.join(missing)}")
+    if content["card_version"] != CARD_VERSION:
+        raise BundleError(
+            f"{path}: card version {content['card_version']}, this bids_dl reads {CARD_VERSION}"
+        )
+    if "labels" not in content["outputs"]:
+        raise BundleError(f"{path}: the card's outputs name no labels")
+    return ModelCard(**content)
+
+
+def load_bundle(folder: str | os.PathLike) -> tuple[ModelCard, torch.nn.Module]:
+    """Load a bundle: check the card, refuse pickles, build the network, load the weights.
+
+    The card must match the weights: same parameter names and shapes, and as many output
+    channels as labels.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: a model bundle is a folder with {WEIGHTS} and {CARD}")
+    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if not (folder / WEIGHTS).is_file():
+        hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
+        raise BundleError(f"{folder}: no {WEIGHTS}{hint}")
+    card = load_card(folder)
+    network = build_network(card.architecture)
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except Exception as error:  # safetensors raises its own error types
+        raise BundleError(f"{folder / WEIGHTS}: not a safetensors file ({error})") from error
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        differing = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise BundleError(f"{folder}: the weights do not match the card's architecture {differing}")
+    out_channels = card.architecture.get("args", {}).get("out_channels")
+    if out_channels != len(card.labels):
+        raise BundleError(
+            f"{folder}: {out_channels} output channels but {len(card.labels)} labels in the card"
+        )
+    network.load_state_dict(state)
+    network.eval()
+    return card, network

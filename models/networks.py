@@ -1,0 +1,90 @@
+"""3D U-Net family in plain torch: every hyper-parameter is a constructor argument, so a model
+card can rebuild the network from its ``architecture`` entry alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORMALISATIONS = {"instance": nn.InstanceNorm3d, "batch": nn.BatchNorm3d, "none": None}
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3x3 convolutions, each followed by normalisation and LeakyReLU; optional residual."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str, residual: bool) -> None:
+        super().__init__()
+        norm_layer = NORMALISATIONS[norm]
+        layers: list[nn.Module] = []
+        for index in range(2):
+            layers.append(
+                nn.Conv3d(in_channels if index == 0 else out_channels, out_channels, 3, padding=1)
+            )
+            if norm_layer is not None:
+                layers.append(norm_layer(out_channels, affine=True))
+            layers.append(nn.LeakyReLU(0.01, inplace=True))
+        self.body = nn.Sequential(*layers)
+        self.skip = None
+        if residual:
+            self.skip = (
+                nn.Identity()
+                if in_channels == out_channels
+                else nn.Conv3d(in_channels, out_channels, 1)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out + self.skip(x) if self.skip is not None else out
+
+
+class UNet3D(nn.Module):
+    """A 3D U-Net: ``len(features)`` levels, max-pooling down, transposed convolutions up.
+
+    Args:
+        in_channels: input contrasts.
+        out_channels: classes (logits are returned; apply softmax for probabilities).
+        features: channels at each level, finest first, e.g. ``(8, 16, 32, 64)``.
+        norm: ``"instance"``, ``"batch"`` or ``"none"``.
+        residual: residual connections inside each block.
+
+    Spatial sizes must be divisible by ``2 ** (len(features) - 1)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: tuple[int, ...] = (8, 16, 32, 64),
+        norm: str = "instance",
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if norm not in NORMALISATIONS:
+            raise ValueError(f"norm must be one of {sorted(NORMALISATIONS)}, not {norm!r}")
+        if len(features) < 2:
+            raise ValueError("a U-Net needs at least two levels")
+        self.divisor = 2 ** (len(features) - 1)
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for width in features:
+            self.down.append(ConvBlock(channels, width, norm, residual))
+            channels = width
+        self.pool = nn.MaxPool3d(2)
+        self.upsample = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for coarse, fine in zip(features[:0:-1], features[-2::-1], strict=True):
+            self.upsample.append(nn.ConvTranspose3d(coarse, fine, 2, stride=2))
+            self.up.append(ConvBlock(2 * fine, fine, norm, residual))
+        self.head = nn.Conv3d(features[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(size % self.divisor for size in x.shape[2:]):
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} not divisible by {self.divisor}")
+        skips = []
+        for index, block in enumerate(self.down):
+            x = block(x if index == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for upsample, block in zip(self.upsample, self.up, strict=True):
+            x = block(torch.cat([upsample(x), skips.pop()], dim=1))
+        return self.head(x)

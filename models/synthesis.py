@@ -1,0 +1,220 @@
+"""SynthSeg-style images of random contrast from label maps, on the fly, in torch.
+
+A generator draws, from one explicit ``torch.Generator``: an affine pose and a smooth
+non-linear deformation (one ``grid_sample`` for both), a Gaussian mixture of intensities per
+generation class, blur, a multiplicative bias field, a gamma, Gaussian noise and a simulated
+low-resolution axis. Everything runs on tensors, so a 128^3 sample takes a fraction of a second
+(torchio's equivalent chain measured ~3 s here, as long as a training step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SynthesisParameters:
+    """The ranges every random draw comes from (stored in the model card)."""
+
+    rotation_deg: float = 15.0
+    scale: float = 0.15
+    shear: float = 0.02
+    translation_vox: float = 8.0
+    nonlinear_std_vox: float = 2.0
+    nonlinear_grid: int = 5
+    intensity_mean: tuple[float, float] = (0.0, 1.0)
+    intensity_std: tuple[float, float] = (0.0, 0.08)
+    blur_sigma_vox: tuple[float, float] = (0.0, 1.0)
+    bias_std: float = 0.3
+    bias_grid: int = 4
+    log_gamma_std: float = 0.25
+    noise_std: tuple[float, float] = (0.0, 0.06)
+    low_resolution_factor: tuple[float, float] = (1.0, 3.0)
+    low_resolution_probability: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _uniform(low: float, high: float, generator: torch.Generator, size=()) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator)
+
+
+def _affine_matrix(params: SynthesisParameters, generator: torch.Generator) -> torch.Tensor:
+    """A random 3x4 matrix in the normalised coordinates of ``affine_grid``."""
+    angles = _uniform(-1, 1, generator, (3,)) * math.radians(params.rotation_deg)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones(()), torch.zeros(())
+    rx = torch.stack([one, zero, zero, zero, cos[0], -sin[0], zero, sin[0], cos[0]]).view(3, 3)
+    ry = torch.stack([cos[1], zero, sin[1], zero, one, zero, -sin[1], zero, cos[1]]).view(3, 3)
+    rz = torch.stack([cos[2], -sin[2], zero, sin[2], cos[2], zero, zero, zero, one]).view(3, 3)
+    scale = torch.diag(1 + _uniform(-1, 1, generator, (3,)) * params.scale)
+    shear = torch.eye(3) + _uniform(-1, 1, generator, (3, 3)) * params.shear * (1 - torch.eye(3))
+    return torch.cat([rz @ ry @ rx @ shear @ scale, torch.zeros(3, 1)], dim=1)
+
+
+def _smooth_field(
+    shape: tuple[int, ...], grid: int, std: float, channels: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Random values on a coarse ``grid``^3 lattice, upsampled (trilinear) to ``shape``."""
+    coarse = torch.randn((1, channels, grid, grid, grid), generator=generator) * std
+    return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
+
+
+def deform_labels(
+    labels: torch.Tensor,
+    out_shape: tuple[int, int, int],
+    params: SynthesisParameters,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Resample an integer label volume through a random affine + non-linear deformation.
+
+    The output window has ``out_shape`` voxels (same voxel size) and a random translation, so
+    the anatomy lands anywhere in it, partly outside when the translation is large.
+    """
+    theta = _affine_matrix(params, generator)
+    in_shape = torch.tensor(labels.shape, dtype=torch.float32)
+    out = torch.tensor(out_shape, dtype=torch.float32)
+    # affine_grid works in [-1, 1] of the output; rescale so voxels keep their size.
+    ratio = (out / in_shape).flip(0)  # grid coordinates are (x, y, z) = (W, H, D)
+    theta[:, :3] = theta[:, :3] * ratio.unsqueeze(0)
+    shift = _uniform(-1, 1, generator, (3,)) * params.translation_vox
+    theta[:, 3] = (2 * shift / in_shape).flip(0)
+    grid = F.affine_grid(theta.unsqueeze(0), (1, 1, *out_shape), align_corners=False)
+    displacement = _smooth_field(
+        out_shape, params.nonlinear_grid, params.nonlinear_std_vox, 3, generator
+    )
+    grid = grid + (2 * displacement / in_shape.flip(0).view(1, 3, 1, 1, 1)).permute(0, 2, 3, 4, 1)
+    sampled = F.grid_sample(
+        labels[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    return sampled[0, 0].round().long()
+
+
+def synthesise_image(
+    classes: torch.Tensor, n_classes: int, params: SynthesisParameters, generator: torch.Generator
+) -> torch.Tensor:
+    """Random-contrast image from a volume of generation classes, normalised to [0, 1]."""
+    low, high = params.intensity_mean
+    means = _uniform(low, high, generator, (n_classes,))
+    stds = _uniform(*params.intensity_std, generator, (n_classes,))
+    image = means[classes] + stds[classes] * torch.randn(classes.shape, generator=generator)
+    image = _blur(image, float(_uniform(*params.blur_sigma_vox, generator)))
+    bias = _smooth_field(tuple(image.shape), params.bias_grid, params.bias_std, 1, generator)[0, 0]
+    image = image.clamp_min(0) * torch.exp(bias)
+    image = image / image.max().clamp_min(1e-6)
+    image = image ** torch.exp(torch.randn((), generator=generator) * params.log_gamma_std)
+    image = image + torch.randn(image.shape, generator=generator) * float(
+        _uniform(*params.noise_std, generator)
+    )
+    if float(torch.rand((), generator=generator)) < params.low_resolution_probability:
+        image = _low_resolution(
+            image, float(_uniform(*params.low_resolution_factor, generator)), generator
+        )
+    return normalise_intensities(image)
+
+
+def normalise_intensities(
+    image: torch.Tensor, low: float = 0.5, high: float = 99.5
+) -> torch.Tensor:
+    """Clip to the [low, high] percentiles of the non-zero voxels and rescale to [0, 1].
+
+    The same function normalises images at inference, so training and inference agree.
+    """
+    values = image[image > 0]
+    if values.numel() < 10:
+        return torch.zeros_like(image)
+    if values.numel() > 1_000_000:  # quantile() refuses huge inputs; a strided subset is enough
+        values = values[:: values.numel() // 1_000_000 + 1]
+    lo, hi = torch.quantile(values.float(), torch.tensor([low / 100, high / 100]))
+    return ((image - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (sigma in voxels); no-op under 0.1 voxel."""
+    if sigma < 0.1:
+        return image
+    kernel = _gaussian_kernel(sigma)
+    out = image[None, None]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = kernel.numel()
+        padding = [0, 0, 0]
+        padding[axis] = kernel.numel() // 2
+        out = F.conv3d(out, kernel.view(shape), padding=tuple(padding))
+    return out[0, 0]
+
+
+def _low_resolution(image: torch.Tensor, factor: float, generator: torch.Generator) -> torch.Tensor:
+    """Simulate thick slices along one random axis: blur, subsample, and interpolate back."""
+    axis = int(torch.randint(0, 3, (1,), generator=generator))
+    size = list(image.shape)
+    size[axis] = max(2, int(round(size[axis] / factor)))
+    blurred = _blur_axis(image, axis, factor / 2.355)
+    small = F.interpolate(blurred[None, None], size=size, mode="trilinear", align_corners=True)
+    return F.interpolate(small, size=image.shape, mode="trilinear", align_corners=True)[0, 0]
+
+
+def _blur_axis(image: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
+    kernel = _gaussian_kernel(max(sigma, 0.1))
+    shape = [1, 1, 1, 1, 1]
+    shape[2 + axis] = kernel.numel()
+    padding = [0, 0, 0]
+    padding[axis] = kernel.numel() // 2
+    return F.conv3d(image[None, None], kernel.view(shape), padding=tuple(padding))[0, 0]
+
+
+class LabelSynthesiser:
+    """Draws (image, target) pairs from label maps, reproducibly from one seed.
+
+    Args:
+        label_maps: integer label volumes (one per subject) at the working resolution.
+        generation_lut: maps every label value to a generation class (intensity group).
+        target_lut: maps every label value to the training target (mask or structures).
+        out_shape: size of each sample; may exceed the label maps (the rest is background).
+        params: the ranges of the random draws.
+        seed: one seed for the whole stream of samples.
+    """
+
+    def __init__(
+        self,
+        label_maps: list[torch.Tensor],
+        generation_lut: torch.Tensor,
+        target_lut: torch.Tensor,
+        out_shape: tuple[int, int, int],
+        params: SynthesisParameters | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not label_maps:
+            raise ValueError("at least one label map is needed")
+        self.label_maps = label_maps
+        self.generation_lut = generation_lut.long()
+        self.target_lut = target_lut.long()
+        self.n_classes = int(self.generation_lut.max()) + 1
+        self.out_shape = out_shape
+        self.params = params or SynthesisParameters()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``(image [1, D, H, W] float, target [D, H, W] long)`` pair."""
+        index = int(torch.randint(0, len(self.label_maps), (1,), generator=self.generator))
+        labels = deform_labels(self.label_maps[index], self.out_shape, self.params, self.generator)
+        image = synthesise_image(
+            self.generation_lut[labels], self.n_classes, self.params, self.generator
+        )
+        return image[None], self.target_lut[labels]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = zip(*(self.sample() for _ in range(size)), strict=True)
+        return torch.stack(images), torch.stack(targets)

@@ -1,0 +1,278 @@
+"""Train a U-Net on images synthesised from label maps; log, checkpoint, resume, write a bundle.
+
+    python -m bids_dl.models.train CONFIG.json OUTPUT_FOLDER
+
+The config names the task, the label maps and their split, the working resolution, the
+network, the schedule and the seed. The output folder receives ``log.tsv``, ``checkpoint/``
+(resumed automatically when present) and, at the end, the bundle (weights + card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from bids_dl.models.bundle import ModelCard, build_network, save_bundle
+from bids_dl.models.inference import model_grid, resample
+from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters
+
+#: Label values of the brain (FreeSurfer aseg, CSF included): the brain-mask task's foreground.
+BRAIN_LABEL_RANGE = (1, 99)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (copied into the model card)."""
+
+    name: str
+    task: str  # "brain_mask"
+    label_maps: str  # folder of training_seg_XX.nii.gz
+    generation_labels: str  # .npy: label values
+    generation_classes: str  # .npy: their intensity class
+    train_subjects: list[str]
+    validation_subjects: list[str]
+    test_subjects: list[str]
+    version: str = "0.1.0"
+    voxel_size_mm: float = 2.0
+    sample_shape: tuple[int, int, int] = (128, 128, 128)
+    features: tuple[int, ...] = (8, 16, 32, 64)
+    residual: bool = False
+    norm: str = "instance"
+    iterations: int = 1000
+    batch_size: int = 1
+    learning_rate: float = 1e-3
+    validation_every: int = 100
+    validation_samples: int = 4
+    checkpoint_every: int = 50
+    seed: int = 1
+    threads: int = 2
+    synthesis: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+        for key in ("sample_shape", "features"):
+            if key in content:
+                content[key] = tuple(content[key])
+        return cls(**content)
+
+
+def load_label_map(path: Path, voxel_mm: float) -> torch.Tensor:
+    """A label map in RAS at ``voxel_mm`` (nearest neighbour), as int64."""
+    image = nb.as_closest_canonical(nb.load(str(path)))
+    shape, affine = model_grid(image, voxel_mm, 1)
+    data = np.asarray(image.dataobj).astype(np.int32)
+    return torch.from_numpy(resample(data, image.affine, shape, affine, order=0).astype(np.int64))
+
+
+def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    """Label value -> generation class, label value -> target index, and the target names."""
+    values = np.load(config.generation_labels, allow_pickle=False).astype(int)
+    classes = np.load(config.generation_classes, allow_pickle=False).astype(int)
+    size = int(values.max()) + 1
+    generation = torch.zeros(size, dtype=torch.long)
+    generation[torch.from_numpy(values)] = torch.from_numpy(classes)
+    if config.task != "brain_mask":
+        raise ValueError(f"unknown task {config.task!r}")
+    target = torch.zeros(size, dtype=torch.long)
+    low, high = BRAIN_LABEL_RANGE
+    target[[v for v in values if low <= v <= high]] = 1
+    return generation, target, {0: "background", 1: "brain"}
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes."""
+    probabilities = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    intersection = (probabilities * one_hot).sum(dims)
+    total = probabilities.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + 1e-5) / (total + 1e-5)
+    return 1 - dice[1:].mean()
+
+
+def hard_dice(prediction: torch.Tensor, target: torch.Tensor, label: int) -> float:
+    a, b = prediction == label, target == label
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else float(2 * (a & b).sum()) / total
+
+
+def _save_checkpoint(folder: Path, network, optimizer, iteration: int, generator_state) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous()
+    tensors["generator_state"] = generator_state.clone()
+    save_file(tensors, str(folder / "state.tmp.safetensors"))
+    os.replace(folder / "state.tmp.safetensors", folder / "state.safetensors")
+    (folder / "progress.json").write_text(json.dumps({"iteration": iteration}))
+
+
+def _load_checkpoint(folder: Path, network, optimizer) -> tuple[int, torch.Tensor] | None:
+    if not (folder / "progress.json").exists():
+        return None
+    tensors = load_file(str(folder / "state.safetensors"))
+    network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = optimizer.state_dict()
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state["state"].setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict(state)
+    return json.loads((folder / "progress.json").read_text())["iteration"], tensors[
+        "generator_state"
+    ]
+
+
+def train(config: TrainConfig, output: Path, command: str = "") -> Path:
+    """Run (or resume) training and write the bundle into ``output/bundle``."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    output.mkdir(parents=True, exist_ok=True)
+    generation, target, names = lookup_tables(config)
+    folder = Path(config.label_maps)
+
+    def maps(subjects):
+        return [
+            load_label_map(folder / f"training_seg_{s}.nii.gz", config.voxel_size_mm)
+            for s in subjects
+        ]
+
+    params = SynthesisParameters(**config.synthesis)
+    synthesiser = LabelSynthesiser(
+        maps(config.train_subjects), generation, target, config.sample_shape, params, config.seed
+    )
+    validation = LabelSynthesiser(
+        maps(config.validation_subjects),
+        generation,
+        target,
+        config.sample_shape,
+        params,
+        config.seed + 1,
+    )
+    validation_set = [validation.sample() for _ in range(config.validation_samples)]
+
+    architecture = {
+        "name": "UNet3D",
+        "args": {"in_channels": 1, "out_channels": len(names), "features": list(config.features),
+                 "norm": config.norm, "residual": config.residual},
+    }  # fmt: skip
+    network = build_network(architecture)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    start = 0
+    resumed = _load_checkpoint(output / "checkpoint", network, optimizer)
+    if resumed:
+        start, generator_state = resumed
+        synthesiser.generator.set_state(generator_state)
+    # polynomial decay, counted from the first iteration of the whole run (resumes included)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: max(0.0, 1 - (start + i) / max(config.iterations, 1)) ** 0.9
+    )
+    log = output / "log.tsv"
+    if start == 0:
+        log.write_text("iteration\tloss\tvalidation_dice\tseconds\n")
+    best = {"validation_dice": None}
+    clock = time.perf_counter()
+    for iteration in range(start + 1, config.iterations + 1):
+        network.train()
+        images, targets = synthesiser.batch(config.batch_size)
+        logits = network(images)
+        loss = soft_dice_loss(logits, targets) + F.cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        dice = ""
+        if iteration % config.validation_every == 0 or iteration == config.iterations:
+            dice = f"{validate(network, validation_set):.4f}"
+            best["validation_dice"] = float(dice)
+        with log.open("a") as handle:
+            handle.write(
+                f"{iteration}\t{loss.item():.4f}\t{dice}\t{time.perf_counter() - clock:.1f}\n"
+            )
+        if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+            _save_checkpoint(
+                output / "checkpoint",
+                network,
+                optimizer,
+                iteration,
+                synthesiser.generator.get_state(),
+            )
+        if iteration % 10 == 0 or iteration == config.iterations:
+            print(
+                f"\r[{iteration}/{config.iterations}] loss {loss.item():.4f} {dice}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(file=sys.stderr)
+
+    inputs = {
+        "contrasts": ["any"],
+        "voxel_size_mm": config.voxel_size_mm,
+        "orientation": "RAS",
+        "normalisation": "clip to the 0.5-99.5 percentiles of non-zero voxels, rescale to [0, 1]",
+        "window": list(config.sample_shape),
+    }
+    training = {
+        "config": asdict(config),
+        "command": command,
+        "seed": config.seed,
+        "data": "synthetic images of random contrast from real label maps "
+        f"({config.label_maps}), SynthSeg-style",
+        "split": {
+            "train": config.train_subjects,
+            "validation": config.validation_subjects,
+            "test": config.test_subjects,
+        },
+        "synthesis": params.to_dict(),
+        "iterations_done": config.iterations,
+    }
+    card = ModelCard(
+        name=config.name,
+        version=config.version,
+        task=config.task,
+        architecture=architecture,
+        inputs=inputs,
+        outputs={"labels": {str(k): v for k, v in names.items()}},
+        training=training,
+        metrics={"validation_dice_synthetic": best["validation_dice"]},
+    )
+    return save_bundle(output / "bundle", card, network)
+
+
+@torch.no_grad()
+def validate(network: torch.nn.Module, samples) -> float:
+    """Mean foreground Dice over fixed synthetic validation samples."""
+    network.eval()
+    scores = []
+    for image, target in samples:
+        prediction = network(image[None]).argmax(1)[0]
+        labels = [int(v) for v in torch.unique(target) if v > 0]
+        scores.extend(hard_dice(prediction, target, label) for label in labels)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train a bids_dl model from label maps.")
+    parser.add_argument("config", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args()
+    bundle = train(TrainConfig.from_file(args.config), args.output, " ".join(sys.argv))
+    print(f"bundle written to {bundle}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The deep-learning engine: networks, bundles, synthesis and inference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+import torch
+
+from bids_dl.models.bundle import BundleError, ModelCard, load_bundle, save_bundle
+from bids_dl.models.inference import segment
+from bids_dl.models.networks import UNet3D
+from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters, normalise_intensities
+from bids_dl.models.train import hard_dice, soft_dice_loss
+
+ARCHITECTURE = {"name": "UNet3D", "args": {"in_channels": 1, "out_channels": 2, "features": [2, 4]}}
+
+
+def _card(**changes) -> ModelCard:
+    fields = dict(
+        name="tiny", version="0", task="brain_mask", architecture=ARCHITECTURE,
+        inputs={"voxel_size_mm": 2.0, "window": None}, outputs={"labels": {"0": "bg", "1": "fg"}},
+    )  # fmt: skip
+    fields.update(changes)
+    return ModelCard(**fields)
+
+
+def test_unet_keeps_the_spatial_size_and_checks_it():
+    network = UNet3D(1, 3, features=(2, 4, 8), residual=True)
+    assert network(torch.zeros(1, 1, 8, 12, 16)).shape == (1, 3, 8, 12, 16)
+    with pytest.raises(ValueError, match="divisible"):
+        network(torch.zeros(1, 1, 6, 8, 8))
+
+
+def test_bundle_round_trip(tmp_path):
+    network = UNet3D(1, 2, features=(2, 4))
+    save_bundle(tmp_path / "b", _card(), network)
+    card, loaded = load_bundle(tmp_path / "b")
+    assert card.labels == {0: "bg", 1: "fg"}
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_bundle_refuses_a_pickle(tmp_path):
+    folder = tmp_path / "b"
+    folder.mkdir()
+    torch.save(UNet3D(1, 2, features=(2, 4)).state_dict(), folder / "weights.pt")
+    (folder / "model.json").write_text(json.dumps({"card_version": 1}))
+    with pytest.raises(BundleError, match="pickled weights are refused"):
+        load_bundle(folder)
+
+
+def test_bundle_refuses_a_card_that_does_not_match(tmp_path):
+    save_bundle(tmp_path / "b", _card(), UNet3D(1, 2, features=(2, 4)))
+    card = json.loads((tmp_path / "b" / "model.json").read_text())
+    card["architecture"]["args"]["features"] = [4, 8]
+    (tmp_path / "b" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="do not match"):
+        load_bundle(tmp_path / "b")
+    card["architecture"]["args"]["features"] = [2, 4]
+    card["outputs"]["labels"]["2"] = "extra"
+    (tmp_path / "b" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="2 output channels but 3 labels"):
+        load_bundle(tmp_path / "b")
+    card["card_version"] = 99
+    (tmp_path / "b" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="card version 99"):
+        load_bundle(tmp_path / "b")
+
+
+class ThresholdNet(torch.nn.Module):
+    """Label 1 where the normalised intensity exceeds 0.5: a network whose answer is known."""
+
+    divisor = 4
+
+    def forward(self, x):
+        return torch.cat([-(x - 0.5), x - 0.5], dim=1) * 20
+
+
+def _sphere_image(affine: np.ndarray, shape=(40, 36, 14)) -> tuple[nb.Nifti1Image, np.ndarray]:
+    ijk = np.indices(shape).reshape(3, -1).T
+    world = nb.affines.apply_affine(affine, ijk)
+    centre = nb.affines.apply_affine(affine, (np.array(shape) - 1) / 2)
+    inside = (np.linalg.norm(world - centre, axis=1) < 18).reshape(shape)
+    return nb.Nifti1Image(np.where(inside, 100.0, 10.0).astype(np.float32), affine), inside
+
+
+@pytest.mark.parametrize("window", [None, [16, 16, 16]])
+def test_inference_round_trip_on_an_oblique_anisotropic_image(window):
+    angle = np.deg2rad(25)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.1, 1.3, 3.5])  # flipped x, thick slices
+    affine[:3, 3] = [10, -30, 5]
+    image, inside = _sphere_image(affine)
+    card = _card(inputs={"voxel_size_mm": 1.5, "window": window})
+    labels, probabilities = segment(image, card, ThresholdNet())
+    assert labels.shape == image.shape and probabilities.shape == (2, *image.shape)
+    assert np.allclose(probabilities.sum(0), 1, atol=1e-4)
+    assert hard_dice(torch.from_numpy(labels), torch.from_numpy(inside.astype(np.uint8)), 1) > 0.9
+
+
+def _label_maps():
+    rng = np.random.default_rng(0)
+    maps = []
+    for _ in range(2):
+        labels = np.zeros((24, 24, 24), np.int64)
+        labels[4:20, 4:20, 4:20] = 2
+        labels[8:16, 8:16, 8:16] = 3
+        labels[rng.random(labels.shape) < 0.01] = 1
+        maps.append(torch.from_numpy(labels))
+    return maps
+
+
+def test_synthesis_is_reproducible_from_the_seed():
+    generation = torch.tensor([0, 1, 2, 3])
+    target = torch.tensor([0, 0, 1, 1])
+    a, b, c = (
+        LabelSynthesiser(_label_maps(), generation, target, (16, 16, 16), seed=s) for s in (5, 5, 6)
+    )
+    for _ in range(2):
+        (image_a, target_a), (image_b, target_b) = a.sample(), b.sample()
+        assert torch.equal(image_a, image_b) and torch.equal(target_a, target_b)
+    image_c, _ = c.sample()
+    assert not torch.equal(image_a, image_c)
+    assert image_a.shape == (1, 16, 16, 16) and image_a.min() >= 0 and image_a.max() <= 1
+
+
+def test_targets_follow_the_labels():
+    generation = torch.tensor([0, 1, 2, 3])
+    target = torch.tensor([0, 0, 1, 1])
+    maps = _label_maps()
+    synthesiser = LabelSynthesiser(maps, generation, target, (24, 24, 24), seed=1)
+    synthesiser.params = SynthesisParameters(
+        rotation_deg=0, scale=0, shear=0, translation_vox=0, nonlinear_std_vox=0
+    )
+    _, sampled = synthesiser.sample()
+    # with no deformation the target is the lookup of one of the label maps, voxel for voxel
+    assert any(torch.equal(sampled, target[labels]) for labels in maps)
+
+
+def test_dice_against_hand_computed_values():
+    a = torch.tensor([0, 1, 1, 1, 0, 0])
+    b = torch.tensor([0, 1, 1, 0, 1, 0])
+    assert hard_dice(a, b, 1) == pytest.approx(2 * 2 / (3 + 3))
+    assert hard_dice(a, b, 7) == 1.0
+    perfect = torch.zeros(1, 2, 2, 2, 2)
+    target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
+    target[0, 0] = 1
+    perfect[0, 1][target[0] == 1] = 50
+    perfect[0, 0][target[0] == 0] = 50
+    assert soft_dice_loss(perfect, target).item() == pytest.approx(0, abs=1e-4)
+
+
+def test_normalisation_clips_and_rescales():
+    image = torch.cat([torch.zeros(100), torch.linspace(1, 100, 1000)])
+    normalised = normalise_intensities(image)
+    assert normalised.min() == 0 and normalised.max() == 1
+    assert normalised[:100].eq(0).all()
+
+
+def _tiny_training_setup(tmp_path, iterations: int) -> Path:
+    maps = tmp_path / "maps"
+    maps.mkdir(exist_ok=True)
+    for index, labels in enumerate(_label_maps(), start=1):
+        nb.save(
+            nb.Nifti1Image(labels.numpy().astype(np.int16), np.eye(4)),
+            maps / f"training_seg_{index:02d}.nii.gz",
+        )
+    np.save(maps / "labels.npy", np.array([0, 1, 2, 3]))
+    np.save(maps / "classes.npy", np.array([0, 1, 2, 3]))
+    config = {
+        "name": "tiny",
+        "task": "brain_mask",
+        "label_maps": str(maps),
+        "generation_labels": str(maps / "labels.npy"),
+        "generation_classes": str(maps / "classes.npy"),
+        "train_subjects": ["01"],
+        "validation_subjects": ["02"],
+        "test_subjects": [],
+        "voxel_size_mm": 1.0,
+        "sample_shape": [16, 16, 16],
+        "features": [2, 4],
+        "iterations": iterations,
+        "validation_every": 2,
+        "validation_samples": 1,
+        "checkpoint_every": 1,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_train_writes_a_loadable_bundle_and_resumes(tmp_path):
+    from bids_dl.models.train import TrainConfig, train
+
+    bundle = train(TrainConfig.from_file(_tiny_training_setup(tmp_path, 2)), tmp_path / "run")
+    card, _ = load_bundle(bundle)
+    assert card.training["split"]["train"] == ["01"] and card.training["seed"] == 1
+    assert card.metrics["validation_dice_synthetic"] is not None
+    train(TrainConfig.from_file(_tiny_training_setup(tmp_path, 3)), tmp_path / "run")
+    iterations = [
+        line.split("\t")[0] for line in (tmp_path / "run" / "log.tsv").read_text().splitlines()
+    ]
+    assert iterations == ["iteration", "1", "2", "3"]
