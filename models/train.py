@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from bids_dl.models.bundle import ModelCard, build_network, save_bundle
 from bids_dl.models.inference import model_grid, resample
+from bids_dl.models.metrics import dice
 from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters
 
 #: Label values of the brain (FreeSurfer aseg, CSF included): the brain-mask task's foreground.
@@ -100,12 +101,6 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     total = probabilities.sum(dims) + one_hot.sum(dims)
     dice = (2 * intersection + 1e-5) / (total + 1e-5)
     return 1 - dice[1:].mean()
-
-
-def hard_dice(prediction: torch.Tensor, target: torch.Tensor, label: int) -> float:
-    a, b = prediction == label, target == label
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else float(2 * (a & b).sum()) / total
 
 
 def _save_checkpoint(folder: Path, network, optimizer, iteration: int, generator_state) -> None:
@@ -261,7 +256,9 @@ def validate(network: torch.nn.Module, samples) -> float:
     for image, target in samples:
         prediction = network(image[None]).argmax(1)[0]
         labels = [int(v) for v in torch.unique(target) if v > 0]
-        scores.extend(hard_dice(prediction, target, label) for label in labels)
+        scores.extend(
+            dice((prediction == label).numpy(), (target == label).numpy()) for label in labels
+        )
     return float(np.mean(scores)) if scores else 0.0
 
 

@@ -12,9 +12,10 @@ import torch
 
 from bids_dl.models.bundle import BundleError, ModelCard, load_bundle, save_bundle
 from bids_dl.models.inference import segment
+from bids_dl.models.metrics import dice
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters, normalise_intensities
-from bids_dl.models.train import hard_dice, soft_dice_loss
+from bids_dl.models.train import soft_dice_loss
 
 ARCHITECTURE = {"name": "UNet3D", "args": {"in_channels": 1, "out_channels": 2, "features": [2, 4]}}
 
@@ -102,7 +103,7 @@ def test_inference_round_trip_on_an_oblique_anisotropic_image(window):
     labels, probabilities = segment(image, card, ThresholdNet())
     assert labels.shape == image.shape and probabilities.shape == (2, *image.shape)
     assert np.allclose(probabilities.sum(0), 1, atol=1e-4)
-    assert hard_dice(torch.from_numpy(labels), torch.from_numpy(inside.astype(np.uint8)), 1) > 0.9
+    assert dice(labels == 1, inside) > 0.9
 
 
 def _label_maps():
@@ -145,10 +146,10 @@ def test_targets_follow_the_labels():
 
 
 def test_dice_against_hand_computed_values():
-    a = torch.tensor([0, 1, 1, 1, 0, 0])
-    b = torch.tensor([0, 1, 1, 0, 1, 0])
-    assert hard_dice(a, b, 1) == pytest.approx(2 * 2 / (3 + 3))
-    assert hard_dice(a, b, 7) == 1.0
+    a = np.array([0, 1, 1, 1, 0, 0])
+    b = np.array([0, 1, 1, 0, 1, 0])
+    assert dice(a == 1, b == 1) == pytest.approx(2 * 2 / (3 + 3))
+    assert dice(a == 7, b == 7) == 1.0
     perfect = torch.zeros(1, 2, 2, 2, 2)
     target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
     target[0, 0] = 1
@@ -208,3 +209,22 @@ def test_train_writes_a_loadable_bundle_and_resumes(tmp_path):
         line.split("\t")[0] for line in (tmp_path / "run" / "log.tsv").read_text().splitlines()
     ]
     assert iterations == ["iteration", "1", "2", "3"]
+
+
+def test_segmentation_metrics_against_hand_computed_values():
+    from bids_dl.models.metrics import hausdorff95, label_metrics, volume_difference
+
+    reference = np.zeros((10, 10, 10), bool)
+    reference[2:6, 2:6, 2:6] = True  # 64 voxels
+    shifted = np.roll(reference, 2, axis=0)  # overlaps on 2 of 4 slices
+    assert dice(reference, shifted) == pytest.approx(0.5)
+    # every surface voxel of one cube is at most 2 voxels from the other's surface
+    assert hausdorff95(reference, shifted, (1, 1, 1)) == pytest.approx(2.0)
+    assert hausdorff95(reference, shifted, (3, 1, 1)) == pytest.approx(6.0)
+    assert np.isnan(hausdorff95(reference, np.zeros_like(reference), (1, 1, 1)))
+    assert volume_difference(shifted[:, :, :5], reference[:, :, :5], 2.0) == 0.0
+    grown = reference.copy()
+    grown[6, 2:6, 2:6] = True
+    assert volume_difference(grown, reference, 2.0) == 32.0
+    rows = label_metrics(grown.astype(int), reference.astype(int), {1: "cube"}, (1, 1, 1))
+    assert rows[0]["dice"] == pytest.approx(2 * 64 / (80 + 64))
