@@ -1,6 +1,6 @@
 """Train a U-Net on images synthesised from label maps; log, checkpoint, resume, write a bundle.
 
-    python -m bids_dl.models.train CONFIG.json OUTPUT_FOLDER
+    bids_dl-train CONFIG.json OUTPUT_FOLDER
 
 The config names the task, the label maps and their split, the working resolution, the
 network, the schedule and the seed. The output folder receives ``log.tsv``, ``checkpoint/``
@@ -9,7 +9,6 @@ network, the schedule and the seed. The output folder receives ``log.tsv``, ``ch
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -260,16 +259,3 @@ def validate(network: torch.nn.Module, samples) -> float:
             dice((prediction == label).numpy(), (target == label).numpy()) for label in labels
         )
     return float(np.mean(scores)) if scores else 0.0
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Train a bids_dl model from label maps.")
-    parser.add_argument("config", type=Path)
-    parser.add_argument("output", type=Path)
-    args = parser.parse_args()
-    bundle = train(TrainConfig.from_file(args.config), args.output, " ".join(sys.argv))
-    print(f"bundle written to {bundle}")
-
-
-if __name__ == "__main__":
-    main()

@@ -22,9 +22,13 @@ ARCHITECTURE = {"name": "UNet3D", "args": {"in_channels": 1, "out_channels": 2, 
 
 def _card(**changes) -> ModelCard:
     fields = dict(
-        name="tiny", version="0", task="brain_mask", architecture=ARCHITECTURE,
-        inputs={"voxel_size_mm": 2.0, "window": None}, outputs={"labels": {"0": "bg", "1": "fg"}},
-    )  # fmt: skip
+        name="tiny",
+        version="0",
+        task="brain_mask",
+        architecture=ARCHITECTURE,
+        inputs={"voxel_size_mm": 2.0, "window": None},
+        outputs={"labels": {"0": "bg", "1": "fg"}},
+    )
     fields.update(changes)
     return ModelCard(**fields)
 
@@ -228,3 +232,45 @@ def test_segmentation_metrics_against_hand_computed_values():
     assert volume_difference(grown, reference, 2.0) == 32.0
     rows = label_metrics(grown.astype(int), reference.astype(int), {1: "cube"}, (1, 1, 1))
     assert rows[0]["dice"] == pytest.approx(2 * 64 / (80 + 64))
+
+
+def test_train_and_evaluate_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from bids_dl.models_cli import models_main, train_main
+
+    config = _tiny_training_setup(tmp_path, 2)
+    result = CliRunner().invoke(train_main, [str(config), str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    bundle = tmp_path / "run" / "bundle"
+    image, inside = _sphere_image(np.diag([2.0, 2.0, 2.0, 1.0]), shape=(20, 20, 20))
+    nb.save(image, tmp_path / "case.nii.gz")
+    nb.save(nb.Nifti1Image(inside.astype(np.uint8), image.affine), tmp_path / "case_mask.nii.gz")
+    result = CliRunner().invoke(
+        models_main,
+        [
+            "evaluate",
+            str(bundle),
+            "--image",
+            str(tmp_path / "case.nii.gz"),
+            "--reference",
+            str(tmp_path / "case_mask.nii.gz"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "eval" / "metrics.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == [
+        "case",
+        "label",
+        "name",
+        "dice",
+        "hd95_mm",
+        "volume_difference_mm3",
+    ]
+    assert len(rows) == 2 and rows[1].startswith("case\t1\tbrain\t")
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["cases"] == 1 and 0 <= summary["mean_dice"] <= 1
+    shown = CliRunner().invoke(models_main, ["show", str(bundle)])
+    assert shown.exit_code == 0 and '"task": "brain_mask"' in shown.output

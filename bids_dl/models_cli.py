@@ -1,0 +1,102 @@
+"""``bids_dl-models`` (list, show, evaluate bundles) and ``bids_dl-train``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+def _fail(message: str) -> None:
+    click.echo(f"bids_dl-models: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def models_main() -> None:
+    """Manage deep-learning model bundles (weights + model card)."""
+
+
+@models_main.command("list")
+def list_bundles() -> None:
+    """The bundles shipped with bids_dl."""
+    from bids_dl.models.registry import describe, shipped_bundles
+
+    bundles = shipped_bundles()
+    if not bundles:
+        click.echo("no bundles are shipped yet")
+    for folder in bundles.values():
+        click.echo(describe(folder))
+
+
+@models_main.command("show")
+@click.argument("bundle")
+def show(bundle: str) -> None:
+    """Print the model card of BUNDLE (a shipped name or a folder)."""
+    from bids_dl.models.bundle import CARD, BundleError, load_card
+    from bids_dl.models.registry import find_bundle
+
+    try:
+        folder = find_bundle(bundle)
+        load_card(folder)
+    except BundleError as error:
+        _fail(str(error))
+    click.echo((folder / CARD).read_text(encoding="utf-8"))
+
+
+@models_main.command("evaluate")
+@click.argument("bundle")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+)
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="labels on the grid of the matching --image",
+)
+@click.option(
+    "--out", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def evaluate_command(bundle, images, references, output_dir, device) -> None:
+    """Run BUNDLE on each --image and score it against its --reference (same order)."""
+    from bids_dl.models.bundle import BundleError, load_bundle
+    from bids_dl.models.evaluate import Case, evaluate
+    from bids_dl.models.registry import find_bundle
+
+    if len(images) != len(references):
+        _fail(f"{len(images)} --image but {len(references)} --reference: give them in pairs")
+    try:
+        card, network = load_bundle(find_bundle(bundle))
+        cases = [
+            Case(Path(i).name.split(".")[0], i, r) for i, r in zip(images, references, strict=True)
+        ]
+        summary = evaluate(card, network, cases, output_dir, device)
+    except (BundleError, ValueError) as error:
+        _fail(str(error))
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"per-case metrics: {output_dir / 'metrics.tsv'}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+def train_main(config: Path, output: Path) -> None:
+    """Train a model from CONFIG (JSON); resume from OUTPUT/checkpoint when present."""
+    from bids_dl.models.train import TrainConfig, train
+
+    try:
+        settings = TrainConfig.from_file(config)
+    except (TypeError, ValueError, json.JSONDecodeError) as error:
+        _fail(f"{config}: {error}")
+    bundle = train(settings, output, command=" ".join(["bids_dl-train", *sys.argv[1:]]))
+    click.echo(f"bundle written to {bundle}")
