@@ -8,7 +8,7 @@ from importlib import resources
 
 import networkx as nx
 
-_CITATION = re.compile(r"\[@([a-zA-Z0-9_]+)\]")
+_CITATION = re.compile(r"\[@([a-zA-Z0-9_]+(?:; @[a-zA-Z0-9_]+)*)\]")
 
 
 def _descriptions(workflow) -> list[str]:
@@ -36,12 +36,13 @@ def methods_text(workflow) -> tuple[list[str], list[str]]:
     order: list[str] = []
 
     def number(match: re.Match) -> str:
-        key = match.group(1)
-        if key not in references:
-            raise KeyError(f"citation [@{key}] has no entry in data/references.json")
-        if key not in order:
-            order.append(key)
-        return f"[{order.index(key) + 1}]"
+        keys = [key.lstrip("@") for key in match.group(1).split("; ")]
+        for key in keys:
+            if key not in references:
+                raise KeyError(f"citation [@{key}] has no entry in data/references.json")
+            if key not in order:
+                order.append(key)
+        return "[" + ", ".join(str(order.index(key) + 1) for key in keys) + "]"
 
     paragraphs = [_CITATION.sub(number, text) for text in _descriptions(workflow)]
     return paragraphs, [f"[{i + 1}] {references[key]}" for i, key in enumerate(order)]

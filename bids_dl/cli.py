@@ -144,6 +144,13 @@ def _setup_logging(verbose: int) -> None:
     help="Where deep-learning nodes run: auto uses CUDA when present.",
 )
 @click.option(
+    "--brain-extraction-model",
+    default="auto",
+    show_default=True,
+    help="Brain extraction: 'template' (classical registration baseline), a model bundle "
+    "folder or shipped name, or 'auto' (the shipped brain_mask model when there is one).",
+)
+@click.option(
     "--skip-bids-validation", is_flag=True, help="Do not run the BIDS validator on the input."
 )
 @click.option("--stop-on-first-crash", is_flag=True, help="Stop at the first failed node.")
@@ -228,7 +235,11 @@ def _prepare(options: dict):
             mem_gb=options["mem_gb"],
             stop_on_first_crash=options["stop_on_first_crash"],
         ),
-        workflow=WorkflowSettings(device=options["device"], sloppy=options["sloppy"]),
+        workflow=WorkflowSettings(
+            device=options["device"],
+            sloppy=options["sloppy"],
+            brain_extraction_bundle=_brain_extraction_bundle(options["brain_extraction_model"]),
+        ),
     )
     if options["analysis_level"] == "group":
         return config, {}
@@ -239,6 +250,27 @@ def _prepare(options: dict):
         bids_dir, participants, config.execution.session_labels, config.execution.bids_filters
     )
     return config, subjects
+
+
+def _brain_extraction_bundle(choice: str) -> str | None:
+    """Resolve ``--brain-extraction-model`` to a checked bundle folder, or None (template)."""
+    from bids_dl.inputs import InputError
+    from bids_dl.models.bundle import BundleError, load_card
+    from bids_dl.models.registry import find_bundle, shipped_bundles
+
+    if choice == "template":
+        return None
+    if choice == "auto":
+        shipped = shipped_bundles().get("brain_mask")
+        return str(shipped) if shipped else None
+    try:
+        folder = find_bundle(choice)
+        card = load_card(folder)
+    except BundleError as error:
+        raise InputError(f"--brain-extraction-model: {error}") from error
+    if card.task != "brain_mask":
+        raise InputError(f"--brain-extraction-model: {folder} is a {card.task!r} model")
+    return str(folder.absolute())
 
 
 def _read_plugin_config(path: Path, plugin: str) -> tuple[str, dict]:

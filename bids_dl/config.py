@@ -63,6 +63,8 @@ class WorkflowSettings:
 
     device: str = "auto"
     sloppy: bool = False
+    #: folder of the brain-mask bundle, or None for the classical template baseline
+    brain_extraction_bundle: str | None = None
 
 
 @dataclass

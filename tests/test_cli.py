@@ -189,3 +189,8 @@ def test_validator_errors_stop_the_run(tiny_bids, tmp_path):
 def test_group_before_participant(tiny_bids, tmp_path):
     result = invoke(tiny_bids, tmp_path / "out", "group")
     assert_input_error(result, "run the participant level first")
+
+
+def test_unusable_brain_extraction_model(tiny_bids, tmp_path):
+    result = run_participant(tiny_bids, tmp_path, "--brain-extraction-model", tmp_path / "none")
+    assert_input_error(result, "--brain-extraction-model", "no bundle")

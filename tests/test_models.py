@@ -274,3 +274,23 @@ def test_train_and_evaluate_from_the_command_line(tmp_path):
     assert summary["cases"] == 1 and 0 <= summary["mean_dice"] <= 1
     shown = CliRunner().invoke(models_main, ["show", str(bundle)])
     assert shown.exit_code == 0 and '"task": "brain_mask"' in shown.output
+
+
+def test_model_brain_mask_node_records_the_model(tmp_path):
+    from bids_dl.models.bundle import weights_sha256
+    from bids_dl.workflows.interfaces.models import model_brain_mask
+
+    save_bundle(
+        tmp_path / "b",
+        _card(inputs={"voxel_size_mm": 2.0, "window": None}),
+        UNet3D(1, 2, features=(2, 4)),
+    )
+    image, _ = _sphere_image(np.diag([-1.0, 1.0, 2.0, 1.0]), shape=(20, 22, 12))
+    nb.save(image, tmp_path / "t1w.nii.gz")
+    model = model_brain_mask(
+        str(tmp_path / "t1w.nii.gz"), str(tmp_path / "b"), str(tmp_path / "mask.nii.gz"), "cpu"
+    )
+    mask = nb.load(tmp_path / "mask.nii.gz")
+    assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+    assert set(np.unique(mask.get_fdata())) <= {0.0, 1.0}
+    assert model == {"Name": "tiny", "Version": "0", "SHA256": weights_sha256(tmp_path / "b")}

@@ -63,10 +63,20 @@ def test_crash_files_go_to_the_subject_log(config, tiny_bids):
     assert crash_dir.parent == config.execution.output_dir / "sub-02" / "log"
 
 
-def test_brain_extraction_workflow_has_a_stable_interface():
-    workflow = init_brain_extraction_wf(template_dir="/tmp/t", omp_nthreads=1)
+@pytest.mark.parametrize("bundle", [None, "model"])
+def test_brain_extraction_methods_share_one_interface(tmp_path, bundle):
+    folder = None
+    if bundle:
+        folder = tmp_path / "bundle"
+        folder.mkdir()
+    workflow = init_brain_extraction_wf(
+        template_dir="/tmp/t", omp_nthreads=1, bundle=str(folder) if folder else None
+    )
     assert workflow.get_node("inputnode").inputs.copyable_trait_names() == ["in_file"]
-    assert workflow.get_node("outputnode").inputs.copyable_trait_names() == ["brain_mask"]
+    outputs = workflow.get_node("outputnode").inputs.copyable_trait_names()
+    assert sorted(outputs) == ["brain_mask", "model"]
+    expected_node = "model_mask" if bundle else "template_mask"
+    assert expected_node in workflow.list_node_names()
 
 
 def test_methods_follow_the_graph(config, tiny_bids):

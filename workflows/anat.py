@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -15,6 +17,7 @@ from bids_dl.workflows.interfaces.ants import (
 )
 from bids_dl.workflows.interfaces.conform import Conform
 from bids_dl.workflows.interfaces.images import ApplyBrainMask
+from bids_dl.workflows.interfaces.models import ModelBrainMask
 
 #: Memory of each step in GB: the peak resident memory measured by bench/bench_anat.py on the
 #: 1 mm sample (~12 M voxels), plus ~10 % headroom; it grows with the voxel count.
@@ -25,13 +28,25 @@ MEM_GB = {
     "registration": 1.25,
     "tissues": 1.5,
     "resample": 1.0,
+    "model": 2.0,
 }
 
 
 def init_brain_extraction_wf(
-    *, template_dir: str, omp_nthreads: int, name: str = "brain_extraction_wf"
+    *,
+    template_dir: str,
+    omp_nthreads: int,
+    bundle: str | None = None,
+    device: str = "auto",
+    name: str = "brain_extraction_wf",
 ):
-    """Classical brain extraction: the template's brain mask carried onto the subject.
+    """Brain extraction: a deep-learning bundle when given, else the template baseline.
+
+    Parameters
+    ----------
+    bundle
+        folder of a ``brain_mask`` model bundle; ``None`` selects the classical baseline
+        (the template's brain mask carried onto the subject by registration)
 
     Inputs
     ------
@@ -42,24 +57,42 @@ def init_brain_extraction_wf(
     -------
     brain_mask
         binary mask on the input grid
+    model
+        name, version and sha256 of the model (empty for the baseline)
     """
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = (
-        "A brain mask was obtained by registering the template brain to the bias-corrected "
-        "T1w (affine, then SyN restricted to a 6 mm dilation of the affine mask, both at 2 mm, "
-        "ANTs [@ants]) and carrying the template's brain mask onto the T1w grid."
-    )
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["brain_mask"]), name="outputnode")
-    template_mask = pe.Node(
-        TemplateBrainMask(template_dir=template_dir, num_threads=omp_nthreads),
-        name="template_mask",
-        mem_gb=MEM_GB["brain_extraction"],
-        n_procs=omp_nthreads,
-    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["brain_mask", "model"]), name="outputnode")
+    if bundle is not None:
+        workflow.__desc__ = (
+            "A brain mask was predicted by a 3D U-Net trained by bids_dl on images of random "
+            "contrast synthesised from real label maps [@synthseg; @synthstrip] "
+            f"(bundle {Path(bundle).name}), keeping the largest connected component and filling "
+            "its holes."
+        )
+        masking = pe.Node(
+            ModelBrainMask(bundle=bundle, device=device, num_threads=omp_nthreads),
+            name="model_mask",
+            mem_gb=MEM_GB["model"],
+            n_procs=omp_nthreads,
+        )
+        workflow.connect([(masking, outputnode, [("model", "model")])])
+    else:
+        workflow.__desc__ = (
+            "A brain mask was obtained by registering the template brain to the bias-corrected "
+            "T1w (affine, then SyN restricted to a 6 mm dilation of the affine mask, both at "
+            "2 mm, ANTs [@ants]) and carrying the template's brain mask onto the T1w grid."
+        )
+        masking = pe.Node(
+            TemplateBrainMask(template_dir=template_dir, num_threads=omp_nthreads),
+            name="template_mask",
+            mem_gb=MEM_GB["brain_extraction"],
+            n_procs=omp_nthreads,
+        )
+        outputnode.inputs.model = {}
     workflow.connect([
-        (inputnode, template_mask, [("in_file", "in_file")]),
-        (template_mask, outputnode, [("out_file", "brain_mask")]),
+        (inputnode, masking, [("in_file", "in_file")]),
+        (masking, outputnode, [("out_file", "brain_mask")]),
     ])  # fmt: skip
     return workflow
 
@@ -69,6 +102,8 @@ def init_anat_preproc_wf(
     template_dir: str,
     omp_nthreads: int,
     sloppy: bool = False,
+    brain_extraction_bundle: str | None = None,
+    device: str = "auto",
     name: str = "anat_preproc_wf",
 ):
     """Preprocess one T1w and register it to the MNI152NLin2009aSym template.
@@ -84,6 +119,8 @@ def init_anat_preproc_wf(
         bias-corrected T1w, RAS+ on the native grid
     brain_mask
         brain mask on the same grid
+    brain_mask_model
+        the model that made the mask (empty for the classical baseline)
     probseg
         GM, WM and CSF probability maps
     dseg
@@ -109,7 +146,7 @@ def init_anat_preproc_wf(
         "brain mask with Atropos [@atropos] (three classes, k-means start, MRF weight 0.1)."
     )
     fields_out = [
-        "t1w_preproc", "brain_mask", "probseg", "dseg", "std_t1w", "std_dseg",
+        "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "std_t1w", "std_dseg",
         "forward_transform", "reverse_transform", "conform_summary",
     ]  # fmt: skip
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
@@ -163,7 +200,10 @@ def init_anat_preproc_wf(
         (registration, std_dseg, [("forward_transform", "transform")]),
         (conform, outputnode, [("summary", "conform_summary")]),
         (n4, outputnode, [("out_file", "t1w_preproc")]),
-        (brain_extraction_wf, outputnode, [("outputnode.brain_mask", "brain_mask")]),
+        (brain_extraction_wf, outputnode, [
+            ("outputnode.brain_mask", "brain_mask"),
+            ("outputnode.model", "brain_mask_model"),
+        ]),
         (tissues, outputnode, [("probseg", "probseg"), ("dseg", "dseg")]),
         (registration, outputnode, [
             ("forward_transform", "forward_transform"),

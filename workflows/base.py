@@ -54,7 +54,11 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     inputnode.inputs.t1w = inputs.t1w
     anat_preproc_wf = init_anat_preproc_wf(
-        template_dir=template_dir, omp_nthreads=omp_nthreads, sloppy=config.workflow.sloppy
+        template_dir=template_dir,
+        omp_nthreads=omp_nthreads,
+        sloppy=config.workflow.sloppy,
+        brain_extraction_bundle=config.workflow.brain_extraction_bundle,
+        device=config.workflow.device,
     )
     measures = pe.Node(
         AnatomicalMeasures(subject_label=inputs.label, template_dir=template_dir),
@@ -77,6 +81,7 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         (anat_preproc_wf, anat_derivatives_wf, [
             ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
             ("outputnode.brain_mask", "inputnode.brain_mask"),
+            ("outputnode.brain_mask_model", "inputnode.brain_mask_model"),
             ("outputnode.probseg", "inputnode.probseg"),
             ("outputnode.dseg", "inputnode.dseg"),
             ("outputnode.std_t1w", "inputnode.std_t1w"),

@@ -10,8 +10,8 @@ from bids_dl.workflows.interfaces.bids import DerivativesDataSink
 from bids_dl.workflows.interfaces.reports import BrainMaskFigure, RegistrationFigure, TissueFigure
 
 ANAT_OUTPUT_FIELDS = [
-    "source_file", "t1w_preproc", "brain_mask", "probseg", "dseg", "std_t1w", "std_dseg",
-    "forward_transform", "reverse_transform", "measures",
+    "source_file", "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "std_t1w",
+    "std_dseg", "forward_transform", "reverse_transform", "measures",
 ]  # fmt: skip
 
 
@@ -97,7 +97,7 @@ def init_anat_derivatives_wf(*, output_dir: str, bids_dir: str, name: str = "ana
         [(inputnode, node, [("source_file", "source_file")]) for node in sinks]
         + [
             (inputnode, ds_preproc, [("t1w_preproc", "in_file")]),
-            (inputnode, ds_mask, [("brain_mask", "in_file")]),
+            (inputnode, ds_mask, [("brain_mask", "in_file"), ("brain_mask_model", "model")]),
             (inputnode, ds_probseg, [("probseg", "in_file")]),
             (inputnode, ds_dseg, [("dseg", "in_file")]),
             (inputnode, ds_std_t1w, [("std_t1w", "in_file")]),

@@ -17,6 +17,7 @@ from scipy import ndimage
 from bids_dl.derivatives import TISSUE_LOOKUP
 from bids_dl.images import save_image
 from bids_dl.templates import TemplateFiles
+from bids_dl.workflows.interfaces.images import largest_component_filled
 
 #: Tissue labels of the ``dseg`` output, in fMRIPrep's order.
 TISSUE_LABELS = {index: abbreviation for index, _, abbreviation, _ in TISSUE_LOOKUP}
@@ -51,14 +52,6 @@ def n4_bias_correct(in_file: str, out_file: str, num_threads: int = 1) -> str:
     )
     ants.image_write(corrected, out_file)
     return out_file
-
-
-def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count > 1:
-        sizes = ndimage.sum(mask, labels, range(1, count + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
 
 
 def brain_mask_from_template(
@@ -102,7 +95,7 @@ def brain_mask_from_template(
         outprefix=f"{work_prefix}syn_",
     )
     warped = ants.apply_transforms(native, template_mask, deformable["fwdtransforms"])
-    mask = _largest_component_filled(warped.numpy() > 0.5)
+    mask = largest_component_filled(warped.numpy() > 0.5)
     reference = nb.load(in_file)
     save_image(mask.astype(np.uint8), reference.affine, out_file)
     return out_file

@@ -29,6 +29,7 @@ class _SinkInputSpec(TraitedSpec):
     labels = traits.List(traits.Str, desc="one 'label' entity per in_file (probseg maps)")
     metadata = traits.Dict(usedefault=True, desc="extra sidecar fields")
     sidecar = traits.Bool(True, usedefault=True, desc="write a JSON sidecar with Sources")
+    model = traits.Dict(desc="name, version and sha256 of the model that made the file")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -67,6 +68,8 @@ class DerivativesDataSink(SimpleInterface):
             out_file = copy_atomic(in_file, base / relative)
             if self.inputs.sidecar:
                 sidecar = {"Sources": [source_uri], **self.inputs.metadata}
+                if isdefined(self.inputs.model) and self.inputs.model:
+                    sidecar["DeepLearningModel"] = dict(self.inputs.model)
                 if "space" not in entities:
                     # Native-space outputs share the grid of the raw image they come from.
                     sidecar.setdefault("SpatialReference", source_uri)

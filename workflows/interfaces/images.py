@@ -7,8 +7,18 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
+from scipy import ndimage
 
 from bids_dl.images import save_image
+
+
+def largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest connected part of a mask and fill its holes (a brain is one piece)."""
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum(mask, labels, range(1, count + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
 
 
 def apply_brain_mask(in_file: str, mask_file: str, out_file: str) -> str:
