@@ -288,29 +288,45 @@ def _read_plugin_config(path: Path, plugin: str) -> tuple[str, dict]:
 
 
 def _configure_nipype(config) -> None:
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
+    """Configure nipype in this process and, through a nipype.cfg, in its worker processes.
+
+    MultiProc's forkserver workers start from a fresh interpreter and read their settings
+    from ``$NIPYPE_CONFIG_DIR/nipype.cfg``; pointing it into the work dir also keeps nipype
+    from writing to ``$HOME``.
+    """
+    import configparser
 
     log_dir = config.execution.output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     nipype_level = ("WARNING", "INFO", "DEBUG")[min(config.execution.verbose, 2)]
-    nipype_config.update_config(
-        {
-            "logging": {
-                "log_directory": str(log_dir),
-                "log_to_file": True,
-                "workflow_level": nipype_level,
-                "interface_level": nipype_level,
-            },
-            "execution": {
-                "crashfile_format": "txt",
-                "stop_on_first_crash": config.nipype.stop_on_first_crash,
-                "parameterize_dirs": False,
-                "check_version": False,
-            },
-            "monitoring": {"enabled": False},
-        }
-    )
+    settings = {
+        "logging": {
+            "log_directory": str(log_dir),
+            "log_to_file": "true",
+            "workflow_level": nipype_level,
+            "interface_level": nipype_level,
+            "utils_level": nipype_level,
+        },
+        "execution": {
+            "crashfile_format": "txt",
+            "stop_on_first_crash": str(config.nipype.stop_on_first_crash).lower(),
+            "parameterize_dirs": "false",
+            "check_version": "false",
+        },
+        "monitoring": {"enabled": "false"},
+    }
+    config_dir = config.execution.work_dir / "nipype"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    parser = configparser.ConfigParser()
+    parser.read_dict(settings)
+    with (config_dir / "nipype.cfg").open("w", encoding="utf-8") as handle:
+        parser.write(handle)
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    nipype_config.update_config(settings)
     nipype_logging.update_logging(nipype_config)
 
 

@@ -103,11 +103,8 @@ def plot_tissues(anat_file: str, dseg_file: str, mask_file: str, out_file: str) 
     _, mask = _canonical_mask(mask_file)
     colormap = ListedColormap([color for *_, color in TISSUE_LOOKUP])
 
-    masked_labels = nb.Nifti1Image(
-        np.where(dseg.get_fdata() > 0, dseg.get_fdata(), np.nan).astype(np.float32), dseg.affine
-    )
-
     def decorate(display):
-        display.add_overlay(masked_labels, cmap=colormap, vmin=1, vmax=3, transparency=0.45)
+        # threshold=0.5 leaves the background (label 0) transparent
+        display.add_overlay(dseg, cmap=colormap, vmin=1, vmax=3, threshold=0.5, transparency=0.45)
 
     return _mosaic(anat_file, out_file, mask, decorate, "tissues: GM, WM, CSF")
