@@ -10,7 +10,12 @@ import numpy as np
 import pandas as pd
 
 from bids_dl import __version__
-from bids_dl.derivatives import write_file_atomic, write_json_atomic, write_text_atomic
+from bids_dl.derivatives import (
+    MEASURES_DICTIONARY,
+    write_file_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from bids_dl.inputs import InputError
 
 #: BIDS puts participant-level measures in ``phenotype/``: the validator accepts it there.
@@ -42,7 +47,6 @@ def outlier_flags(table: pd.DataFrame, threshold: float = 3.0) -> pd.DataFrame:
 def write_group_outputs(output_dir: Path, participant_labels: list[str] | None = None) -> Path:
     """Write the group table (TSV + JSON data dictionary) and ``group.html``; return the TSV."""
     from bids_dl.reports.participant import template_environment
-    from bids_dl.workflows.interfaces.morphometry import MEASURES_DICTIONARY
 
     output_dir = Path(output_dir)
     table = gather_measures(output_dir, participant_labels)

@@ -102,34 +102,3 @@ class AnatomicalMeasures(SimpleInterface):
             write_measures_tsv(measures, Path(runtime.cwd) / "measures.tsv")
         )
         return runtime
-
-
-#: Data dictionary of the measures table (BIDS-style JSON sidecar).
-MEASURES_DICTIONARY = {
-    "participant_id": {"Description": "BIDS participant label"},
-    "brain_mask_mm3": {"Description": "volume of the brain mask", "Units": "mm^3"},
-    "gm_mm3": {
-        "Description": "grey-matter volume (sum of the GM probability map)",
-        "Units": "mm^3",
-    },
-    "wm_mm3": {
-        "Description": "white-matter volume (sum of the WM probability map)",
-        "Units": "mm^3",
-    },
-    "csf_mm3": {
-        "Description": "CSF volume inside the brain mask (sum of the CSF map)",
-        "Units": "mm^3",
-    },
-    "template_correlation": {
-        "Description": "Pearson correlation of the T1w in template space with the template T1w, "
-        "inside the template brain mask (registration quality; 1 is perfect)"
-    },
-    "template_dice_gm": {
-        "Description": "Dice of the subject's GM labels in template space with the template GM "
-        "map thresholded at 0.5 (registration and segmentation quality)"
-    },
-    "template_dice_wm": {
-        "Description": "Dice of the subject's WM labels in template space with the template WM "
-        "map thresholded at 0.5"
-    },
-}
