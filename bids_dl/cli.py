@@ -349,6 +349,7 @@ def _run_participant(config, subjects) -> int:
     from bids_dl.workflows.base import init_bids_dl_wf
 
     workflow = init_bids_dl_wf(config, subjects)
+    _check_resources(config, workflow)
     logs = execution.output_dir / "logs"
     write_text_atomic(methods_markdown(workflow), logs / "CITATION.md")
     if execution.boilerplate_only:
@@ -377,6 +378,22 @@ def _run_participant(config, subjects) -> int:
     for report in reports:
         click.echo(f"Report: {report}")
     return 0
+
+
+def _check_resources(config, workflow) -> None:
+    """Refuse, before any work, limits that a node of the graph needs more than."""
+    nodes = workflow._get_all_nodes()
+    hungriest = max(nodes, key=lambda node: node.mem_gb)
+    if config.nipype.mem_gb and hungriest.mem_gb > config.nipype.mem_gb:
+        _fail(
+            f"--mem-gb {config.nipype.mem_gb:g} is less than the {hungriest.mem_gb:g} GB that "
+            f"node {hungriest.name} needs; give at least {hungriest.mem_gb:g}"
+        )
+    if config.nipype.omp_nthreads > config.nipype.nprocs:
+        _fail(
+            f"--omp-nthreads {config.nipype.omp_nthreads} is more than --nprocs "
+            f"{config.nipype.nprocs}: a node could never start"
+        )
 
 
 def _crash_files(config, subjects) -> list[Path]:

@@ -194,3 +194,13 @@ def test_group_before_participant(tiny_bids, tmp_path):
 def test_unusable_brain_extraction_model(tiny_bids, tmp_path):
     result = run_participant(tiny_bids, tmp_path, "--brain-extraction-model", tmp_path / "none")
     assert_input_error(result, "--brain-extraction-model", "no bundle")
+
+
+def test_memory_limit_below_a_node_need(tiny_bids, tmp_path):
+    result = run_participant(tiny_bids, tmp_path, "--mem-gb", "0.5")
+    assert_input_error(result, "--mem-gb 0.5", "GB that node")
+
+
+def test_more_threads_than_processes(tiny_bids, tmp_path):
+    result = run_participant(tiny_bids, tmp_path, "--nprocs", "1", "--omp-nthreads", "2")
+    assert_input_error(result, "--omp-nthreads 2", "--nprocs 1")
