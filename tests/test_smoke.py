@@ -212,3 +212,22 @@ def test_report_opens_in_chromium_with_every_image(smoke_run, tmp_path, page, ex
     for figure in re.findall(r'<img src="([^"]+)"', dom):
         image = np.asarray(Image.open(moved / figure).convert("L"), dtype=float)
         assert image.std() > 10 and (image > 30).mean() > 0.05, figure
+
+
+def test_reports_only_rewrites_the_report_without_running(smoke_run, tmp_path):
+    report = smoke_run["output"] / "sub-01.html"
+    report.unlink()
+    result = run_cli(
+        str(smoke_run["bids"]),
+        str(smoke_run["output"]),
+        "participant",
+        "--reports-only",
+        "--participant-label",
+        "01",
+        "-w",
+        str(tmp_path / "empty_work"),
+        "--skip-bids-validation",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report.exists() and "sub-01_desc-brain_T1w.png" in report.read_text()
+    assert not (tmp_path / "empty_work" / "bids_dl_wf").exists()
