@@ -23,11 +23,11 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from bids_dl.images import save_image
 from bids_dl.sample import write_sample_dataset
 from bids_dl.templates import write_template_files
 from bids_dl.workflows.interfaces import ants
 from bids_dl.workflows.interfaces.conform import conform_image
+from bids_dl.workflows.interfaces.images import apply_brain_mask
 from bids_dl.workflows.interfaces.morphometry import registration_quality
 
 
@@ -50,13 +50,6 @@ def run_stage(function, *args):
     return outcome
 
 
-def _mask(in_file: str, mask_file: str, out_file: str) -> str:
-    image = nb.load(in_file)
-    data = image.get_fdata(dtype=np.float32) * (nb.load(mask_file).get_fdata() > 0)
-    save_image(data, image.affine, out_file)
-    return out_file
-
-
 def bench_subject(t1w: Path, work: Path, template, threads: int):
     """Run every stage on one T1w; return (stage rows, registration quality, file paths)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -70,7 +63,7 @@ def bench_subject(t1w: Path, work: Path, template, threads: int):
             ants.brain_mask_from_template,
             (paths["n4"], template, paths["mask"], str(work / "bet_"), threads),
         ),
-        ("skull_strip", _mask, (paths["n4"], paths["mask"], paths["brain"])),
+        ("skull_strip", apply_brain_mask, (paths["n4"], paths["mask"], paths["brain"])),
         (
             "registration",
             ants.register_to_template,

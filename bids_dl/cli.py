@@ -367,7 +367,7 @@ def _run_participant(config, subjects) -> int:
         except Exception as error:  # nipype raises RuntimeError, plugins other types
             status = 1
             LOGGER.debug("workflow failed", exc_info=error)
-    reports = _write_reports(config, subjects)
+    reports = _write_reports(config, subjects, workflow)
     crashes = _crash_files(config, subjects)
     if status or crashes:
         listing = "; ".join(str(c) for c in crashes) or "see the log in " + str(logs)
@@ -406,14 +406,14 @@ def _crash_files(config, subjects) -> list[Path]:
     return crashes
 
 
-def _write_reports(config, subjects) -> list[Path]:
+def _write_reports(config, subjects, workflow) -> list[Path]:
+    """One report per subject; its methods come from that subject's part of ``workflow``."""
     from bids_dl.boilerplate import methods_text
     from bids_dl.reports.participant import write_participant_report
-    from bids_dl.workflows.base import init_single_subject_wf
 
     reports = []
     for label, inputs in subjects.items():
-        methods, references = methods_text(init_single_subject_wf(config, inputs))
+        methods, references = methods_text(workflow.get_node(f"single_subject_{label}_wf"))
         source = Path(inputs.t1w).relative_to(config.execution.bids_dir).as_posix()
         reports.append(
             write_participant_report(

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from bids_dl.inputs import validator_command
+from bids_dl.models.metrics import dice
 from tests.conftest import run_cli, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -81,10 +82,6 @@ def test_outputs_keep_the_native_grid_in_ras(smoke_run):
     assert std.shape == (197, 233, 189)
 
 
-def _dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-
-
 def test_brain_mask_and_tissues_agree_with_the_simulation_truth(smoke_run):
     output, truth = smoke_run["output"], smoke_run["bids"] / "derivatives" / "sample-truth"
     for label in ("01", "02"):
@@ -98,9 +95,9 @@ def test_brain_mask_and_tissues_agree_with_the_simulation_truth(smoke_run):
             nb.load(output / f"sub-{label}/anat/sub-{label}_desc-brain_mask.nii.gz").get_fdata() > 0
         )
         dseg = nb.load(output / f"sub-{label}/anat/sub-{label}_dseg.nii.gz").get_fdata()
-        assert _dice(mask, true_mask.get_fdata() > 0) > 0.93
+        assert dice(mask, true_mask.get_fdata() > 0) > 0.93
         for index in (1, 2):  # GM, WM
-            assert _dice(dseg == index, true_dseg.get_fdata() == index) > 0.7
+            assert dice(dseg == index, true_dseg.get_fdata() == index) > 0.7
 
 
 def test_sidecars_name_their_sources(smoke_run):

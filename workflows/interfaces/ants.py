@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from bids_dl.derivatives import TISSUE_LOOKUP
 from bids_dl.images import save_image
-from bids_dl.templates import TemplateFiles
+from bids_dl.templates import TemplateFiles, write_template_files
 from bids_dl.workflows.interfaces.images import largest_component_filled
 
 #: Tissue labels of the ``dseg`` output, in fMRIPrep's order.
@@ -186,12 +186,6 @@ def apply_transform(
     return out_file
 
 
-def _template_files(template_dir: str) -> TemplateFiles:
-    from bids_dl.templates import write_template_files
-
-    return write_template_files(template_dir)
-
-
 class _N4InputSpec(TraitedSpec):
     in_file = File(exists=True, mandatory=True, desc="conformed anatomical image")
     num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
@@ -231,7 +225,7 @@ class TemplateBrainMask(SimpleInterface):
         out_file = str(Path(runtime.cwd) / "brain_mask.nii.gz")
         self._results["out_file"] = brain_mask_from_template(
             self.inputs.in_file,
-            _template_files(self.inputs.template_dir),
+            write_template_files(self.inputs.template_dir),
             out_file,
             str(Path(runtime.cwd) / "bet_"),
             self.inputs.num_threads,
@@ -258,7 +252,7 @@ class TemplateRegistration(SimpleInterface):
         self._results.update(
             register_to_template(
                 self.inputs.in_file,
-                _template_files(self.inputs.template_dir),
+                write_template_files(self.inputs.template_dir),
                 str(Path(runtime.cwd) / "t1w_to_template_"),
                 self.inputs.num_threads,
                 self.inputs.sloppy,
@@ -310,7 +304,7 @@ class ApplyTransformToTemplate(SimpleInterface):
     output_spec = _OutFileSpec
 
     def _run_interface(self, runtime):
-        template = _template_files(self.inputs.template_dir)
+        template = write_template_files(self.inputs.template_dir)
         out_file = str(Path(runtime.cwd) / "in_template.nii.gz")
         self._results["out_file"] = apply_transform(
             self.inputs.in_file,

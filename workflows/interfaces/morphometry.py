@@ -9,6 +9,7 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 
+from bids_dl.models.metrics import dice
 from bids_dl.templates import TemplateFiles
 
 
@@ -27,12 +28,6 @@ def tissue_volumes(probseg_files: dict[str, str], mask_file: str) -> dict[str, f
         image = nb.load(path)
         volumes[f"{name.lower()}_mm3"] = float(image.get_fdata().sum()) * voxel_volume_mm3(image)
     return {key: round(value, 1) for key, value in volumes.items()}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean arrays (1.0 when both are empty)."""
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
 def registration_quality(

@@ -11,24 +11,37 @@ class _FigureOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="PNG figure")
 
 
+class _FigureInterface(SimpleInterface):
+    """Draws one PNG into the node's folder; subclasses say what in ``_draw``."""
+
+    output_spec = _FigureOutputSpec
+    figure_name = "figure.png"
+
+    def _draw(self, out_file: Path) -> None:
+        raise NotImplementedError
+
+    def _run_interface(self, runtime):
+        out_file = Path(runtime.cwd) / self.figure_name
+        self._draw(out_file)
+        self._results["out_file"] = str(out_file)
+        return runtime
+
+
 class _BrainMaskInputSpec(TraitedSpec):
     anat = File(exists=True, mandatory=True)
     brain_mask = File(exists=True, mandatory=True)
 
 
-class BrainMaskFigure(SimpleInterface):
+class BrainMaskFigure(_FigureInterface):
     """Brain-mask contour on the T1w."""
 
     input_spec = _BrainMaskInputSpec
-    output_spec = _FigureOutputSpec
+    figure_name = "brain_mask.png"
 
-    def _run_interface(self, runtime):
+    def _draw(self, out_file: Path) -> None:
         from bids_dl.reports.figures import plot_brain_mask
 
-        out_file = Path(runtime.cwd) / "brain_mask.png"
         plot_brain_mask(self.inputs.anat, self.inputs.brain_mask, out_file)
-        self._results["out_file"] = str(out_file)
-        return runtime
 
 
 class _RegistrationInputSpec(TraitedSpec):
@@ -36,23 +49,20 @@ class _RegistrationInputSpec(TraitedSpec):
     template_dir = traits.Str(mandatory=True)
 
 
-class RegistrationFigure(SimpleInterface):
+class RegistrationFigure(_FigureInterface):
     """T1w in template space with the template's contours."""
 
     input_spec = _RegistrationInputSpec
-    output_spec = _FigureOutputSpec
+    figure_name = "registration.png"
 
-    def _run_interface(self, runtime):
+    def _draw(self, out_file: Path) -> None:
         from bids_dl.reports.figures import plot_registration
         from bids_dl.templates import write_template_files
 
         template = write_template_files(self.inputs.template_dir)
-        out_file = Path(runtime.cwd) / "registration.png"
         plot_registration(
             self.inputs.std_anat, template.brain_mask, [template.gm, template.wm], out_file
         )
-        self._results["out_file"] = str(out_file)
-        return runtime
 
 
 class _TissueInputSpec(TraitedSpec):
@@ -61,16 +71,13 @@ class _TissueInputSpec(TraitedSpec):
     brain_mask = File(exists=True, mandatory=True)
 
 
-class TissueFigure(SimpleInterface):
+class TissueFigure(_FigureInterface):
     """Tissue labels over the T1w."""
 
     input_spec = _TissueInputSpec
-    output_spec = _FigureOutputSpec
+    figure_name = "tissues.png"
 
-    def _run_interface(self, runtime):
+    def _draw(self, out_file: Path) -> None:
         from bids_dl.reports.figures import plot_tissues
 
-        out_file = Path(runtime.cwd) / "tissues.png"
         plot_tissues(self.inputs.anat, self.inputs.dseg, self.inputs.brain_mask, out_file)
-        self._results["out_file"] = str(out_file)
-        return runtime
