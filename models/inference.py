@@ -13,6 +13,7 @@ import math
 import nibabel as nb
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from bids_dl.models.bundle import ModelCard
@@ -20,22 +21,40 @@ from bids_dl.models.synthesis import normalise_intensities
 
 
 def model_grid(
-    image: nb.Nifti1Image, voxel_mm: float, divisor: int
+    image: nb.Nifti1Image,
+    voxel_mm: float,
+    divisor: int,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[tuple[int, ...], np.ndarray]:
-    """RAS grid at ``voxel_mm`` covering the image, each size a multiple of ``divisor``."""
-    corners = (
-        np.array(np.meshgrid(*[[0, n - 1] for n in image.shape[:3]], indexing="ij"))
-        .reshape(3, -1)
-        .T
-    )
-    world = nb.affines.apply_affine(image.affine, corners)
-    low, high = world.min(0), world.max(0)
+    """RAS grid at ``voxel_mm`` covering the image (or the world ``bounds`` low, high), each
+    size a multiple of ``divisor``."""
+    if bounds is None:
+        bounds = world_bounds(image.affine, [(0, n - 1) for n in image.shape[:3]])
+    low, high = bounds
     shape = np.ceil((high - low) / voxel_mm).astype(int) + 1
     shape = (np.ceil(shape / divisor) * divisor).astype(int)
     centre = (low + high) / 2
     affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
     affine[:3, 3] = centre - (shape - 1) * voxel_mm / 2
     return tuple(int(s) for s in shape), affine
+
+
+def world_bounds(affine: np.ndarray, ranges) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest world coordinates of the corners of a box of voxel ``ranges``."""
+    corners = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T
+    world = nb.affines.apply_affine(affine, corners)
+    return world.min(0), world.max(0)
+
+
+def mask_bounds(
+    mask: np.ndarray, affine: np.ndarray, margin_mm: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """World bounds of a mask's bounding box plus ``margin_mm`` (None for an empty mask)."""
+    voxels = np.argwhere(mask)
+    if not len(voxels):
+        return None
+    low, high = world_bounds(affine, list(zip(voxels.min(0), voxels.max(0), strict=True)))
+    return low - margin_mm, high + margin_mm
 
 
 def resample(
@@ -108,20 +127,136 @@ def predict_probabilities(
     return total / norm
 
 
+def to_native(
+    probabilities: torch.Tensor,
+    model_affine: np.ndarray,
+    native_shape: tuple[int, int, int],
+    native_affine: np.ndarray,
+    groups: dict[str, list[int]] | None = None,
+    slab: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities on the model grid -> argmax index and probabilities on the native grid.
+
+    Trilinear interpolation of all classes at once, slab by slab (matrix products when the grids
+    are axis-aligned, else torch ``grid_sample``), only
+    over the native voxels the model grid covers; the rest is background (class 0). With
+    ``groups``, the returned probabilities are the sums over each group's classes (e.g. GM, WM,
+    CSF) instead of every class, which keeps memory low for many-class models.
+    """
+    n_classes = probabilities.shape[0]
+    index = np.zeros(native_shape, dtype=np.int16)
+    n_out = len(groups) if groups else n_classes
+    out = np.zeros((n_out, *native_shape), dtype=np.float32)
+    if not groups:
+        out[0] = 1.0
+    # model-grid voxel coordinates of native voxel (i, j, k): linear in (i, j, k)
+    to_model = np.linalg.inv(model_affine) @ native_affine
+    model_shape = np.array(probabilities.shape[1:])
+    inverse = np.linalg.inv(to_model)
+    low, high = world_bounds(inverse, [(0, n - 1) for n in model_shape])  # native voxel bounds
+    start = np.clip(np.floor(low).astype(int), 0, np.array(native_shape))
+    stop = np.clip(np.ceil(high).astype(int) + 1, 0, np.array(native_shape))
+    if np.any(stop <= start):
+        return index, out
+    order = np.abs(to_model[:3, :3]).argmax(0)  # model axis along each native axis
+    permuted = to_model[np.r_[order, 3]]
+    aligned = len(set(order)) == 3 and np.allclose(
+        permuted[:3, :3], np.diag(np.diag(permuted[:3, :3])), atol=1e-6
+    )  # axis-aligned grids (any RAS/LIA/LPS... image without obliquity): separable, faster
+    if aligned:
+        volume = probabilities.permute(0, *(1 + order)).contiguous()
+        mx, my, mz = (
+            _interpolation_matrix(
+                permuted[a, a], permuted[a, 3], start[a], stop[a], volume.shape[1 + a]
+            )
+            for a in range(3)
+        )
+    else:
+        volume = probabilities[None]
+        scale = torch.tensor(2.0 / np.maximum(model_shape - 1, 1), dtype=torch.float32)
+        j, k = np.meshgrid(
+            np.arange(start[1], stop[1]), np.arange(start[2], stop[2]), indexing="ij"
+        )
+        plane = torch.from_numpy(np.stack([j, k], -1).astype(np.float32))
+        matrix = torch.from_numpy(to_model[:3, :3].astype(np.float32))
+        offset = torch.from_numpy(to_model[:3, 3].astype(np.float32))
+    for first in range(start[0], stop[0], slab):
+        last = min(first + slab, stop[0])
+        if aligned:  # trilinear interpolation as three small matrix products
+            rows = mx[first - start[0] : last - start[0]]
+            sampled = torch.einsum("cxyz,ix,jy,kz->cijk", volume, rows, my, mz)
+        else:
+            i = torch.arange(first, last, dtype=torch.float32)
+            ijk = torch.cat(
+                [
+                    i[:, None, None, None].expand(-1, *plane.shape[:2], 1),
+                    plane[None].expand(len(i), -1, -1, -1),
+                ],
+                dim=-1,
+            )
+            grid = ((ijk @ matrix.T + offset) * scale - 1).flip(-1)  # (x, y, z) = (W, H, D)
+            sampled = F.grid_sample(
+                volume, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
+            )[0]
+        region = (slice(first, last), slice(start[1], stop[1]), slice(start[2], stop[2]))
+        _store(sampled, region, index, out, groups)
+    return index, out
+
+
+def _store(sampled: torch.Tensor, region, index: np.ndarray, out: np.ndarray, groups) -> None:
+    """Normalise interpolated probabilities (background outside the grid), keep argmax/groups."""
+    sampled[0][sampled.sum(0) < 1e-3] = 1.0  # outside the model grid: background
+    sampled /= sampled.sum(0, keepdim=True)
+    best, best_index = sampled[0].clone(), torch.zeros(sampled.shape[1:], dtype=torch.int16)
+    for channel in range(1, sampled.shape[0]):  # a running max: faster than argmax(0) here
+        better = sampled[channel] > best
+        best = torch.where(better, sampled[channel], best)
+        best_index[better] = channel
+    index[region] = best_index.numpy()
+    if groups:
+        for position, members in enumerate(groups.values()):
+            out[(position, *region)] = sampled[members].sum(0).numpy()
+    else:
+        out[(slice(None), *region)] = sampled.numpy()
+
+
+def _interpolation_matrix(scale: float, shift: float, first: int, last: int, size: int):
+    """Linear-interpolation weights ``[last - first, size]`` for one axis, with zeros beyond the
+    grid (as ``grid_sample`` pads)."""
+    position = scale * np.arange(first, last) + shift
+    below = np.floor(position).astype(int)
+    weight = (position - below).astype(np.float32)
+    matrix = np.zeros((last - first, size + 2), dtype=np.float32)  # one spare column each side
+    rows = np.arange(last - first)
+    matrix[rows, np.clip(below, -1, size) + 1] += 1 - weight
+    matrix[rows, np.clip(below + 1, -1, size) + 1] += weight
+    return torch.from_numpy(np.ascontiguousarray(matrix[:, 1:-1]))
+
+
 def segment(
     image: nb.Nifti1Image,
     card: ModelCard,
     network: torch.nn.Module,
     device: str = "cpu",
+    mask: np.ndarray | None = None,
+    groups: dict[str, list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and per-class probabilities of ``image``, both on the image's own grid.
+    """Labels and probabilities of ``image``, both on the image's own grid.
+
+    With a ``mask`` (on the image grid) and a card that asks for it (``brain_crop_margin_mm``),
+    the model grid covers only the mask's bounding box plus that margin, as in training.
+    ``groups`` (name -> label values) sums probabilities per group (see ``to_native``).
 
     Returns ``labels`` (uint8/uint16, label values of the card) and ``probabilities`` (float32,
-    ``[C, *image.shape]``, in the card's label order).
+    ``[C, *image.shape]`` in the card's label order, or one map per group).
     """
     voxel_mm = float(card.inputs["voxel_size_mm"])
     divisor = getattr(network, "divisor", 1)
-    shape, affine = model_grid(image, voxel_mm, divisor)
+    bounds = None
+    margin = card.inputs.get("brain_crop_margin_mm")
+    if mask is not None and margin is not None:
+        bounds = mask_bounds(mask, image.affine, float(margin))
+    shape, affine = model_grid(image, voxel_mm, divisor, bounds)
     data = np.nan_to_num(image.get_fdata(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     on_grid = resample(data, image.affine, shape, affine, order=1)
     volume = normalise_intensities(torch.from_numpy(on_grid.astype(np.float32)))
@@ -130,13 +265,13 @@ def segment(
     network = network.to(device)
     probabilities = predict_probabilities(
         network, volume, len(labels), tuple(window) if window else None, device=device
-    ).numpy()
-    native = np.zeros((len(labels), *image.shape[:3]), dtype=np.float32)
-    for index in range(len(labels)):
-        native[index] = resample(
-            probabilities[index], affine, image.shape[:3], image.affine, order=1
-        )
-    native[0][native.sum(0) < 1e-3] = 1.0  # outside the model grid: background
-    native /= native.sum(0, keepdims=True)
+    )
+    positions = None
+    if groups:
+        positions = {
+            name: [labels.index(v) for v in values if v in labels]
+            for name, values in groups.items()
+        }
+    index, native = to_native(probabilities, affine, image.shape[:3], image.affine, positions)
     dtype = np.uint8 if max(labels) < 256 else np.uint16
-    return np.asarray(labels, dtype=dtype)[native.argmax(0)], native
+    return np.asarray(labels, dtype=dtype)[index], native

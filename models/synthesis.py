@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from bids_dl.models.labels import CONTRAST_TISSUE_MEANS, tissue_key
+
+CONTRASTS = tuple(CONTRAST_TISSUE_MEANS)
+
 
 @dataclass(frozen=True)
 class SynthesisParameters:
@@ -35,6 +39,10 @@ class SynthesisParameters:
     noise_std: tuple[float, float] = (0.0, 0.06)
     low_resolution_factor: tuple[float, float] = (1.0, 3.0)
     low_resolution_probability: float = 0.5
+    #: share of samples whose brain tissues follow a jittered T1w/T2w/FLAIR-like table
+    #: (``CONTRAST_TISSUE_MEANS``) instead of fully random means; the rest of the head stays random
+    contrast_prior_probability: float = 0.0
+    contrast_prior_jitter: float = 0.08
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,13 +103,40 @@ def deform_labels(
     return sampled[0, 0].round().long()
 
 
-def synthesise_image(
-    classes: torch.Tensor, n_classes: int, params: SynthesisParameters, generator: torch.Generator
-) -> torch.Tensor:
-    """Random-contrast image from a volume of generation classes, normalised to [0, 1]."""
-    low, high = params.intensity_mean
-    means = _uniform(low, high, generator, (n_classes,))
+def random_means(
+    n_classes: int, params: SynthesisParameters, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random mean and standard deviation of each intensity class."""
+    means = _uniform(*params.intensity_mean, generator, (n_classes,))
     stds = _uniform(*params.intensity_std, generator, (n_classes,))
+    return means, stds
+
+
+def contrast_means(
+    contrast: str, size: int, jitter: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Mean intensity per label value: brain tissues from a contrast's table (plus uniform
+    ``jitter``), every other label (extra-cerebral tissues, background) random in [0, 1]."""
+    table = CONTRAST_TISSUE_MEANS[contrast]
+    means = torch.rand((size,), generator=generator)
+    for value in range(size):
+        key = tissue_key(value)
+        if key is not None:
+            means[value] = table[key] + float(_uniform(-jitter, jitter, generator))
+    return means.clamp(0, 1)
+
+
+def synthesise_image(
+    classes: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    params: SynthesisParameters,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Image from a volume of intensity classes and each class's mean/std, normalised to [0, 1].
+
+    Then: blur, bias field, gamma, noise and (sometimes) a low-resolution axis.
+    """
     image = means[classes] + stds[classes] * torch.randn(classes.shape, generator=generator)
     image = _blur(image, float(_uniform(*params.blur_sigma_vox, generator)))
     bias = _smooth_field(tuple(image.shape), params.bias_grid, params.bias_std, 1, generator)[0, 0]
@@ -175,6 +210,28 @@ def _blur_axis(image: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
     return F.conv3d(image[None, None], kernel.view(shape), padding=tuple(padding))[0, 0]
 
 
+#: Test images: the label map's own pose and resolution, mild bias, noise and blur.
+TEST_PARAMETERS = SynthesisParameters(
+    rotation_deg=0, scale=0, shear=0, translation_vox=0, nonlinear_std_vox=0,
+    intensity_std=(0.02, 0.02), blur_sigma_vox=(0.5, 0.5), bias_std=0.15, log_gamma_std=0,
+    noise_std=(0.02, 0.02), low_resolution_probability=0,
+)  # fmt: skip
+
+
+def synthesise_test_image(labels: torch.Tensor, contrast: str, seed: int) -> torch.Tensor:
+    """A fixed T1w-, T2w- or FLAIR-like image of a label map (same grid), reproducible by seed.
+
+    Brain tissues take the contrast's table exactly, air is dark, and extra-cerebral tissues
+    take seeded random intensities.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    size = int(labels.max()) + 1
+    means = contrast_means(contrast, size, 0.0, generator)
+    means[0] = 0.0  # air is dark in every contrast
+    stds = torch.full((size,), TEST_PARAMETERS.intensity_std[0])
+    return synthesise_image(labels, means, stds, TEST_PARAMETERS, generator)
+
+
 class LabelSynthesiser:
     """Draws (image, target) pairs from label maps, reproducibly from one seed.
 
@@ -202,6 +259,7 @@ class LabelSynthesiser:
         self.generation_lut = generation_lut.long()
         self.target_lut = target_lut.long()
         self.n_classes = int(self.generation_lut.max()) + 1
+        self.n_labels = len(self.generation_lut)
         self.out_shape = out_shape
         self.params = params or SynthesisParameters()
         self.generator = torch.Generator().manual_seed(seed)
@@ -210,9 +268,19 @@ class LabelSynthesiser:
         """One ``(image [1, D, H, W] float, target [D, H, W] long)`` pair."""
         index = int(torch.randint(0, len(self.label_maps), (1,), generator=self.generator))
         labels = deform_labels(self.label_maps[index], self.out_shape, self.params, self.generator)
-        image = synthesise_image(
-            self.generation_lut[labels], self.n_classes, self.params, self.generator
-        )
+        if float(torch.rand((), generator=self.generator)) < self.params.contrast_prior_probability:
+            contrast = CONTRASTS[
+                int(torch.randint(0, len(CONTRASTS), (1,), generator=self.generator))
+            ]
+            means = contrast_means(
+                contrast, self.n_labels, self.params.contrast_prior_jitter, self.generator
+            )
+            stds = _uniform(*self.params.intensity_std, self.generator, (self.n_labels,))
+            image = synthesise_image(labels, means, stds, self.params, self.generator)
+        else:
+            means, stds = random_means(self.n_classes, self.params, self.generator)
+            classes = self.generation_lut[labels]
+            image = synthesise_image(classes, means, stds, self.params, self.generator)
         return image[None], self.target_lut[labels]
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 
 from bids_dl.models.bundle import ModelCard, build_network, save_bundle
 from bids_dl.models.inference import model_grid, resample
+from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES
 from bids_dl.models.metrics import dice
 from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters
 
-#: Label values of the brain (FreeSurfer aseg, CSF included): the brain-mask task's foreground.
-BRAIN_LABEL_RANGE = (1, 99)
+TASKS = ("brain_mask", "structures")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class TrainConfig:
     """Everything that defines a training run (copied into the model card)."""
 
     name: str
-    task: str  # "brain_mask"
+    task: str  # one of TASKS
     label_maps: str  # folder of training_seg_XX.nii.gz
     generation_labels: str  # .npy: label values
     generation_classes: str  # .npy: their intensity class
@@ -57,6 +57,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 1
     threads: int = 2
+    #: crop each label map to its brain (plus this margin, in voxels) before sampling windows, so
+    #: windows are centred on the brain (inference then centres them on the brain mask); None
+    #: keeps the whole head and its surroundings
+    brain_crop_margin: int | None = None
     synthesis: dict = field(default_factory=dict)
 
     @classmethod
@@ -68,12 +72,22 @@ class TrainConfig:
         return cls(**content)
 
 
-def load_label_map(path: Path, voxel_mm: float) -> torch.Tensor:
-    """A label map in RAS at ``voxel_mm`` (nearest neighbour), as int64."""
+def load_label_map(
+    path: Path, voxel_mm: float, brain_crop_margin: int | None = None
+) -> torch.Tensor:
+    """A label map in RAS at ``voxel_mm`` (nearest neighbour), as int64, optionally cropped to
+    the brain's bounding box plus a margin."""
     image = nb.as_closest_canonical(nb.load(str(path)))
     shape, affine = model_grid(image, voxel_mm, 1)
     data = np.asarray(image.dataobj).astype(np.int32)
-    return torch.from_numpy(resample(data, image.affine, shape, affine, order=0).astype(np.int64))
+    labels = resample(data, image.affine, shape, affine, order=0).astype(np.int64)
+    if brain_crop_margin is not None:
+        low, high = BRAIN_LABEL_RANGE
+        corners = np.argwhere((labels >= low) & (labels <= high))
+        start = np.maximum(corners.min(0) - brain_crop_margin, 0)
+        stop = corners.max(0) + 1 + brain_crop_margin
+        labels = labels[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))]
+    return torch.from_numpy(np.ascontiguousarray(labels))
 
 
 def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
@@ -83,12 +97,22 @@ def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict
     size = int(values.max()) + 1
     generation = torch.zeros(size, dtype=torch.long)
     generation[torch.from_numpy(values)] = torch.from_numpy(classes)
-    if config.task != "brain_mask":
-        raise ValueError(f"unknown task {config.task!r}")
     target = torch.zeros(size, dtype=torch.long)
-    low, high = BRAIN_LABEL_RANGE
-    target[[v for v in values if low <= v <= high]] = 1
-    return generation, target, {0: "background", 1: "brain"}
+    if config.task == "brain_mask":
+        low, high = BRAIN_LABEL_RANGE
+        target[[v for v in values if low <= v <= high]] = 1
+        return generation, target, {0: "background", 1: "brain"}
+    if config.task == "structures":
+        # channel i predicts the i-th label value in sorted order (what inference assumes)
+        for channel, value in enumerate(sorted(STRUCTURES), start=1):
+            if value < size:
+                target[value] = channel
+        return (
+            generation,
+            target,
+            {0: "background"} | {value: name for value, (name, _) in STRUCTURES.items()},
+        )
+    raise ValueError(f"unknown task {config.task!r} (known: {', '.join(TASKS)})")
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -140,7 +164,9 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
 
     def maps(subjects):
         return [
-            load_label_map(folder / f"training_seg_{s}.nii.gz", config.voxel_size_mm)
+            load_label_map(
+                folder / f"training_seg_{s}.nii.gz", config.voxel_size_mm, config.brain_crop_margin
+            )
             for s in subjects
         ]
 
@@ -220,6 +246,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         "normalisation": "clip to the 0.5-99.5 percentiles of non-zero voxels, rescale to [0, 1]",
         "window": list(config.sample_shape),
     }
+    if config.brain_crop_margin is not None:
+        inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
     training = {
         "config": asdict(config),
         "command": command,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bids_dl.models.bundle import BundleError, ModelCard, load_bundle, save_bundle
-from bids_dl.models.inference import segment
+from bids_dl.models.inference import segment, to_native
 from bids_dl.models.metrics import dice
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters, normalise_intensities
@@ -294,3 +294,21 @@ def test_model_brain_mask_node_records_the_model(tmp_path):
     assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
     assert set(np.unique(mask.get_fdata())) <= {0.0, 1.0}
     assert model == {"Name": "tiny", "Version": "0", "SHA256": weights_sha256(tmp_path / "b")}
+
+
+def test_axis_aligned_fast_path_matches_the_general_resampling():
+    """The separable path (axis-aligned grids) and grid_sample (oblique) agree voxel for voxel."""
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.softmax(torch.randn((3, 12, 10, 8), generator=generator), dim=0)
+    model_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    native_affine = np.array(
+        [[0, 0, -1.0, 30], [-1.2, 0, 0, 25], [0, 0.9, 0, -2], [0, 0, 0, 1]]
+    )  # a permuted, flipped, anisotropic grid
+    native_shape = (22, 20, 26)
+    fast_index, fast = to_native(probabilities, model_affine, native_shape, native_affine)
+    tilted = native_affine.copy()
+    tilted[:3, :3] = tilted[:3, :3] + 1e-5  # no longer axis-aligned: the general path
+    index, general = to_native(probabilities, model_affine, native_shape, tilted)
+    assert np.abs(fast - general).max() < 1e-3
+    assert (fast_index == index).mean() > 0.999
+    assert 0 < (fast[0] == 1).mean() < 1  # part of the native grid lies outside the model grid
