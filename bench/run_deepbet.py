@@ -21,9 +21,11 @@ excluding model loading and writing the mask. One JSON line
 {"model_load_seconds": ..., "threads": N} is printed first.
 deepbet settings: threshold 0.5, n_dilate 0, no_gpu=True.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -48,15 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-dilate", type=int, default=0)
     args = ap.parse_args(argv)
 
-    import numpy as np
     import nibabel as nib
+    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set once torch ran something
         torch.set_num_interop_threads(args.threads)
-    except RuntimeError:
-        pass
 
     from deepbet import BrainExtraction
 
@@ -90,13 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         out.to_filename(out_path)
 
         voxel_ml = float(abs(np.linalg.det(src.affine[:3, :3]))) / 1000.0
-        print(json.dumps({
-            "image": os.fspath(path),
-            "mask": os.fspath(out_path),
-            "seconds": round(secs, 4),
-            "mask_ml": round(float(mask.sum()) * voxel_ml, 2),
-            "shape": list(mask.shape),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "image": os.fspath(path),
+                    "mask": os.fspath(out_path),
+                    "seconds": round(secs, 4),
+                    "mask_ml": round(float(mask.sum()) * voxel_ml, 2),
+                    "shape": list(mask.shape),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

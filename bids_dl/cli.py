@@ -151,6 +151,13 @@ def _setup_logging(verbose: int) -> None:
     "folder or shipped name, or 'auto' (the shipped brain_mask model when there is one).",
 )
 @click.option(
+    "--segmentation-model",
+    default="auto",
+    show_default=True,
+    help="Segmentation: 'atropos' (classical GM/WM/CSF only), a structures model bundle folder "
+    "or shipped name, or 'auto' (the shipped structures model when there is one).",
+)
+@click.option(
     "--skip-bids-validation", is_flag=True, help="Do not run the BIDS validator on the input."
 )
 @click.option("--stop-on-first-crash", is_flag=True, help="Stop at the first failed node.")
@@ -238,7 +245,18 @@ def _prepare(options: dict):
         workflow=WorkflowSettings(
             device=options["device"],
             sloppy=options["sloppy"],
-            brain_extraction_bundle=_brain_extraction_bundle(options["brain_extraction_model"]),
+            brain_extraction_bundle=_model_bundle(
+                options["brain_extraction_model"],
+                "--brain-extraction-model",
+                task="brain_mask",
+                classical="template",
+            ),
+            segmentation_bundle=_model_bundle(
+                options["segmentation_model"],
+                "--segmentation-model",
+                task="structures",
+                classical="atropos",
+            ),
         ),
     )
     if options["analysis_level"] == "group":
@@ -252,24 +270,28 @@ def _prepare(options: dict):
     return config, subjects
 
 
-def _brain_extraction_bundle(choice: str) -> str | None:
-    """Resolve ``--brain-extraction-model`` to a checked bundle folder, or None (template)."""
+def _model_bundle(choice: str, option: str, task: str, classical: str) -> str | None:
+    """Resolve a model option to a checked bundle folder, or None for the classical method.
+
+    ``auto`` is the shipped bundle of ``task`` when there is one; ``classical`` names the
+    baseline; anything else is a shipped name or a bundle folder whose card is for ``task``.
+    """
     from bids_dl.inputs import InputError
     from bids_dl.models.bundle import BundleError, load_card
     from bids_dl.models.registry import find_bundle, shipped_bundles
 
-    if choice == "template":
+    if choice == classical:
         return None
     if choice == "auto":
-        shipped = shipped_bundles().get("brain_mask")
+        shipped = shipped_bundles().get(task)
         return str(shipped) if shipped else None
     try:
         folder = find_bundle(choice)
         card = load_card(folder)
     except BundleError as error:
-        raise InputError(f"--brain-extraction-model: {error}") from error
-    if card.task != "brain_mask":
-        raise InputError(f"--brain-extraction-model: {folder} is a {card.task!r} model")
+        raise InputError(f"{option}: {error}") from error
+    if card.task != task:
+        raise InputError(f"{option}: {folder} is a {card.task!r} model, not a {task!r} model")
     return str(folder.absolute())
 
 
@@ -336,6 +358,7 @@ def _run_participant(config, subjects) -> int:
     from bids_dl.derivatives import (
         write_bidsignore,
         write_dataset_description,
+        write_structure_lookup,
         write_text_atomic,
         write_tissue_lookup,
     )
@@ -359,6 +382,8 @@ def _run_participant(config, subjects) -> int:
     write_dataset_description(execution.output_dir, execution.bids_dir)
     write_bidsignore(execution.output_dir)
     write_tissue_lookup(execution.output_dir)
+    if config.workflow.segmentation_bundle:
+        write_structure_lookup(execution.output_dir)
     status = 0
     if not execution.reports_only:
         write_template_files(config.template_dir)

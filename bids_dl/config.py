@@ -65,6 +65,8 @@ class WorkflowSettings:
     sloppy: bool = False
     #: folder of the brain-mask bundle, or None for the classical template baseline
     brain_extraction_bundle: str | None = None
+    #: folder of the structures bundle, or None for the classical Atropos tissues
+    segmentation_bundle: str | None = None
 
 
 @dataclass

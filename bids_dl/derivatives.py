@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nb
 
 from bids_dl import __version__
+from bids_dl.models.labels import STRUCTURES, volume_column
 
 #: Entity order of the BIDS specification (plus BEP016's model/param for diffusion maps).
 ENTITY_ORDER = (
@@ -207,13 +208,22 @@ TISSUE_LOOKUP = (
 )
 
 
+def _write_lookup(rows, path: Path) -> Path:
+    lines = ["index\tname\tabbreviation\tcolor"]
+    lines += [f"{i}\t{name}\t{abbreviation}\t{color}" for i, name, abbreviation, color in rows]
+    return write_text_atomic("\n".join(lines) + "\n", path)
+
+
 def write_tissue_lookup(output_dir: str | os.PathLike) -> Path:
     """Root ``dseg.tsv``: by BIDS inheritance it describes every ``sub-*_dseg.nii.gz``."""
-    rows = ["index\tname\tabbreviation\tcolor"]
-    rows += [
-        f"{i}\t{name}\t{abbreviation}\t{color}" for i, name, abbreviation, color in TISSUE_LOOKUP
-    ]
-    return write_text_atomic("\n".join(rows) + "\n", Path(output_dir) / "dseg.tsv")
+    return _write_lookup(TISSUE_LOOKUP, Path(output_dir) / "dseg.tsv")
+
+
+def write_structure_lookup(output_dir: str | os.PathLike) -> Path:
+    """Root ``desc-aseg_dseg.tsv``: describes every ``sub-*_desc-aseg_dseg.nii.gz``."""
+    rows = [(value, name, abbreviation, color)
+            for value, (name, _, abbreviation, color) in sorted(STRUCTURES.items())]  # fmt: skip
+    return _write_lookup(rows, Path(output_dir) / "desc-aseg_dseg.tsv")
 
 
 #: Data dictionary of the measures table (BIDS-style JSON sidecar).
@@ -244,4 +254,18 @@ MEASURES_DICTIONARY = {
         "Description": "Dice of the subject's WM labels in template space with the template WM "
         "map thresholded at 0.5"
     },
+}
+
+MEASURES_DICTIONARY.update(
+    {
+        volume_column(value): {
+            "Description": f"volume of {name} (voxels of the structure segmentation)",
+            "Units": "mm^3",
+        }
+        for value, (name, *_) in STRUCTURES.items()
+    }
+)
+MEASURES_DICTIONARY["total_intracranial_mm3"] = {
+    "Description": "total intracranial volume: all structures of the segmentation, CSF included",
+    "Units": "mm^3",
 }

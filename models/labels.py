@@ -10,40 +10,41 @@ from __future__ import annotations
 #: tissues in the SynthSeg label maps are numbered from 100 up).
 BRAIN_LABEL_RANGE = (1, 99)
 
-#: The SynthSeg 2.0 structures: value -> (name, tissue class used for the GM/WM/CSF probseg).
-STRUCTURES: dict[int, tuple[str, str]] = {
-    2: ("Left-Cerebral-White-Matter", "WM"),
-    3: ("Left-Cerebral-Cortex", "GM"),
-    4: ("Left-Lateral-Ventricle", "CSF"),
-    5: ("Left-Inf-Lat-Vent", "CSF"),
-    7: ("Left-Cerebellum-White-Matter", "WM"),
-    8: ("Left-Cerebellum-Cortex", "GM"),
-    10: ("Left-Thalamus", "GM"),
-    11: ("Left-Caudate", "GM"),
-    12: ("Left-Putamen", "GM"),
-    13: ("Left-Pallidum", "GM"),
-    14: ("3rd-Ventricle", "CSF"),
-    15: ("4th-Ventricle", "CSF"),
-    16: ("Brain-Stem", "WM"),
-    17: ("Left-Hippocampus", "GM"),
-    18: ("Left-Amygdala", "GM"),
-    24: ("CSF", "CSF"),
-    26: ("Left-Accumbens-area", "GM"),
-    28: ("Left-VentralDC", "WM"),
-    41: ("Right-Cerebral-White-Matter", "WM"),
-    42: ("Right-Cerebral-Cortex", "GM"),
-    43: ("Right-Lateral-Ventricle", "CSF"),
-    44: ("Right-Inf-Lat-Vent", "CSF"),
-    46: ("Right-Cerebellum-White-Matter", "WM"),
-    47: ("Right-Cerebellum-Cortex", "GM"),
-    49: ("Right-Thalamus", "GM"),
-    50: ("Right-Caudate", "GM"),
-    51: ("Right-Putamen", "GM"),
-    52: ("Right-Pallidum", "GM"),
-    53: ("Right-Hippocampus", "GM"),
-    54: ("Right-Amygdala", "GM"),
-    58: ("Right-Accumbens-area", "GM"),
-    60: ("Right-VentralDC", "WM"),
+#: The SynthSeg 2.0 structures: value -> (FreeSurfer name, tissue class used for the GM/WM/CSF
+#: probseg, abbreviation, colour of FreeSurferColorLUT).
+STRUCTURES: dict[int, tuple[str, str, str, str]] = {
+    2: ("Left-Cerebral-White-Matter", "WM", "L-CWM", "#f5f5f5"),
+    3: ("Left-Cerebral-Cortex", "GM", "L-Ctx", "#cd3e4e"),
+    4: ("Left-Lateral-Ventricle", "CSF", "L-LV", "#781286"),
+    5: ("Left-Inf-Lat-Vent", "CSF", "L-ILV", "#c43afa"),
+    7: ("Left-Cerebellum-White-Matter", "WM", "L-CbWM", "#dcf8a4"),
+    8: ("Left-Cerebellum-Cortex", "GM", "L-CbCtx", "#e69422"),
+    10: ("Left-Thalamus", "GM", "L-Tha", "#00760e"),
+    11: ("Left-Caudate", "GM", "L-Cau", "#7abadc"),
+    12: ("Left-Putamen", "GM", "L-Put", "#ec0db0"),
+    13: ("Left-Pallidum", "GM", "L-Pal", "#0c30ff"),
+    14: ("3rd-Ventricle", "CSF", "3V", "#ccb68e"),
+    15: ("4th-Ventricle", "CSF", "4V", "#2acca4"),
+    16: ("Brain-Stem", "WM", "BS", "#779fb0"),
+    17: ("Left-Hippocampus", "GM", "L-Hip", "#dcd814"),
+    18: ("Left-Amygdala", "GM", "L-Amy", "#67ffff"),
+    24: ("CSF", "CSF", "CSF", "#3c3c3c"),
+    26: ("Left-Accumbens-area", "GM", "L-Acc", "#ffa500"),
+    28: ("Left-VentralDC", "WM", "L-vDC", "#a52a2a"),
+    41: ("Right-Cerebral-White-Matter", "WM", "R-CWM", "#f5f5f5"),
+    42: ("Right-Cerebral-Cortex", "GM", "R-Ctx", "#cd3e4e"),
+    43: ("Right-Lateral-Ventricle", "CSF", "R-LV", "#781286"),
+    44: ("Right-Inf-Lat-Vent", "CSF", "R-ILV", "#c43afa"),
+    46: ("Right-Cerebellum-White-Matter", "WM", "R-CbWM", "#dcf8a4"),
+    47: ("Right-Cerebellum-Cortex", "GM", "R-CbCtx", "#e69422"),
+    49: ("Right-Thalamus", "GM", "R-Tha", "#00760e"),
+    50: ("Right-Caudate", "GM", "R-Cau", "#7abadc"),
+    51: ("Right-Putamen", "GM", "R-Put", "#ec0db0"),
+    52: ("Right-Pallidum", "GM", "R-Pal", "#0d30ff"),
+    53: ("Right-Hippocampus", "GM", "R-Hip", "#dcd814"),
+    54: ("Right-Amygdala", "GM", "R-Amy", "#67ffff"),
+    58: ("Right-Accumbens-area", "GM", "R-Acc", "#ffa500"),
+    60: ("Right-VentralDC", "WM", "R-vDC", "#a52a2a"),
 }
 
 TISSUE_CLASSES = ("GM", "WM", "CSF")
@@ -72,3 +73,16 @@ def tissue_key(value: int) -> str | None:
     if BRAIN_LABEL_RANGE[0] <= value <= BRAIN_LABEL_RANGE[1]:
         return "GM"  # small labels outside the set (vessels, chiasm, lesions)
     return None
+
+
+def tissue_groups() -> dict[str, list[int]]:
+    """Label values of each tissue class: the probabilities summed into GM/WM/CSF maps."""
+    return {
+        tissue: [value for value, row in STRUCTURES.items() if row[1] == tissue]
+        for tissue in TISSUE_CLASSES
+    }
+
+
+def volume_column(value: int) -> str:
+    """Column of a structure's volume in the measures table: ``left_hippocampus_mm3``."""
+    return STRUCTURES[value][0].lower().replace("-", "_") + "_mm3"

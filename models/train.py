@@ -110,7 +110,7 @@ def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict
         return (
             generation,
             target,
-            {0: "background"} | {value: name for value, (name, _) in STRUCTURES.items()},
+            {0: "background"} | {value: row[0] for value, row in STRUCTURES.items()},
         )
     raise ValueError(f"unknown task {config.task!r} (known: {', '.join(TASKS)})")
 

@@ -9,7 +9,11 @@ import pytest
 from bids_dl.boilerplate import methods_text
 from bids_dl.config import Config, ExecutionSettings
 from bids_dl.inputs import SubjectInputs
-from bids_dl.workflows.anat import init_anat_preproc_wf, init_brain_extraction_wf
+from bids_dl.workflows.anat import (
+    init_anat_preproc_wf,
+    init_brain_extraction_wf,
+    init_segmentation_wf,
+)
 from bids_dl.workflows.base import init_bids_dl_wf
 
 
@@ -36,7 +40,7 @@ def test_participant_graph_has_every_step_per_subject(config, tiny_bids):
         for step in (
             "anat_preproc_wf.n4",
             "anat_preproc_wf.registration",
-            "anat_preproc_wf.tissues",
+            "anat_preproc_wf.segmentation_wf.tissues",
             "anat_preproc_wf.brain_extraction_wf.template_mask",
             "anat_measures",
             "anat_derivatives_wf.ds_forward_xfm",
@@ -84,3 +88,35 @@ def test_methods_follow_the_graph(config, tiny_bids):
     text = " ".join(paragraphs)
     assert text.index("N4") < text.index("brain mask") < text.index("Atropos")
     assert len(references) == len(set(references)) >= 5
+
+
+@pytest.mark.parametrize("bundle", [None, "model"])
+def test_segmentation_methods_share_one_interface(tmp_path, bundle):
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    workflow = init_segmentation_wf(omp_nthreads=1, bundle=str(folder) if bundle else None)
+    inputs = workflow.get_node("inputnode").inputs.copyable_trait_names()
+    assert sorted(inputs) == ["brain_mask", "in_file"]
+    outputs = workflow.get_node("outputnode").inputs.copyable_trait_names()
+    assert sorted(outputs) == ["aseg", "dseg", "model", "probseg"]
+    expected_node = "model_segmentation" if bundle else "tissues"
+    assert expected_node in workflow.list_node_names()
+
+
+def test_model_bundles_reach_the_participant_graph(config, tiny_bids, tmp_path):
+    """Both bundles are used, and the structure outputs, measures and figure are wired."""
+    for name in ("mask_bundle", "seg_bundle"):
+        (tmp_path / name).mkdir()
+    config.workflow.brain_extraction_bundle = str(tmp_path / "mask_bundle")
+    config.workflow.segmentation_bundle = str(tmp_path / "seg_bundle")
+    workflow = init_bids_dl_wf(config, _subjects(tiny_bids))
+    names = set(workflow.list_node_names())
+    prefix = "single_subject_01_wf."
+    for step in (
+        "anat_preproc_wf.brain_extraction_wf.model_mask",
+        "anat_preproc_wf.segmentation_wf.model_segmentation",
+        "anat_derivatives_wf.ds_aseg",
+        "anat_reports_wf.structures_figure",
+    ):
+        assert prefix + step in names
+    assert prefix + "anat_preproc_wf.segmentation_wf.tissues" not in names

@@ -17,7 +17,7 @@ from bids_dl.workflows.interfaces.ants import (
 )
 from bids_dl.workflows.interfaces.conform import Conform
 from bids_dl.workflows.interfaces.images import ApplyBrainMask
-from bids_dl.workflows.interfaces.models import ModelBrainMask
+from bids_dl.workflows.interfaces.models import ModelBrainMask, ModelSegmentation
 
 #: Memory of each step in GB: the peak resident memory measured by bench/bench_anat.py on the
 #: 1 mm sample (~12 M voxels), plus ~10 % headroom; it grows with the voxel count.
@@ -29,6 +29,7 @@ MEM_GB = {
     "tissues": 1.5,
     "resample": 1.0,
     "model": 2.0,
+    "structures": 3.0,
 }
 
 
@@ -97,12 +98,90 @@ def init_brain_extraction_wf(
     return workflow
 
 
+def init_segmentation_wf(
+    *,
+    omp_nthreads: int,
+    bundle: str | None = None,
+    device: str = "auto",
+    name: str = "segmentation_wf",
+):
+    """Brain structures and tissues: a deep-learning bundle when given, else Atropos tissues.
+
+    Parameters
+    ----------
+    bundle
+        folder of a ``structures`` model bundle; ``None`` selects the classical baseline
+        (Atropos GM/WM/CSF, no structures)
+
+    Inputs
+    ------
+    in_file
+        bias-corrected anatomical image
+    brain_mask
+        brain mask on the same grid
+
+    Outputs
+    -------
+    probseg
+        GM, WM and CSF probability maps
+    dseg
+        tissue labels (1 GM, 2 WM, 3 CSF)
+    aseg
+        structure labels (FreeSurfer values; only with a bundle)
+    model
+        name, version and sha256 of the model (empty for the baseline)
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "brain_mask"]), name="inputnode")
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["probseg", "dseg", "aseg", "model"]), name="outputnode"
+    )
+    if bundle is not None:
+        workflow.__desc__ = (
+            "Brain structures (the 32 SynthSeg labels: cerebral white matter and cortex, lateral "
+            "ventricles, cerebellum, deep grey nuclei, hippocampus, amygdala, brainstem, CSF) "
+            "were segmented by a 3D U-Net trained by bids_dl on images of random contrast "
+            f"synthesised from real label maps [@synthseg] (bundle {Path(bundle).name}); grey "
+            "matter, white matter and CSF probabilities are the sums of the structures' "
+            "probabilities."
+        )
+        segmentation = pe.Node(
+            ModelSegmentation(bundle=bundle, device=device, num_threads=omp_nthreads),
+            name="model_segmentation",
+            mem_gb=MEM_GB["structures"],
+            n_procs=omp_nthreads,
+        )
+        workflow.connect([
+            (inputnode, segmentation, [("brain_mask", "brain_mask")]),
+            (segmentation, outputnode, [("aseg", "aseg"), ("model", "model")]),
+        ])  # fmt: skip
+    else:
+        workflow.__desc__ = (
+            "Grey matter, white matter and CSF were segmented inside the brain mask with Atropos "
+            "[@atropos] (three classes, k-means start, MRF weight 0.1)."
+        )
+        segmentation = pe.Node(
+            AtroposSegmentation(num_threads=omp_nthreads),
+            name="tissues",
+            mem_gb=MEM_GB["tissues"],
+            n_procs=omp_nthreads,
+        )
+        workflow.connect([(inputnode, segmentation, [("brain_mask", "mask_file")])])
+        outputnode.inputs.model = {}
+    workflow.connect([
+        (inputnode, segmentation, [("in_file", "in_file")]),
+        (segmentation, outputnode, [("probseg", "probseg"), ("dseg", "dseg")]),
+    ])  # fmt: skip
+    return workflow
+
+
 def init_anat_preproc_wf(
     *,
     template_dir: str,
     omp_nthreads: int,
     sloppy: bool = False,
     brain_extraction_bundle: str | None = None,
+    segmentation_bundle: str | None = None,
     device: str = "auto",
     name: str = "anat_preproc_wf",
 ):
@@ -125,6 +204,8 @@ def init_anat_preproc_wf(
         GM, WM and CSF probability maps
     dseg
         tissue labels (1 GM, 2 WM, 3 CSF)
+    aseg, segmentation_model
+        structure labels and the model that made them (with a segmentation bundle only)
     std_t1w, std_dseg
         T1w and labels resampled on the 1 mm template grid
     forward_transform, reverse_transform
@@ -142,12 +223,12 @@ def init_anat_preproc_wf(
         f"The skull-stripped T1w was registered to the ICBM 152 Nonlinear Symmetrical template "
         f"version 2009a [@mni2009] (TemplateFlow ID: {TEMPLATE_NAME}, as shipped by nilearn "
         "[@nilearn]) with rigid, affine and SyN stages [@ants] (Mattes mutual information, SyN "
-        "levels at 8, 4 and 2 mm). Grey matter, white matter and CSF were segmented inside the "
-        "brain mask with Atropos [@atropos] (three classes, k-means start, MRF weight 0.1)."
+        "levels at 8, 4 and 2 mm)."
     )
     fields_out = [
-        "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "std_t1w", "std_dseg",
-        "forward_transform", "reverse_transform", "conform_summary",
+        "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "aseg",
+        "segmentation_model", "std_t1w", "std_dseg", "forward_transform", "reverse_transform",
+        "conform_summary",
     ]  # fmt: skip
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=fields_out), name="outputnode")
@@ -160,19 +241,19 @@ def init_anat_preproc_wf(
         n_procs=omp_nthreads,
     )
     brain_extraction_wf = init_brain_extraction_wf(
-        template_dir=template_dir, omp_nthreads=omp_nthreads
+        template_dir=template_dir,
+        omp_nthreads=omp_nthreads,
+        bundle=brain_extraction_bundle,
+        device=device,
+    )
+    segmentation_wf = init_segmentation_wf(
+        omp_nthreads=omp_nthreads, bundle=segmentation_bundle, device=device
     )
     skull_strip = pe.Node(ApplyBrainMask(), name="skull_strip", mem_gb=MEM_GB["conform"])
     registration = pe.Node(
         TemplateRegistration(template_dir=template_dir, num_threads=omp_nthreads, sloppy=sloppy),
         name="registration",
         mem_gb=MEM_GB["registration"],
-        n_procs=omp_nthreads,
-    )
-    tissues = pe.Node(
-        AtroposSegmentation(num_threads=omp_nthreads),
-        name="tissues",
-        mem_gb=MEM_GB["tissues"],
         n_procs=omp_nthreads,
     )
     std_t1w = pe.Node(
@@ -192,11 +273,11 @@ def init_anat_preproc_wf(
         (n4, skull_strip, [("out_file", "in_file")]),
         (brain_extraction_wf, skull_strip, [("outputnode.brain_mask", "mask_file")]),
         (skull_strip, registration, [("out_file", "in_file")]),
-        (n4, tissues, [("out_file", "in_file")]),
-        (brain_extraction_wf, tissues, [("outputnode.brain_mask", "mask_file")]),
+        (n4, segmentation_wf, [("out_file", "inputnode.in_file")]),
+        (brain_extraction_wf, segmentation_wf, [("outputnode.brain_mask", "inputnode.brain_mask")]),
         (n4, std_t1w, [("out_file", "in_file")]),
         (registration, std_t1w, [("forward_transform", "transform")]),
-        (tissues, std_dseg, [("dseg", "in_file")]),
+        (segmentation_wf, std_dseg, [("outputnode.dseg", "in_file")]),
         (registration, std_dseg, [("forward_transform", "transform")]),
         (conform, outputnode, [("summary", "conform_summary")]),
         (n4, outputnode, [("out_file", "t1w_preproc")]),
@@ -204,7 +285,12 @@ def init_anat_preproc_wf(
             ("outputnode.brain_mask", "brain_mask"),
             ("outputnode.model", "brain_mask_model"),
         ]),
-        (tissues, outputnode, [("probseg", "probseg"), ("dseg", "dseg")]),
+        (segmentation_wf, outputnode, [
+            ("outputnode.probseg", "probseg"),
+            ("outputnode.dseg", "dseg"),
+            ("outputnode.aseg", "aseg"),
+            ("outputnode.model", "segmentation_model"),
+        ]),
         (registration, outputnode, [
             ("forward_transform", "forward_transform"),
             ("reverse_transform", "reverse_transform"),

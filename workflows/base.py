@@ -58,16 +58,20 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         omp_nthreads=omp_nthreads,
         sloppy=config.workflow.sloppy,
         brain_extraction_bundle=config.workflow.brain_extraction_bundle,
+        segmentation_bundle=config.workflow.segmentation_bundle,
         device=config.workflow.device,
     )
+    structures = config.workflow.segmentation_bundle is not None
     measures = pe.Node(
         AnatomicalMeasures(subject_label=inputs.label, template_dir=template_dir),
         name="anat_measures",
         mem_gb=1.0,
     )
-    anat_derivatives_wf = init_anat_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir)
+    anat_derivatives_wf = init_anat_derivatives_wf(
+        output_dir=output_dir, bids_dir=bids_dir, structures=structures
+    )
     anat_reports_wf = init_anat_reports_wf(
-        output_dir=output_dir, bids_dir=bids_dir, template_dir=template_dir
+        output_dir=output_dir, bids_dir=bids_dir, template_dir=template_dir, structures=structures
     )
     workflow.connect([
         (inputnode, anat_preproc_wf, [("t1w", "inputnode.t1w")]),
@@ -84,6 +88,7 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
             ("outputnode.brain_mask_model", "inputnode.brain_mask_model"),
             ("outputnode.probseg", "inputnode.probseg"),
             ("outputnode.dseg", "inputnode.dseg"),
+            ("outputnode.segmentation_model", "inputnode.segmentation_model"),
             ("outputnode.std_t1w", "inputnode.std_t1w"),
             ("outputnode.std_dseg", "inputnode.std_dseg"),
             ("outputnode.forward_transform", "inputnode.forward_transform"),
@@ -98,4 +103,10 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
             ("outputnode.std_t1w", "inputnode.std_t1w"),
         ]),
     ])  # fmt: skip
+    if structures:
+        workflow.connect([
+            (anat_preproc_wf, measures, [("outputnode.aseg", "aseg")]),
+            (anat_preproc_wf, anat_derivatives_wf, [("outputnode.aseg", "inputnode.aseg")]),
+            (anat_preproc_wf, anat_reports_wf, [("outputnode.aseg", "inputnode.aseg")]),
+        ])  # fmt: skip
     return workflow

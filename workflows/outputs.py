@@ -7,23 +7,38 @@ from nipype.pipeline import engine as pe
 
 from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.interfaces.bids import DerivativesDataSink
-from bids_dl.workflows.interfaces.reports import BrainMaskFigure, RegistrationFigure, TissueFigure
+from bids_dl.workflows.interfaces.reports import (
+    BrainMaskFigure,
+    RegistrationFigure,
+    StructuresFigure,
+    TissueFigure,
+)
 
 ANAT_OUTPUT_FIELDS = [
-    "source_file", "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "std_t1w",
-    "std_dseg", "forward_transform", "reverse_transform", "measures",
+    "source_file", "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "aseg",
+    "segmentation_model", "std_t1w", "std_dseg", "forward_transform", "reverse_transform",
+    "measures",
 ]  # fmt: skip
 
 
-def init_anat_derivatives_wf(*, output_dir: str, bids_dir: str, name: str = "anat_derivatives_wf"):
+def init_anat_derivatives_wf(
+    *, output_dir: str, bids_dir: str, structures: bool = False, name: str = "anat_derivatives_wf"
+):
     """Save the anatomical outputs under their BIDS derivative names.
+
+    Parameters
+    ----------
+    structures
+        whether a structure segmentation (``aseg``) exists and is saved as ``desc-aseg_dseg``
 
     Inputs
     ------
     source_file
         the raw T1w (names and ``Sources`` derive from it)
-    t1w_preproc, brain_mask, probseg, dseg, std_t1w, std_dseg
+    t1w_preproc, brain_mask, probseg, dseg, aseg, std_t1w, std_dseg
         images from :func:`~bids_dl.workflows.anat.init_anat_preproc_wf`
+    brain_mask_model, segmentation_model
+        the models that made the mask and the segmentations (empty for classical methods)
     forward_transform, reverse_transform
         composite transforms (HDF5)
     measures
@@ -91,15 +106,28 @@ def init_anat_derivatives_wf(*, output_dir: str, bids_dir: str, name: str = "ana
     ds_measures = sink(
         "ds_measures", "measures", entities={"desc": "anat"}, extension=".tsv", sidecar=False
     )
-    sinks = (ds_preproc, ds_mask, ds_probseg, ds_dseg, ds_std_t1w, ds_std_dseg, ds_forward,
-             ds_reverse, ds_measures)  # fmt: skip
+    sinks = [ds_preproc, ds_mask, ds_probseg, ds_dseg, ds_std_t1w, ds_std_dseg, ds_forward,
+             ds_reverse, ds_measures]  # fmt: skip
+    if structures:
+        ds_aseg = sink(
+            "ds_aseg",
+            "dseg",
+            entities={"desc": "aseg"},
+            metadata={
+                "Description": "brain structures (FreeSurfer labels), see desc-aseg_dseg.tsv"
+            },
+        )
+        sinks.append(ds_aseg)
+        workflow.connect([
+            (inputnode, ds_aseg, [("aseg", "in_file"), ("segmentation_model", "model")]),
+        ])  # fmt: skip
     workflow.connect(
         [(inputnode, node, [("source_file", "source_file")]) for node in sinks]
         + [
             (inputnode, ds_preproc, [("t1w_preproc", "in_file")]),
             (inputnode, ds_mask, [("brain_mask", "in_file"), ("brain_mask_model", "model")]),
-            (inputnode, ds_probseg, [("probseg", "in_file")]),
-            (inputnode, ds_dseg, [("dseg", "in_file")]),
+            (inputnode, ds_probseg, [("probseg", "in_file"), ("segmentation_model", "model")]),
+            (inputnode, ds_dseg, [("dseg", "in_file"), ("segmentation_model", "model")]),
             (inputnode, ds_std_t1w, [("std_t1w", "in_file")]),
             (inputnode, ds_std_dseg, [("std_dseg", "in_file")]),
             (inputnode, ds_forward, [("forward_transform", "in_file")]),
@@ -111,17 +139,22 @@ def init_anat_derivatives_wf(*, output_dir: str, bids_dir: str, name: str = "ana
 
 
 def init_anat_reports_wf(
-    *, output_dir: str, bids_dir: str, template_dir: str, name: str = "anat_reports_wf"
+    *,
+    output_dir: str,
+    bids_dir: str,
+    template_dir: str,
+    structures: bool = False,
+    name: str = "anat_reports_wf",
 ):
     """Draw the anatomical report figures into ``sub-X/figures/``.
 
     Inputs
     ------
-    source_file, t1w_preproc, brain_mask, dseg, std_t1w
-        as in :func:`init_anat_derivatives_wf`
+    source_file, t1w_preproc, brain_mask, dseg, aseg, std_t1w
+        as in :func:`init_anat_derivatives_wf` (``aseg`` drawn only with ``structures``)
     """
     workflow = pe.Workflow(name=name)
-    fields = ["source_file", "t1w_preproc", "brain_mask", "dseg", "std_t1w"]
+    fields = ["source_file", "t1w_preproc", "brain_mask", "dseg", "aseg", "std_t1w"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     figure_args = {"mem_gb": 1.0}
     mask_figure = pe.Node(BrainMaskFigure(), name="brain_mask_figure", **figure_args)
@@ -129,8 +162,11 @@ def init_anat_reports_wf(
         RegistrationFigure(template_dir=template_dir), name="registration_figure", **figure_args
     )
     tissue_figure = pe.Node(TissueFigure(), name="tissue_figure", **figure_args)
+    figures = [("mask", "brain"), ("registration", "registration"), ("tissue", "tissues")]
+    if structures:
+        figures.append(("structures", "structures"))
     sinks = {}
-    for key, desc in (("mask", "brain"), ("registration", "registration"), ("tissue", "tissues")):
+    for key, desc in figures:
         sinks[key] = pe.Node(
             DerivativesDataSink(
                 base_directory=output_dir,
@@ -166,4 +202,12 @@ def init_anat_reports_wf(
             (inputnode, node, [("source_file", "source_file")]) for node in sinks.values()
         ]
     )
+    if structures:
+        structures_figure = pe.Node(StructuresFigure(), name="structures_figure", **figure_args)
+        workflow.connect([
+            (inputnode, structures_figure, [
+                ("t1w_preproc", "anat"), ("aseg", "aseg"), ("brain_mask", "brain_mask"),
+            ]),
+            (structures_figure, sinks["structures"], [("out_file", "in_file")]),
+        ])  # fmt: skip
     return workflow

@@ -108,3 +108,24 @@ def plot_tissues(anat_file: str, dseg_file: str, mask_file: str, out_file: str) 
         display.add_overlay(dseg, cmap=colormap, vmin=1, vmax=3, threshold=0.5, transparency=0.45)
 
     return _mosaic(anat_file, out_file, mask, decorate, "tissues: GM, WM, CSF")
+
+
+def plot_structures(anat_file: str, aseg_file: str, mask_file: str, out_file: str) -> Path:
+    """Brain structures in FreeSurfer colours over the T1w."""
+    from bids_dl.models.labels import STRUCTURES
+
+    aseg = nb.as_closest_canonical(nb.load(str(aseg_file)))
+    _, mask = _canonical_mask(mask_file)
+    values = sorted(STRUCTURES)
+    # consecutive indices so that one listed colour maps to each structure
+    remap = np.zeros(max(values) + 1, dtype=np.int16)
+    remap[values] = np.arange(1, len(values) + 1)
+    indexed = nb.Nifti1Image(remap[np.asarray(aseg.dataobj).astype(int)], aseg.affine)
+    colormap = ListedColormap([STRUCTURES[v][3] for v in values])
+
+    def decorate(display):
+        display.add_overlay(
+            indexed, cmap=colormap, vmin=1, vmax=len(values), threshold=0.5, transparency=0.5
+        )
+
+    return _mosaic(anat_file, out_file, mask, decorate, f"{len(values)} brain structures")

@@ -21,6 +21,13 @@ ANAT_FIGURES = (
         "grey-matter (yellow) and white-matter (cyan) boundaries on top.",
     ),
     ("tissues", "Tissue segmentation", "Grey matter (blue), white matter (green) and CSF (red)."),
+    (
+        "structures",
+        "Brain structures",
+        "The structure segmentation in FreeSurfer's colours (cortex red, white matter white, "
+        "ventricles purple, thalamus green, caudate light blue, putamen pink, hippocampus "
+        "yellow...); names and colours are in desc-aseg_dseg.tsv.",
+    ),
 )
 
 

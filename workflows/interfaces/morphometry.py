@@ -1,4 +1,5 @@
-"""Per-subject measures for statistics: tissue volumes and registration quality, one TSV row."""
+"""Per-subject measures for statistics: tissue and structure volumes, registration quality,
+one TSV row."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import File, InputMultiObject, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import (
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 from bids_dl.models.metrics import dice
 from bids_dl.templates import TemplateFiles
@@ -27,6 +35,23 @@ def tissue_volumes(probseg_files: dict[str, str], mask_file: str) -> dict[str, f
     for name, path in probseg_files.items():
         image = nb.load(path)
         volumes[f"{name.lower()}_mm3"] = float(image.get_fdata().sum()) * voxel_volume_mm3(image)
+    return {key: round(value, 1) for key, value in volumes.items()}
+
+
+def structure_volumes(aseg_file: str) -> dict[str, float]:
+    """Volume (mm^3) of every structure of the segmentation, and the total intracranial volume.
+
+    Columns are named after the FreeSurfer structure names; the total intracranial volume is
+    the sum of all structures, CSF included (as SynthSeg reports it).
+    """
+    from bids_dl.models.labels import STRUCTURES, volume_column
+
+    image = nb.load(aseg_file)
+    labels = np.asarray(image.dataobj).astype(np.int32).ravel()
+    counts = np.bincount(labels, minlength=max(STRUCTURES) + 1)
+    voxel = voxel_volume_mm3(image)
+    volumes = {volume_column(value): float(counts[value]) * voxel for value in STRUCTURES}
+    volumes["total_intracranial_mm3"] = float(counts[list(STRUCTURES)].sum()) * voxel
     return {key: round(value, 1) for key, value in volumes.items()}
 
 
@@ -67,6 +92,7 @@ class _MeasuresInputSpec(TraitedSpec):
     std_t1w = File(exists=True, mandatory=True, desc="T1w in template space")
     std_dseg = File(exists=True, mandatory=True, desc="tissue labels in template space")
     template_dir = traits.Str(mandatory=True)
+    aseg = File(exists=True, desc="structure labels (optional: adds their volumes and TIV)")
 
 
 class _MeasuresOutputSpec(TraitedSpec):
@@ -91,6 +117,8 @@ class AnatomicalMeasures(SimpleInterface):
                 dict(zip(names, self.inputs.probseg, strict=True)), self.inputs.brain_mask
             )
         )
+        if isdefined(self.inputs.aseg):
+            measures.update(structure_volumes(self.inputs.aseg))
         measures.update(registration_quality(self.inputs.std_t1w, self.inputs.std_dseg, template))
         self._results["measures"] = measures
         self._results["out_file"] = str(

@@ -81,3 +81,21 @@ class TissueFigure(_FigureInterface):
         from bids_dl.reports.figures import plot_tissues
 
         plot_tissues(self.inputs.anat, self.inputs.dseg, self.inputs.brain_mask, out_file)
+
+
+class _StructuresInputSpec(TraitedSpec):
+    anat = File(exists=True, mandatory=True)
+    aseg = File(exists=True, mandatory=True)
+    brain_mask = File(exists=True, mandatory=True)
+
+
+class StructuresFigure(_FigureInterface):
+    """Structure labels over the T1w."""
+
+    input_spec = _StructuresInputSpec
+    figure_name = "structures.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_structures
+
+        plot_structures(self.inputs.anat, self.inputs.aseg, self.inputs.brain_mask, out_file)
