@@ -64,10 +64,18 @@ def show(bundle: str) -> None:
     help="labels on the grid of the matching --image",
 )
 @click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="brain mask of the matching --image, to place a brain-centred model's window "
+    "(structures); without it the model runs over the whole field of view",
+)
+@click.option(
     "--out", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def evaluate_command(bundle, images, references, output_dir, device) -> None:
+def evaluate_command(bundle, images, references, masks, output_dir, device) -> None:
     """Run BUNDLE on each --image and score it against its --reference (same order)."""
     from bids_dl.models.bundle import BundleError, load_bundle
     from bids_dl.models.evaluate import Case, evaluate
@@ -75,10 +83,13 @@ def evaluate_command(bundle, images, references, output_dir, device) -> None:
 
     if len(images) != len(references):
         _fail(f"{len(images)} --image but {len(references)} --reference: give them in pairs")
+    if masks and len(masks) != len(images):
+        _fail(f"{len(images)} --image but {len(masks)} --mask: give one mask per image or none")
     try:
         card, network = load_bundle(find_bundle(bundle))
         cases = [
-            Case(Path(i).name.split(".")[0], i, r) for i, r in zip(images, references, strict=True)
+            Case(Path(i).name.split(".")[0], i, r, masks[n] if masks else None)
+            for n, (i, r) in enumerate(zip(images, references, strict=True))
         ]
         summary = evaluate(card, network, cases, output_dir, device)
     except (BundleError, ValueError) as error:

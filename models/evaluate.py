@@ -22,11 +22,13 @@ COLUMNS = ("case", "label", "name", "dice", "hd95_mm", "volume_difference_mm3")
 
 @dataclass(frozen=True)
 class Case:
-    """One labelled image: the reference must be on the image's grid."""
+    """One labelled image: the reference (and the optional brain mask that places a
+    brain-centred model's window) must be on the image's grid."""
 
     name: str
     image: Path
     reference: Path
+    mask: Path | None = None
 
 
 def evaluate(
@@ -53,7 +55,8 @@ def evaluate(
         reference = np.asarray(reference_image.dataobj).astype(np.int32)
         if len(labels) == 1:
             reference = (reference > 0).astype(np.int32) * next(iter(labels))
-        prediction, _ = segment(image, card, network, device=device)
+        mask = np.asarray(nb.load(str(case.mask)).dataobj) > 0 if case.mask else None
+        prediction, _ = segment(image, card, network, device=device, mask=mask)
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
         for row in label_metrics(prediction, reference, labels, spacing):
             rows.append({"case": case.name, **row})

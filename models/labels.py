@@ -84,5 +84,11 @@ def tissue_groups() -> dict[str, list[int]]:
 
 
 def volume_column(value: int) -> str:
-    """Column of a structure's volume in the measures table: ``left_hippocampus_mm3``."""
+    """Column of a structure's volume in the measures table: ``left_hippocampus_mm3``.
+
+    FreeSurfer's "CSF" (24: all CSF outside the ventricles) becomes ``extraventricular_csf_mm3``
+    so it cannot be mistaken for the CSF tissue total (``csf_mm3``).
+    """
+    if value == 24:
+        return "extraventricular_csf_mm3"
     return STRUCTURES[value][0].lower().replace("-", "_") + "_mm3"

@@ -29,6 +29,13 @@ def hausdorff95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence
         return 0.0
     if not prediction.any() or not reference.any():
         return float("nan")
+    # distances only matter around the two masks: crop to their joint bounding box (+1 voxel)
+    corners = np.argwhere(prediction | reference)
+    box = tuple(
+        slice(max(low - 1, 0), high + 2)
+        for low, high in zip(corners.min(0), corners.max(0), strict=True)
+    )
+    prediction, reference = np.pad(prediction[box], 1), np.pad(reference[box], 1)
     surface_p, surface_r = _surface(prediction), _surface(reference)
     to_reference = ndimage.distance_transform_edt(~surface_r, sampling=spacing)[surface_p]
     to_prediction = ndimage.distance_transform_edt(~surface_p, sampling=spacing)[surface_r]

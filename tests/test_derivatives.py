@@ -81,3 +81,30 @@ def test_tissue_lookup_has_bids_columns(tmp_path):
     lines = d.write_tissue_lookup(tmp_path).read_text().splitlines()
     assert lines[0].split("\t") == ["index", "name", "abbreviation", "color"]
     assert [line.split("\t")[2] for line in lines[1:]] == ["GM", "WM", "CSF"]
+
+
+def test_structure_lookup_lists_every_structure_with_a_colour(tmp_path):
+    from bids_dl.models.labels import STRUCTURES
+
+    lines = d.write_structure_lookup(tmp_path).read_text().splitlines()
+    assert lines[0].split("\t") == ["index", "name", "abbreviation", "color"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [int(r[0]) for r in rows] == sorted(STRUCTURES) and len(rows) == 32
+    assert rows[0][1] == "Left-Cerebral-White-Matter" and all(len(r[3]) == 7 for r in rows)
+
+
+def test_structure_volumes_against_hand_counts(tmp_path):
+    from bids_dl.workflows.interfaces.morphometry import structure_volumes
+
+    aseg = np.zeros((10, 10, 10), np.uint8)
+    aseg[:2] = 17  # 200 voxels of left hippocampus
+    aseg[5, 5, 5] = 24  # one voxel of CSF
+    aseg[9, 9, 9] = 99  # not a structure: counted nowhere
+    affine = np.diag([2.0, 1.0, 1.5, 1.0])  # 3 mm^3 voxels
+    nb.save(nb.Nifti1Image(aseg, affine), tmp_path / "aseg.nii.gz")
+    volumes = structure_volumes(str(tmp_path / "aseg.nii.gz"))
+    assert volumes["left_hippocampus_mm3"] == 600.0 and volumes["extraventricular_csf_mm3"] == 3.0
+    assert volumes["total_intracranial_mm3"] == 603.0 and volumes["right_hippocampus_mm3"] == 0
+    assert len(volumes) == 33
+    # every column has a data-dictionary entry for the group table
+    assert set(volumes) <= set(d.MEASURES_DICTIONARY)

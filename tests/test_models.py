@@ -14,7 +14,12 @@ from bids_dl.models.bundle import BundleError, ModelCard, load_bundle, save_bund
 from bids_dl.models.inference import segment, to_native
 from bids_dl.models.metrics import dice
 from bids_dl.models.networks import UNet3D
-from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters, normalise_intensities
+from bids_dl.models.synthesis import (
+    LabelSynthesiser,
+    SynthesisParameters,
+    normalise_intensities,
+    synthesise_test_image,
+)
 from bids_dl.models.train import soft_dice_loss
 
 ARCHITECTURE = {"name": "UNet3D", "args": {"in_channels": 1, "out_channels": 2, "features": [2, 4]}}
@@ -312,3 +317,78 @@ def test_axis_aligned_fast_path_matches_the_general_resampling():
     assert np.abs(fast - general).max() < 1e-3
     assert (fast_index == index).mean() > 0.999
     assert 0 < (fast[0] == 1).mean() < 1  # part of the native grid lies outside the model grid
+
+
+def test_fixed_test_contrasts_follow_the_tissue_tables():
+    """T1w: WM > cortex > CSF; T2w: CSF > cortex > WM; FLAIR: cortex > WM > CSF; air dark."""
+    labels = torch.zeros((30, 30, 30), dtype=torch.long)
+    labels[3:27, 3:27, 3:27] = 3  # cortex
+    labels[8:22, 8:22, 8:22] = 2  # white matter
+    labels[12:18, 12:18, 12:18] = 4  # lateral ventricle (CSF)
+
+    def mean(image, value):
+        return float(image[labels == value].mean())
+
+    images = {c: synthesise_test_image(labels, c, seed=0) for c in ("T1w", "T2w", "FLAIR")}
+    t1, t2, flair = images["T1w"], images["T2w"], images["FLAIR"]
+    assert mean(t1, 2) > mean(t1, 3) > mean(t1, 4) > mean(t1, 0)
+    assert mean(t2, 4) > mean(t2, 3) > mean(t2, 2) > mean(t2, 0)
+    assert mean(flair, 3) > mean(flair, 2) > mean(flair, 4)
+    assert torch.equal(t1, synthesise_test_image(labels, "T1w", seed=0))
+
+
+def test_structures_task_maps_label_values_to_sorted_channels(tmp_path):
+    from bids_dl.models.labels import STRUCTURES
+    from bids_dl.models.train import TrainConfig, lookup_tables
+
+    config = TrainConfig.from_file(_tiny_training_setup(tmp_path, 1))
+    np.save(tmp_path / "maps" / "labels.npy", np.array([0, 2, 3, 17, 24, 99, 502]))
+    np.save(tmp_path / "maps" / "classes.npy", np.array([0, 1, 2, 3, 4, 5, 6]))
+    config.task = "structures"
+    _, target, names = lookup_tables(config)
+    order = sorted(STRUCTURES)
+    assert target[2] == 1 + order.index(2) and target[17] == 1 + order.index(17)
+    assert target[99] == 0 and target[502] == 0  # not a structure: background
+    assert sorted(names) == [0, *order] and names[17] == "Left-Hippocampus"
+
+
+def test_a_brain_mask_restricts_a_brain_centred_model_to_its_box():
+    image, inside = _sphere_image(np.diag([1.0, 1.0, 1.0, 1.0]), shape=(60, 60, 60))
+    mask = np.zeros(image.shape, bool)
+    mask[20:40, 20:40, 20:40] = True
+    card = _card(inputs={"voxel_size_mm": 1.0, "window": None, "brain_crop_margin_mm": 2.0})
+    labels, _ = segment(image, card, ThresholdNet(), mask=mask)
+    assert labels[30, 30, 30] == 1
+    assert labels[30, 30, 12] == 0 and inside[30, 30, 12]  # inside the sphere, outside the box
+    whole, _ = segment(image, card, ThresholdNet())  # no mask: the whole field of view
+    assert whole[30, 30, 12] == 1
+
+
+def test_model_structures_node_writes_labels_tissues_and_probabilities(tmp_path):
+    from bids_dl.models.labels import STRUCTURES
+    from bids_dl.workflows.interfaces.models import model_structures
+
+    labels = {0: "background"} | {v: row[0] for v, row in STRUCTURES.items()}
+    card = _card(
+        task="structures",
+        architecture={"name": "UNet3D", "args": {"out_channels": len(labels), "features": [2, 4]}},
+        inputs={"voxel_size_mm": 2.0, "window": None, "brain_crop_margin_mm": 4.0},
+        outputs={"labels": {str(k): v for k, v in labels.items()}},
+    )
+    save_bundle(tmp_path / "b", card, UNet3D(1, len(labels), features=(2, 4)))
+    image, inside = _sphere_image(np.diag([-1.0, 1.0, 2.0, 1.0]), shape=(20, 22, 12))
+    nb.save(image, tmp_path / "t1w.nii.gz")
+    nb.save(nb.Nifti1Image(inside.astype(np.uint8), image.affine), tmp_path / "mask.nii.gz")
+    model_structures(
+        str(tmp_path / "t1w.nii.gz"), str(tmp_path / "mask.nii.gz"), str(tmp_path / "b"),
+        str(tmp_path), "cpu",
+    )  # fmt: skip
+    aseg = np.asarray(nb.load(tmp_path / "aseg.nii.gz").dataobj)
+    tissues = np.asarray(nb.load(tmp_path / "dseg.nii.gz").dataobj)
+    assert set(np.unique(aseg)) <= set(labels)
+    assert set(np.unique(tissues)) <= {0, 1, 2, 3}
+    # the tissue of every voxel is the tissue class of its structure
+    for value, (_, tissue, *_) in STRUCTURES.items():
+        assert np.all(tissues[aseg == value] == 1 + ("GM", "WM", "CSF").index(tissue))
+    total = sum(nb.load(tmp_path / f"probseg_{t}.nii.gz").get_fdata() for t in ("GM", "WM", "CSF"))
+    assert total.max() <= 1 + 1e-4 and total.shape == image.shape
