@@ -7,6 +7,8 @@ Test sets (each named in the card with what it is):
   (``synthesise_test_image``): SIMULATED images of real anatomy;
 - sample (brain mask only): the bids_dl sample dataset's 1 mm T1w and T2w (simulated heads around
   the MNI152 brain) against their true masks;
+- real BraTS (brain mask only, optional): four real skull-stripped glioma cases (FLAIR,
+  contrast T1) against their brain masks;
 - real heads (brain mask only, optional): real T1w head scans with no reference, compared with
   deepbet's masks (e.g. Colin27 from Debian's mricron-data: ``apt-get download mricron-data``,
   then ``dpkg-deb -x`` and take ``usr/share/mricron/templates/ch2.nii.gz``).
@@ -92,6 +94,27 @@ def sample_cases(sample: Path) -> list[Case]:
     ]
 
 
+def brats_cases(brats: Path, folder: Path) -> list[Case]:
+    """Real skull-stripped BraTS 2013 FLAIR and contrast T1 with their brain masks.
+
+    The shared images are z-scored inside the brain; they are shifted to positive values inside
+    the mask (air stays 0) because real scanner images are never negative.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for case in sorted(brats.glob("brats_*")):
+        mask_file = case / "brainmask.nii.gz"
+        mask = nb.load(str(mask_file)).get_fdata() > 0
+        for contrast in ("Flair", "T1c"):
+            source = nb.load(str(case / f"{contrast}_subtrMeanDivStd.nii.gz"))
+            data = source.get_fdata(dtype=np.float32)
+            shifted = np.where(mask, data - data[mask].min() + 0.1, 0).astype(np.float32)
+            path = folder / f"{case.name}_{contrast}.nii.gz"
+            nb.save(nb.Nifti1Image(shifted, source.affine), path)
+            cases.append(Case(f"{case.name}_{contrast}", path, mask_file))
+    return cases
+
+
 def our_masks(bundle: Path, images: list[Path], folder: Path) -> dict[str, dict]:
     """Our brain masks (as the pipeline makes them) and the seconds each took, image in memory."""
     card, network = load_bundle(bundle)
@@ -160,6 +183,10 @@ def evaluate_brain_mask(args) -> dict:
         results["sample_dataset"] = evaluate(
             card, network, sample_cases(args.sample), args.out / "sample"
         )
+    if args.brats:
+        results["real_brats_skull_stripped"] = evaluate(
+            card, network, brats_cases(args.brats, args.out / "brats_cases"), args.out / "brats"
+        )
     images = [c.image for c in cases] + list(args.real_heads)
     ours = our_masks(args.bundle, images, args.out / "ours")
     comparison = {"ours_seconds": {}, "deepbet_seconds": {}, "dice_ours_vs_deepbet": {}}
@@ -216,6 +243,8 @@ def update_card(bundle: Path, results: dict, args) -> None:
         "whole 256 mm field of view: SIMULATED images of real anatomy",
         "sample_dataset": "bids_dl sample dataset, 1 mm T1w and T2w: the MNI152 brain in "
         "simulated heads (SIMULATED); truth = the template brain mask carried by the simulation",
+        "real_brats_skull_stripped": "REAL: 4 BraTS 2013 glioma cases (FLAIR and contrast T1, "
+        "already skull-stripped, shifted to positive values), truth = their brain masks",
     }
     test = {}
     for key, value in results.items():
@@ -235,6 +264,7 @@ def main() -> None:
     parser.add_argument("--subjects", nargs="+", default=["19", "20"])
     parser.add_argument("--sample", type=Path, help="bids_dl-sample dataset at 1 mm")
     parser.add_argument("--real-heads", type=Path, nargs="*", default=[])
+    parser.add_argument("--brats", type=Path, help="e.g. ../shared/data/brats2013_dev")
     parser.add_argument("--deepbet-python", type=Path, help="python of the deepbet venv")
     parser.add_argument("--mask-bundle", type=Path, help="brain-mask bundle for structures")
     parser.add_argument("--image", type=Path, help="for _one: the image")

@@ -16,6 +16,7 @@ import pytest
 
 from bids_dl.inputs import validator_command
 from bids_dl.models.metrics import dice
+from bids_dl.models.registry import shipped_bundles
 from tests.conftest import run_cli, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -189,7 +190,13 @@ def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.mark.parametrize("page, expected_images", [("sub-01.html", 3), ("group.html", 1)])
+#: report figures: brain mask, registration, tissues, and structures when the model ships
+SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles())
+
+
+@pytest.mark.parametrize(
+    "page, expected_images", [("sub-01.html", SUBJECT_FIGURES), ("group.html", 1)]
+)
 def test_report_opens_in_chromium_with_every_image(smoke_run, tmp_path, page, expected_images):
     from PIL import Image
 
@@ -228,3 +235,24 @@ def test_reports_only_rewrites_the_report_without_running(smoke_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert report.exists() and "sub-01_desc-brain_T1w.png" in report.read_text()
     assert not (tmp_path / "empty_work" / "bids_dl_wf").exists()
+
+
+@pytest.mark.skipif(
+    not {"brain_mask", "structures"} <= set(shipped_bundles()),
+    reason="the anatomical models are not shipped in bids_dl/models/zoo",
+)
+def test_shipped_models_are_the_defaults(smoke_run):
+    """Brain mask and structures come from the shipped bundles, named in the sidecars."""
+    output = smoke_run["output"]
+    anat = output / "sub-01" / "anat"
+    for name in ("desc-brain_mask", "desc-aseg_dseg", "label-GM_probseg", "dseg"):
+        sidecar = json.loads((anat / f"sub-01_{name}.json").read_text())
+        assert sidecar["DeepLearningModel"]["SHA256"], name
+    aseg = np.asarray(nb.load(anat / "sub-01_desc-aseg_dseg.nii.gz").dataobj)
+    lookup = pd.read_csv(output / "desc-aseg_dseg.tsv", sep="\t")
+    assert set(np.unique(aseg)) - {0} <= set(lookup["index"])
+    assert len(set(np.unique(aseg)) - {0}) >= 25  # most structures found on the sample head
+    assert (output / "sub-01" / "figures" / "sub-01_desc-structures_T1w.png").is_file()
+    table = pd.read_csv(output / "phenotype" / "anatomical.tsv", sep="\t")
+    assert (table["total_intracranial_mm3"] > 0).all()
+    assert (table["left_hippocampus_mm3"] > 0).all()
