@@ -109,5 +109,8 @@ def train_main(config: Path, output: Path) -> None:
         settings = TrainConfig.from_file(config)
     except (TypeError, ValueError, json.JSONDecodeError) as error:
         _fail(f"{config}: {error}")
-    bundle = train(settings, output, command=" ".join(["bids_dl-train", *sys.argv[1:]]))
+    try:
+        bundle = train(settings, output, command=" ".join(["bids_dl-train", *sys.argv[1:]]))
+    except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
+        _fail(f"{config}: {error}")
     click.echo(f"bundle written to {bundle}")

@@ -73,34 +73,48 @@ def _smooth_field(
     return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
 
 
+def random_grid(
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, int, int],
+    params: SynthesisParameters,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """A ``grid_sample`` grid for a random affine + smooth non-linear deformation.
+
+    The output window has ``out_shape`` voxels (same voxel size) and a random translation, so
+    the anatomy lands anywhere in it, partly outside when the translation is large.
+    """
+    theta = _affine_matrix(params, generator)
+    source = torch.tensor(in_shape, dtype=torch.float32)
+    out = torch.tensor(out_shape, dtype=torch.float32)
+    # affine_grid works in [-1, 1] of the output; rescale so voxels keep their size.
+    ratio = (out / source).flip(0)  # grid coordinates are (x, y, z) = (W, H, D)
+    theta[:, :3] = theta[:, :3] * ratio.unsqueeze(0)
+    shift = _uniform(-1, 1, generator, (3,)) * params.translation_vox
+    theta[:, 3] = (2 * shift / source).flip(0)
+    grid = F.affine_grid(theta.unsqueeze(0), (1, 1, *out_shape), align_corners=False)
+    displacement = _smooth_field(
+        out_shape, params.nonlinear_grid, params.nonlinear_std_vox, 3, generator
+    )
+    return grid + (2 * displacement / source.flip(0).view(1, 3, 1, 1, 1)).permute(0, 2, 3, 4, 1)
+
+
+def _warp(volume: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    sampled = F.grid_sample(
+        volume[None, None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False
+    )
+    return sampled[0, 0]
+
+
 def deform_labels(
     labels: torch.Tensor,
     out_shape: tuple[int, int, int],
     params: SynthesisParameters,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Resample an integer label volume through a random affine + non-linear deformation.
-
-    The output window has ``out_shape`` voxels (same voxel size) and a random translation, so
-    the anatomy lands anywhere in it, partly outside when the translation is large.
-    """
-    theta = _affine_matrix(params, generator)
-    in_shape = torch.tensor(labels.shape, dtype=torch.float32)
-    out = torch.tensor(out_shape, dtype=torch.float32)
-    # affine_grid works in [-1, 1] of the output; rescale so voxels keep their size.
-    ratio = (out / in_shape).flip(0)  # grid coordinates are (x, y, z) = (W, H, D)
-    theta[:, :3] = theta[:, :3] * ratio.unsqueeze(0)
-    shift = _uniform(-1, 1, generator, (3,)) * params.translation_vox
-    theta[:, 3] = (2 * shift / in_shape).flip(0)
-    grid = F.affine_grid(theta.unsqueeze(0), (1, 1, *out_shape), align_corners=False)
-    displacement = _smooth_field(
-        out_shape, params.nonlinear_grid, params.nonlinear_std_vox, 3, generator
-    )
-    grid = grid + (2 * displacement / in_shape.flip(0).view(1, 3, 1, 1, 1)).permute(0, 2, 3, 4, 1)
-    sampled = F.grid_sample(
-        labels[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
-    return sampled[0, 0].round().long()
+    """Resample an integer label volume through a random deformation (``random_grid``)."""
+    grid = random_grid(tuple(labels.shape), out_shape, params, generator)
+    return _warp(labels, grid, "nearest").round().long()
 
 
 def random_means(
@@ -133,11 +147,16 @@ def synthesise_image(
     params: SynthesisParameters,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Image from a volume of intensity classes and each class's mean/std, normalised to [0, 1].
-
-    Then: blur, bias field, gamma, noise and (sometimes) a low-resolution axis.
-    """
+    """Image from a volume of intensity classes and each class's mean/std, normalised to [0, 1]
+    after the acquisition artefacts of ``corrupt``."""
     image = means[classes] + stds[classes] * torch.randn(classes.shape, generator=generator)
+    return corrupt(image, params, generator)
+
+
+def corrupt(
+    image: torch.Tensor, params: SynthesisParameters, generator: torch.Generator
+) -> torch.Tensor:
+    """Blur, bias field, gamma, noise and (sometimes) a low-resolution axis; then normalise."""
     image = _blur(image, float(_uniform(*params.blur_sigma_vox, generator)))
     bias = _smooth_field(tuple(image.shape), params.bias_grid, params.bias_std, 1, generator)[0, 0]
     image = image.clamp_min(0) * torch.exp(bias)
@@ -232,7 +251,53 @@ def synthesise_test_image(labels: torch.Tensor, contrast: str, seed: int) -> tor
     return synthesise_image(labels, means, stds, TEST_PARAMETERS, generator)
 
 
-class LabelSynthesiser:
+class _Sampler:
+    """Draws (image, target) training pairs from one ``torch.Generator`` (``self.generator``)."""
+
+    generator: torch.Generator
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = zip(*(self.sample() for _ in range(size)), strict=True)
+        return torch.stack(images), torch.stack(targets)
+
+
+class PairedAugmenter(_Sampler):
+    """Draws augmented (image, target) pairs from real images with their label maps.
+
+    The image and its labels go through the same random deformation; then the image gets the
+    acquisition artefacts of ``corrupt`` (blur, bias, gamma, noise, low resolution). For users
+    who retrain on their own labelled data.
+    """
+
+    def __init__(
+        self,
+        pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        target_lut: torch.Tensor,
+        out_shape: tuple[int, int, int],
+        params: SynthesisParameters | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not pairs:
+            raise ValueError("at least one (image, labels) pair is needed")
+        self.pairs = [(normalise_intensities(image.float()), labels) for image, labels in pairs]
+        self.target_lut = target_lut.long()
+        self.out_shape = out_shape
+        self.params = params or SynthesisParameters()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(torch.randint(0, len(self.pairs), (1,), generator=self.generator))
+        image, labels = self.pairs[index]
+        grid = random_grid(tuple(labels.shape), self.out_shape, self.params, self.generator)
+        labels = _warp(labels, grid, "nearest").round().long()
+        image = corrupt(_warp(image, grid, "bilinear"), self.params, self.generator)
+        return image[None], self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
+
+
+class LabelSynthesiser(_Sampler):
     """Draws (image, target) pairs from label maps, reproducibly from one seed.
 
     Args:
@@ -282,7 +347,3 @@ class LabelSynthesiser:
             classes = self.generation_lut[labels]
             image = synthesise_image(classes, means, stds, self.params, self.generator)
         return image[None], self.target_lut[labels]
-
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = zip(*(self.sample() for _ in range(size)), strict=True)
-        return torch.stack(images), torch.stack(targets)

@@ -1,9 +1,12 @@
-"""Train a U-Net on images synthesised from label maps; log, checkpoint, resume, write a bundle.
+"""Train a U-Net; log, checkpoint, resume, write a bundle.
 
     bids_dl-train CONFIG.json OUTPUT_FOLDER
 
-The config names the task, the label maps and their split, the working resolution, the
-network, the schedule and the seed. The output folder receives ``log.tsv``, ``checkpoint/``
+Two data sources: ``synthetic`` (images of random contrast synthesised from label maps,
+SynthSeg-style) and ``bids`` (a BIDS dataset's real images with label maps in a derivatives
+folder, deformed and corrupted the same way, for users who retrain on their own data). The
+config names the task, the data and their split, the working resolution, the network, the
+schedule and the seed. The output folder receives ``log.tsv``, ``checkpoint/``
 (resumed automatically when present) and, at the end, the bundle (weights + card).
 """
 
@@ -26,7 +29,7 @@ from bids_dl.models.bundle import ModelCard, build_network, save_bundle
 from bids_dl.models.inference import model_grid, resample
 from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES
 from bids_dl.models.metrics import dice
-from bids_dl.models.synthesis import LabelSynthesiser, SynthesisParameters
+from bids_dl.models.synthesis import LabelSynthesiser, PairedAugmenter, SynthesisParameters
 
 TASKS = ("brain_mask", "structures")
 
@@ -37,12 +40,19 @@ class TrainConfig:
 
     name: str
     task: str  # one of TASKS
-    label_maps: str  # folder of training_seg_XX.nii.gz
-    generation_labels: str  # .npy: label values
-    generation_classes: str  # .npy: their intensity class
     train_subjects: list[str]
     validation_subjects: list[str]
     test_subjects: list[str]
+    source: str = "synthetic"  # or "bids"
+    # synthetic source
+    label_maps: str = ""  # folder of training_seg_XX.nii.gz
+    generation_labels: str = ""  # .npy: label values
+    generation_classes: str = ""  # .npy: their intensity class
+    # bids source: sub-XX/anat/sub-XX*_<image_suffix>.nii.gz with sub-XX/anat/sub-XX*_dseg.nii.gz
+    # (FreeSurfer values for structures, any non-zero value for brain_mask) in labels_dir
+    bids_dir: str = ""
+    labels_dir: str = ""
+    image_suffix: str = "T1w"
     version: str = "0.1.0"
     voxel_size_mm: float = 2.0
     sample_shape: tuple[int, int, int] = (128, 128, 128)
@@ -91,16 +101,25 @@ def load_label_map(
 
 
 def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
-    """Label value -> generation class, label value -> target index, and the target names."""
-    values = np.load(config.generation_labels, allow_pickle=False).astype(int)
-    classes = np.load(config.generation_classes, allow_pickle=False).astype(int)
+    """Label value -> generation class, label value -> target index, and the target names.
+
+    For the ``bids`` source there are no generation classes (None), and for ``brain_mask``
+    every non-zero label is brain.
+    """
+    if config.source == "bids":
+        generation, values = None, np.arange(1024)
+        brain = values[values > 0]
+    else:
+        values = np.load(config.generation_labels, allow_pickle=False).astype(int)
+        classes = np.load(config.generation_classes, allow_pickle=False).astype(int)
+        generation = torch.zeros(int(values.max()) + 1, dtype=torch.long)
+        generation[torch.from_numpy(values)] = torch.from_numpy(classes)
+        low, high = BRAIN_LABEL_RANGE
+        brain = [v for v in values if low <= v <= high]
     size = int(values.max()) + 1
-    generation = torch.zeros(size, dtype=torch.long)
-    generation[torch.from_numpy(values)] = torch.from_numpy(classes)
     target = torch.zeros(size, dtype=torch.long)
     if config.task == "brain_mask":
-        low, high = BRAIN_LABEL_RANGE
-        target[[v for v in values if low <= v <= high]] = 1
+        target[brain] = 1
         return generation, target, {0: "background", 1: "brain"}
     if config.task == "structures":
         # channel i predicts the i-th label value in sorted order (what inference assumes)
@@ -154,34 +173,64 @@ def _load_checkpoint(folder: Path, network, optimizer) -> tuple[int, torch.Tenso
     ]
 
 
+def load_bids_pair(config: TrainConfig, subject: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A subject's image and label map from a BIDS dataset, both on the RAS working grid."""
+    label = subject.removeprefix("sub-")
+    images = sorted(
+        Path(config.bids_dir).glob(f"sub-{label}/**/anat/sub-{label}*_{config.image_suffix}.nii*")
+    )
+    labels = sorted(Path(config.labels_dir).glob(f"sub-{label}/**/anat/sub-{label}*_dseg.nii*"))
+    if not images or not labels:
+        raise ValueError(
+            f"sub-{label}: need a {config.image_suffix} image in {config.bids_dir} and a dseg in "
+            f"{config.labels_dir} (found {len(images)} and {len(labels)})"
+        )
+    image = nb.as_closest_canonical(nb.load(str(images[0])))
+    shape, affine = model_grid(image, config.voxel_size_mm, 1)
+    data = np.nan_to_num(image.get_fdata(dtype=np.float32))
+    on_grid = resample(data, image.affine, shape, affine, order=1).astype(np.float32)
+    label_image = nb.load(str(labels[0]))
+    label_data = np.asarray(label_image.dataobj).astype(np.int32)
+    on_grid_labels = resample(label_data, label_image.affine, shape, affine, order=0)
+    return torch.from_numpy(on_grid), torch.from_numpy(on_grid_labels.astype(np.int64))
+
+
+def make_samplers(config: TrainConfig, target: torch.Tensor, generation: torch.Tensor | None):
+    """The training and validation samplers of the config's data source."""
+    params = SynthesisParameters(**config.synthesis)
+    samplers = []
+    for subjects, seed in (
+        (config.train_subjects, config.seed),
+        (config.validation_subjects, config.seed + 1),
+    ):
+        if config.source == "bids":
+            pairs = [load_bids_pair(config, s) for s in subjects]
+            samplers.append(PairedAugmenter(pairs, target, config.sample_shape, params, seed))
+        elif config.source == "synthetic":
+            folder = Path(config.label_maps)
+            maps = [
+                load_label_map(
+                    folder / f"training_seg_{s}.nii.gz",
+                    config.voxel_size_mm,
+                    config.brain_crop_margin,
+                )
+                for s in subjects
+            ]
+            samplers.append(
+                LabelSynthesiser(maps, generation, target, config.sample_shape, params, seed)
+            )
+        else:
+            raise ValueError(f"unknown source {config.source!r} (known: synthetic, bids)")
+    return samplers[0], samplers[1], params
+
+
 def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     """Run (or resume) training and write the bundle into ``output/bundle``."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     output.mkdir(parents=True, exist_ok=True)
     generation, target, names = lookup_tables(config)
-    folder = Path(config.label_maps)
-
-    def maps(subjects):
-        return [
-            load_label_map(
-                folder / f"training_seg_{s}.nii.gz", config.voxel_size_mm, config.brain_crop_margin
-            )
-            for s in subjects
-        ]
-
-    params = SynthesisParameters(**config.synthesis)
-    synthesiser = LabelSynthesiser(
-        maps(config.train_subjects), generation, target, config.sample_shape, params, config.seed
-    )
-    validation = LabelSynthesiser(
-        maps(config.validation_subjects),
-        generation,
-        target,
-        config.sample_shape,
-        params,
-        config.seed + 1,
-    )
+    synthesiser, validation, params = make_samplers(config, target, generation)
     validation_set = [validation.sample() for _ in range(config.validation_samples)]
 
     architecture = {
@@ -240,7 +289,7 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     print(file=sys.stderr)
 
     inputs = {
-        "contrasts": ["any"],
+        "contrasts": [config.image_suffix] if config.source == "bids" else ["any"],
         "voxel_size_mm": config.voxel_size_mm,
         "orientation": "RAS",
         "normalisation": "clip to the 0.5-99.5 percentiles of non-zero voxels, rescale to [0, 1]",
@@ -252,8 +301,13 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         "config": asdict(config),
         "command": command,
         "seed": config.seed,
-        "data": "synthetic images of random contrast from real label maps "
-        f"({config.label_maps}), SynthSeg-style",
+        "data": (
+            f"real images of {config.bids_dir} with the label maps of {config.labels_dir}, "
+            "randomly deformed and corrupted"
+            if config.source == "bids"
+            else "synthetic images of random contrast from real label maps "
+            f"({config.label_maps}), SynthSeg-style"
+        ),
         "split": {
             "train": config.train_subjects,
             "validation": config.validation_subjects,

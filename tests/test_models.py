@@ -392,3 +392,35 @@ def test_model_structures_node_writes_labels_tissues_and_probabilities(tmp_path)
         assert np.all(tissues[aseg == value] == 1 + ("GM", "WM", "CSF").index(tissue))
     total = sum(nb.load(tmp_path / f"probseg_{t}.nii.gz").get_fdata() for t in ("GM", "WM", "CSF"))
     assert total.max() <= 1 + 1e-4 and total.shape == image.shape
+
+
+def test_train_on_a_bids_dataset_with_labels_in_derivatives(tmp_path):
+    """Users retrain on their own data: real images + dseg files from a derivatives folder."""
+    from click.testing import CliRunner
+
+    from bids_dl.models_cli import train_main
+
+    bids, labels_dir = tmp_path / "bids", tmp_path / "bids" / "derivatives" / "labels"
+    for number, subject in enumerate(("01", "02")):
+        image, inside = _sphere_image(np.diag([1.5, 1.5, 1.5, 1.0]), shape=(20, 22, 18))
+        (bids / f"sub-{subject}" / "anat").mkdir(parents=True)
+        (labels_dir / f"sub-{subject}" / "anat").mkdir(parents=True)
+        nb.save(image, bids / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz")
+        dseg = nb.Nifti1Image(inside.astype(np.uint8) * 17, image.affine)  # left hippocampus
+        nb.save(dseg, labels_dir / f"sub-{subject}" / "anat" / f"sub-{subject}_dseg.nii.gz")
+    config = {
+        "name": "own", "task": "structures", "source": "bids", "bids_dir": str(bids),
+        "labels_dir": str(labels_dir), "train_subjects": ["01"], "validation_subjects": ["02"],
+        "test_subjects": [], "voxel_size_mm": 2.0, "sample_shape": [16, 16, 16],
+        "features": [2, 4], "iterations": 2, "validation_every": 2, "validation_samples": 1,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    card, network = load_bundle(tmp_path / "run" / "bundle")
+    assert card.task == "structures" and card.inputs["contrasts"] == ["T1w"]
+    assert "derivatives/labels" in card.training["data"] and network.head.out_channels == 33
+    config["train_subjects"] = ["03"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "r2")])
+    assert result.exit_code != 0 and "sub-03: need a T1w image" in result.output

@@ -9,9 +9,8 @@ from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.interfaces.bids import DerivativesDataSink
 from bids_dl.workflows.interfaces.reports import (
     BrainMaskFigure,
+    LabelsFigure,
     RegistrationFigure,
-    StructuresFigure,
-    TissueFigure,
 )
 
 ANAT_OUTPUT_FIELDS = [
@@ -161,7 +160,7 @@ def init_anat_reports_wf(
     registration_figure = pe.Node(
         RegistrationFigure(template_dir=template_dir), name="registration_figure", **figure_args
     )
-    tissue_figure = pe.Node(TissueFigure(), name="tissue_figure", **figure_args)
+    tissue_figure = pe.Node(LabelsFigure(kind="tissues"), name="tissue_figure", **figure_args)
     figures = [("mask", "brain"), ("registration", "registration"), ("tissue", "tissues")]
     if structures:
         figures.append(("structures", "structures"))
@@ -190,7 +189,7 @@ def init_anat_reports_wf(
                 tissue_figure,
                 [
                     ("t1w_preproc", "anat"),
-                    ("dseg", "dseg"),
+                    ("dseg", "labels"),
                     ("brain_mask", "brain_mask"),
                 ],
             ),
@@ -203,10 +202,12 @@ def init_anat_reports_wf(
         ]
     )
     if structures:
-        structures_figure = pe.Node(StructuresFigure(), name="structures_figure", **figure_args)
+        structures_figure = pe.Node(
+            LabelsFigure(kind="structures"), name="structures_figure", **figure_args
+        )
         workflow.connect([
             (inputnode, structures_figure, [
-                ("t1w_preproc", "anat"), ("aseg", "aseg"), ("brain_mask", "brain_mask"),
+                ("t1w_preproc", "anat"), ("aseg", "labels"), ("brain_mask", "brain_mask"),
             ]),
             (structures_figure, sinks["structures"], [("out_file", "in_file")]),
         ])  # fmt: skip

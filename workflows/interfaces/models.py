@@ -54,6 +54,11 @@ def model_brain_mask(
     image = nb.load(in_file)
     labels, _ = segment(image, card, network, device=resolve_device(device))
     mask = largest_component_filled(labels == 1)
+    if not mask.any():
+        raise ValueError(
+            f"the brain-extraction model found no brain in {in_file}: is it a head image? "
+            "(--brain-extraction-model template selects the registration baseline)"
+        )
     save_image(mask.astype(np.uint8), image.affine, out_file)
     return _identity(card, bundle)
 
@@ -93,7 +98,7 @@ def model_structures(
 
 class _ModelMaskInputSpec(TraitedSpec):
     in_file = File(exists=True, mandatory=True, desc="anatomical image, any contrast")
-    bundle = Directory(exists=True, mandatory=True, desc="brain_mask model bundle")
+    bundle = Directory(exists=True, mandatory=True, desc="model bundle")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
@@ -122,12 +127,8 @@ class ModelBrainMask(SimpleInterface):
         return runtime
 
 
-class _ModelSegmentationInputSpec(TraitedSpec):
-    in_file = File(exists=True, mandatory=True, desc="bias-corrected anatomical image")
+class _ModelSegmentationInputSpec(_ModelMaskInputSpec):
     brain_mask = File(exists=True, mandatory=True, desc="brain mask on the same grid")
-    bundle = Directory(exists=True, mandatory=True, desc="structures model bundle")
-    device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
-    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 
 class _ModelSegmentationOutputSpec(TraitedSpec):

@@ -65,37 +65,26 @@ class RegistrationFigure(_FigureInterface):
         )
 
 
-class _TissueInputSpec(TraitedSpec):
+class _LabelsInputSpec(TraitedSpec):
     anat = File(exists=True, mandatory=True)
-    dseg = File(exists=True, mandatory=True)
+    labels = File(exists=True, mandatory=True, desc="tissue (dseg) or structure (aseg) labels")
     brain_mask = File(exists=True, mandatory=True)
+    kind = traits.Enum("tissues", "structures", mandatory=True, desc="which colours to use")
 
 
-class TissueFigure(_FigureInterface):
-    """Tissue labels over the T1w."""
+class LabelsFigure(_FigureInterface):
+    """Tissue or structure labels over the T1w."""
 
-    input_spec = _TissueInputSpec
-    figure_name = "tissues.png"
+    input_spec = _LabelsInputSpec
+
+    def _run_interface(self, runtime):
+        self.figure_name = f"{self.inputs.kind}.png"
+        return super()._run_interface(runtime)
 
     def _draw(self, out_file: Path) -> None:
-        from bids_dl.reports.figures import plot_tissues
+        from bids_dl.reports import figures
 
-        plot_tissues(self.inputs.anat, self.inputs.dseg, self.inputs.brain_mask, out_file)
-
-
-class _StructuresInputSpec(TraitedSpec):
-    anat = File(exists=True, mandatory=True)
-    aseg = File(exists=True, mandatory=True)
-    brain_mask = File(exists=True, mandatory=True)
-
-
-class StructuresFigure(_FigureInterface):
-    """Structure labels over the T1w."""
-
-    input_spec = _StructuresInputSpec
-    figure_name = "structures.png"
-
-    def _draw(self, out_file: Path) -> None:
-        from bids_dl.reports.figures import plot_structures
-
-        plot_structures(self.inputs.anat, self.inputs.aseg, self.inputs.brain_mask, out_file)
+        plot = {"tissues": figures.plot_tissues, "structures": figures.plot_structures}
+        plot[self.inputs.kind](
+            self.inputs.anat, self.inputs.labels, self.inputs.brain_mask, out_file
+        )
