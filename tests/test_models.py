@@ -401,7 +401,7 @@ def test_train_on_a_bids_dataset_with_labels_in_derivatives(tmp_path):
     from bids_dl.models_cli import train_main
 
     bids, labels_dir = tmp_path / "bids", tmp_path / "bids" / "derivatives" / "labels"
-    for number, subject in enumerate(("01", "02")):
+    for subject in ("01", "02"):
         image, inside = _sphere_image(np.diag([1.5, 1.5, 1.5, 1.0]), shape=(20, 22, 18))
         (bids / f"sub-{subject}" / "anat").mkdir(parents=True)
         (labels_dir / f"sub-{subject}" / "anat").mkdir(parents=True)
