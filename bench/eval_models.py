@@ -174,6 +174,57 @@ def run_one(task: str, bundle: Path, image_path: Path, mask_bundle: Path | None)
     }
 
 
+def template_baseline(cases: list[Case], folder: Path, threads: int) -> dict[str, float]:
+    """Dice of the classical baseline (template brain registered onto the head) per case."""
+    from bids_dl.templates import write_template_files
+    from bids_dl.workflows.interfaces.ants import brain_mask_from_template
+
+    folder.mkdir(parents=True, exist_ok=True)
+    template = write_template_files(folder / "templates")
+    scores = {}
+    for case in cases:
+        out = folder / f"{case.name}_template_mask.nii.gz"
+        brain_mask_from_template(
+            str(case.image), template, str(out), str(folder / case.name), threads
+        )
+        reference = nb.load(str(case.reference)).get_fdata() > 0
+        scores[case.name] = round(dice(nb.load(str(out)).get_fdata() > 0, reference), 4)
+    return scores
+
+
+def tissue_scores(cases: list[Case], aseg_folder: Path, folder: Path, threads: int) -> dict:
+    """GM/WM/CSF Dice of our structures' tissue classes, and of Atropos (T1w-like cases only,
+    inside the true brain mask), against the label maps' tissue classes."""
+    from bids_dl.workflows.interfaces.ants import segment_tissues
+
+    folder.mkdir(parents=True, exist_ok=True)
+    to_tissue = np.zeros(256, dtype=np.uint8)
+    for value, row in STRUCTURES.items():
+        to_tissue[value] = ("GM", "WM", "CSF").index(row[1]) + 1
+    scores: dict[str, dict] = {"ours": {}, "atropos_t1w": {}}
+    for case in cases:
+        truth = to_tissue[np.asarray(nb.load(str(case.reference)).dataobj).astype(int)]
+        ours = to_tissue[np.asarray(nb.load(str(aseg_folder / f"{case.name}.nii.gz")).dataobj)]
+        scores["ours"][case.name] = {
+            t: round(dice(ours == i, truth == i), 4) for i, t in enumerate(("GM", "WM", "CSF"), 1)
+        }
+        if case.name.endswith("_T1w"):
+            brain = nb.load(str(case.mask)).get_fdata() > 0
+            true_brain = folder / f"{case.name}_brain.nii.gz"
+            nb.save(
+                nb.Nifti1Image(brain.astype(np.uint8), nb.load(str(case.image)).affine), true_brain
+            )
+            atropos = segment_tissues(
+                str(case.image), str(true_brain), str(folder / case.name), threads
+            )
+            labels = np.asarray(nb.load(atropos["dseg"]).dataobj)
+            scores["atropos_t1w"][case.name] = {
+                t: round(dice(labels == i, truth == i), 4)
+                for i, t in enumerate(("GM", "WM", "CSF"), 1)
+            }
+    return scores
+
+
 def evaluate_brain_mask(args) -> dict:
     card, network = load_bundle(args.bundle)
     results = {}
@@ -210,6 +261,9 @@ def evaluate_brain_mask(args) -> dict:
         comparison["median_time_ratio_ours_over_deepbet"] = round(float(ratio), 3)
     else:
         comparison["ours_seconds"] = {Path(k).name: v["seconds"] for k, v in ours.items()}
+    results["template_baseline_dice_synthetic"] = template_baseline(
+        cases, args.out / "template_baseline", args.threads
+    )
     results["speed_and_agreement_2_threads"] = comparison
     results["fresh_process_2_threads"] = fresh_process_run(
         args.bundle, cases[0].image, None, args.threads
@@ -226,7 +280,12 @@ def evaluate_structures(args) -> dict:
             Case(c.name, c.image, c.reference, Path(masks[str(c.image)]["mask"])) for c in cases
         ]
     results = {
-        "synthetic_heldout_label_maps": evaluate(card, network, cases, args.out / "synthetic"),
+        "synthetic_heldout_label_maps": evaluate(
+            card, network, cases, args.out / "synthetic", save_labels=args.out / "labels"
+        ),
+        "tissue_dice_synthetic": tissue_scores(
+            cases, args.out / "labels", args.out / "atropos", args.threads
+        ),
         "fresh_process_2_threads": fresh_process_run(
             args.bundle, cases[0].image, args.mask_bundle, args.threads
         ),

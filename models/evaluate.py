@@ -37,10 +37,12 @@ def evaluate(
     cases: Sequence[Case],
     output_dir: Path,
     device: str = "cpu",
+    save_labels: Path | None = None,
 ) -> dict:
     """Segment every case, score every foreground label, write ``metrics.tsv`` and ``summary.json``.
 
-    The reference's non-zero voxels count as foreground for a two-label (mask) model.
+    The reference's non-zero voxels count as foreground for a two-label (mask) model. With
+    ``save_labels``, each prediction is also saved there as ``<case>.nii.gz``.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     labels = {k: v for k, v in card.labels.items() if k != 0}
@@ -57,6 +59,9 @@ def evaluate(
             reference = (reference > 0).astype(np.int32) * next(iter(labels))
         mask = np.asarray(nb.load(str(case.mask)).dataobj) > 0 if case.mask else None
         prediction, _ = segment(image, card, network, device=device, mask=mask)
+        if save_labels is not None:
+            save_labels.mkdir(parents=True, exist_ok=True)
+            nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
         for row in label_metrics(prediction, reference, labels, spacing):
             rows.append({"case": case.name, **row})
