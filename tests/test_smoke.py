@@ -13,8 +13,10 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bids_dl.inputs import validator_command
+from bids_dl.models.bundle import weights_sha256
 from bids_dl.models.metrics import dice
 from bids_dl.models.registry import shipped_bundles
 from tests.conftest import run_cli, tree_digest
@@ -126,15 +128,7 @@ def test_input_dataset_is_untouched(smoke_run):
 
 
 def test_derivatives_pass_the_bids_validator(smoke_run):
-    result = subprocess.run(
-        [*validator_command(), "--format", "json", str(smoke_run["output"])],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    issues = json.loads(result.stdout)["issues"]["issues"]
-    errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
-    assert errors == []
+    assert _validator_errors(smoke_run["output"]) == []
 
 
 def test_rerun_reuses_the_cache(smoke_run):
@@ -237,15 +231,82 @@ def test_reports_only_rewrites_the_report_without_running(smoke_run, tmp_path):
     assert not (tmp_path / "empty_work" / "bids_dl_wf").exists()
 
 
+def _validator_errors(output) -> list:
+    result = subprocess.run(
+        [*validator_command(), "--format", "json", str(output)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    issues = json.loads(result.stdout)["issues"]["issues"]
+    return [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+
+
+@pytest.fixture(scope="module")
+def structures_run(sample_small, tmp_path_factory) -> dict:
+    """One subject through the CLI with a structures bundle (untrained: only the wiring
+    is under test here; the shipped models are measured in bench/)."""
+    from bids_dl.models.bundle import ModelCard, save_bundle
+    from bids_dl.models.labels import STRUCTURES
+    from bids_dl.models.networks import UNet3D
+
+    base = tmp_path_factory.mktemp("structures")
+    labels = {"0": "background"} | {str(v): row[0] for v, row in STRUCTURES.items()}
+    card = ModelCard(
+        name="untrained-structures", version="0", task="structures",
+        architecture={"name": "UNet3D", "args": {"out_channels": 33, "features": [2, 4]}},
+        inputs={"voxel_size_mm": 2.0, "window": None, "brain_crop_margin_mm": 8.0},
+        outputs={"labels": labels},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    save_bundle(base / "bundle", card, UNet3D(1, 33, features=(2, 4)))
+    output = base / "out"
+    participant = run_cli(
+        str(sample_small), str(output), "participant", "-w", str(base / "work"),
+        "--participant-label", "01", "--sloppy", "--segmentation-model", str(base / "bundle"),
+    )  # fmt: skip
+    group = run_cli(str(sample_small), str(output), "group")
+    return {"output": output, "participant": participant, "group": group}
+
+
+def test_a_structures_model_adds_its_derivatives_measures_and_figure(structures_run):
+    assert structures_run["participant"].returncode == 0, structures_run["participant"].stderr
+    assert structures_run["group"].returncode == 0, structures_run["group"].stderr
+    output = structures_run["output"]
+    anat = output / "sub-01" / "anat"
+    for name in ("desc-aseg_dseg", "label-GM_probseg", "dseg"):
+        sidecar = json.loads((anat / f"sub-01_{name}.json").read_text())
+        assert sidecar["DeepLearningModel"]["Name"] == "untrained-structures", name
+    aseg = nb.load(anat / "sub-01_desc-aseg_dseg.nii.gz")
+    preproc = nb.load(anat / "sub-01_desc-preproc_T1w.nii.gz")
+    assert aseg.shape == preproc.shape and np.allclose(aseg.affine, preproc.affine)
+    lookup = pd.read_csv(output / "desc-aseg_dseg.tsv", sep="\t")
+    assert set(np.unique(np.asarray(aseg.dataobj))) <= {0, *lookup["index"]}
+    assert (output / "sub-01" / "figures" / "sub-01_desc-structures_T1w.png").is_file()
+    table = pd.read_csv(output / "phenotype" / "anatomical.tsv", sep="\t")
+    assert {"total_intracranial_mm3", "left_hippocampus_mm3"} <= set(table.columns)
+    assert "structures" in (output / "sub-01.html").read_text().lower()
+    assert _validator_errors(output) == []
+
+
 @pytest.mark.skipif(
-    not {"brain_mask", "structures"} <= set(shipped_bundles()),
-    reason="the anatomical models are not shipped in bids_dl/models/zoo",
+    "brain_mask" not in shipped_bundles(), reason="no brain_mask model in bids_dl/models/zoo"
 )
-def test_shipped_models_are_the_defaults(smoke_run):
-    """Brain mask and structures come from the shipped bundles, named in the sidecars."""
+def test_the_shipped_brain_mask_model_is_the_default(smoke_run):
+    sidecar = json.loads(
+        (smoke_run["output"] / "sub-01" / "anat" / "sub-01_desc-brain_mask.json").read_text()
+    )
+    assert sidecar["DeepLearningModel"]["SHA256"] == weights_sha256(shipped_bundles()["brain_mask"])
+
+
+@pytest.mark.skipif(
+    "structures" not in shipped_bundles(), reason="no structures model in bids_dl/models/zoo"
+)
+def test_the_shipped_structures_model_is_the_default(smoke_run):
+    """The structures come from the shipped bundle, named in the sidecars."""
     output = smoke_run["output"]
     anat = output / "sub-01" / "anat"
-    for name in ("desc-brain_mask", "desc-aseg_dseg", "label-GM_probseg", "dseg"):
+    for name in ("desc-aseg_dseg", "label-GM_probseg", "dseg"):
         sidecar = json.loads((anat / f"sub-01_{name}.json").read_text())
         assert sidecar["DeepLearningModel"]["SHA256"], name
     aseg = np.asarray(nb.load(anat / "sub-01_desc-aseg_dseg.nii.gz").dataobj)
