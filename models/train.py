@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 1
     threads: int = 2
+    device: str = "auto"  # "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"
     #: crop each label map to its brain (plus this margin, in voxels) before sampling windows, so
     #: windows are centred on the brain (inference then centres them on the brain mask); None
     #: keeps the whole head and its surroundings
@@ -147,10 +148,10 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _save_checkpoint(folder: Path, network, optimizer, iteration: int, generator_state) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous()
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).cpu().contiguous()
     tensors["generator_state"] = generator_state.clone()
     save_file(tensors, str(folder / "state.tmp.safetensors"))
     os.replace(folder / "state.tmp.safetensors", folder / "state.safetensors")
@@ -238,7 +239,10 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         "args": {"in_channels": 1, "out_channels": len(names), "features": list(config.features),
                  "norm": config.norm, "residual": config.residual},
     }  # fmt: skip
-    network = build_network(architecture)
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    network = build_network(architecture).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     start = 0
     resumed = _load_checkpoint(output / "checkpoint", network, optimizer)
@@ -257,7 +261,10 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     for iteration in range(start + 1, config.iterations + 1):
         network.train()
         images, targets = synthesiser.batch(config.batch_size)
-        logits = network(images)
+        images, targets = images.to(device), targets.to(device)
+        # bfloat16 on a GPU: mixed precision without a gradient scaler
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = network(images).float()
         loss = soft_dice_loss(logits, targets) + F.cross_entropy(logits, targets)
         optimizer.zero_grad()
         loss.backward()
@@ -326,16 +333,17 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         training=training,
         metrics={"validation_dice_synthetic": best["validation_dice"]},
     )
-    return save_bundle(output / "bundle", card, network)
+    return save_bundle(output / "bundle", card, network.cpu())
 
 
 @torch.no_grad()
 def validate(network: torch.nn.Module, samples) -> float:
     """Mean foreground Dice over fixed synthetic validation samples."""
     network.eval()
+    device = next(network.parameters()).device
     scores = []
     for image, target in samples:
-        prediction = network(image[None]).argmax(1)[0]
+        prediction = network(image[None].to(device)).argmax(1)[0].cpu()
         labels = [int(v) for v in torch.unique(target) if v > 0]
         scores.extend(
             dice((prediction == label).numpy(), (target == label).numpy()) for label in labels
