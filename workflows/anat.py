@@ -28,8 +28,11 @@ MEM_GB = {
     "registration": 1.25,
     "tissues": 1.5,
     "resample": 1.0,
-    "model": 2.0,
-    "structures": 3.0,
+    # deep-learning nodes: peak of one inference in a fresh process (bench/eval_models.py) on a
+    # 256^3 1 mm head, + ~10 %: brain mask 2.0 GB; structures 4.06 GB over the whole field of
+    # view (the worst case: with a brain mask the window covers only the brain box)
+    "model": 2.3,
+    "structures": 4.5,
 }
 
 
