@@ -256,11 +256,16 @@ def segment(
     margin = card.inputs.get("brain_crop_margin_mm")
     if mask is not None and margin is not None:
         bounds = mask_bounds(mask, image.affine, float(margin))
+    window = card.inputs.get("window")
+    if bounds is None and window:  # whole-head models: at least the field of view of training
+        low, high = world_bounds(image.affine, [(0, n - 1) for n in image.shape[:3]])
+        half = (np.asarray(window) - 1) * voxel_mm / 2
+        centre = (low + high) / 2
+        bounds = (np.minimum(low, centre - half), np.maximum(high, centre + half))
     shape, affine = model_grid(image, voxel_mm, divisor, bounds)
     data = np.nan_to_num(image.get_fdata(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     on_grid = resample(data, image.affine, shape, affine, order=1)
     volume = normalise_intensities(torch.from_numpy(on_grid.astype(np.float32)))
-    window = card.inputs.get("window")
     labels = sorted(card.labels)
     network = network.to(device)
     probabilities = predict_probabilities(

@@ -424,3 +424,21 @@ def test_train_on_a_bids_dataset_with_labels_in_derivatives(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "r2")])
     assert result.exit_code != 0 and "sub-03: need a T1w image" in result.output
+
+
+def test_a_whole_head_model_sees_at_least_its_training_field_of_view():
+    """A tightly cropped head is padded to the card's window, as in training (a head that
+    fills the window looked nothing like the training images and was missed)."""
+    seen = []
+
+    class Recorder(ThresholdNet):
+        def forward(self, x):
+            seen.append(tuple(x.shape[2:]))
+            return super().forward(x)
+
+    image, inside = _sphere_image(np.diag([1.0, 1.0, 1.0, 1.0]), shape=(40, 42, 40))
+    labels, _ = segment(
+        image, _card(inputs={"voxel_size_mm": 1.0, "window": [64, 64, 64]}), Recorder()
+    )
+    assert seen == [(64, 64, 64)]
+    assert dice(labels == 1, inside) > 0.9
