@@ -54,9 +54,11 @@ def evaluate(
             reference_image.affine, image.affine, atol=1e-3
         ):
             raise ValueError(f"{case.reference} is not on the grid of {case.image}")
-        reference = np.asarray(reference_image.dataobj).astype(np.int32)
-        if len(labels) == 1:
-            reference = (reference > 0).astype(np.int32) * next(iter(labels))
+        values = np.asarray(reference_image.dataobj)
+        if len(labels) == 1:  # masks stored as floats (0.99999997...) count as foreground too
+            reference = (values > 0).astype(np.int32) * next(iter(labels))
+        else:
+            reference = np.rint(values).astype(np.int32)
         mask = np.asarray(nb.load(str(case.mask)).dataobj) > 0 if case.mask else None
         prediction, _ = segment(image, card, network, device=device, mask=mask)
         if save_labels is not None:

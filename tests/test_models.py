@@ -442,3 +442,15 @@ def test_a_whole_head_model_sees_at_least_its_training_field_of_view():
     )
     assert seen == [(64, 64, 64)]
     assert dice(labels == 1, inside) > 0.9
+
+
+def test_evaluate_reads_masks_stored_as_floats(tmp_path):
+    from bids_dl.models.evaluate import Case, evaluate
+
+    image, inside = _sphere_image(np.diag([2.0, 2.0, 2.0, 1.0]), shape=(20, 20, 20))
+    nb.save(image, tmp_path / "case.nii.gz")
+    float_mask = (inside * np.float32(0.99999997)).astype(np.float32)  # as some tools store them
+    nb.save(nb.Nifti1Image(float_mask, image.affine), tmp_path / "mask.nii.gz")
+    case = Case("case", tmp_path / "case.nii.gz", tmp_path / "mask.nii.gz")
+    summary = evaluate(_card(), ThresholdNet(), [case], tmp_path / "eval")
+    assert summary["mean_dice"] > 0.9
