@@ -39,7 +39,7 @@ import torch
 from bids_dl.models.bundle import CARD, load_bundle
 from bids_dl.models.evaluate import Case, evaluate
 from bids_dl.models.inference import segment
-from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES, tissue_groups
+from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES, tissue_groups, tissue_lookup
 from bids_dl.models.metrics import dice
 from bids_dl.models.synthesis import CONTRASTS, synthesise_test_image
 from bids_dl.workflows.interfaces.images import largest_component_filled
@@ -198,9 +198,7 @@ def tissue_scores(cases: list[Case], aseg_folder: Path, folder: Path, threads: i
     from bids_dl.workflows.interfaces.ants import segment_tissues
 
     folder.mkdir(parents=True, exist_ok=True)
-    to_tissue = np.zeros(256, dtype=np.uint8)
-    for value, row in STRUCTURES.items():
-        to_tissue[value] = ("GM", "WM", "CSF").index(row[1]) + 1
+    to_tissue = tissue_lookup()
     scores: dict[str, dict] = {"ours": {}, "atropos_t1w": {}}
     for case in cases:
         truth = to_tissue[np.asarray(nb.load(str(case.reference)).dataobj).astype(int)]

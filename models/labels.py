@@ -6,6 +6,8 @@ writes them unchanged, so its ``dseg`` reads like a SynthSeg or FreeSurfer ``ase
 
 from __future__ import annotations
 
+import numpy as np
+
 #: Label values of the brain, CSF included: the brain-mask task's foreground (extra-cerebral
 #: tissues in the SynthSeg label maps are numbered from 100 up).
 BRAIN_LABEL_RANGE = (1, 99)
@@ -92,3 +94,11 @@ def volume_column(value: int) -> str:
     if value == 24:
         return "extraventricular_csf_mm3"
     return STRUCTURES[value][0].lower().replace("-", "_") + "_mm3"
+
+
+def tissue_lookup() -> np.ndarray:
+    """Label value -> tissue label (0 none, 1 GM, 2 WM, 3 CSF, the order of ``dseg.tsv``)."""
+    lookup = np.zeros(256, dtype=np.uint8)
+    for value, row in STRUCTURES.items():
+        lookup[value] = TISSUE_CLASSES.index(row[1]) + 1
+    return lookup

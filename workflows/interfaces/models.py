@@ -9,6 +9,7 @@ import numpy as np
 from nipype.interfaces.base import Directory, File, SimpleInterface, TraitedSpec, traits
 
 from bids_dl.images import save_image
+from bids_dl.models.labels import TISSUE_CLASSES
 from bids_dl.workflows.interfaces.images import largest_component_filled
 
 
@@ -77,7 +78,7 @@ def model_structures(
     clipped to the mask. Tissue labels (1 GM, 2 WM, 3 CSF) are the structures' classes.
     """
     from bids_dl.models.inference import segment
-    from bids_dl.models.labels import STRUCTURES, TISSUE_CLASSES, tissue_groups
+    from bids_dl.models.labels import TISSUE_CLASSES, tissue_groups, tissue_lookup
 
     card, network = _load_model(bundle, "structures", num_threads)
     image = nb.load(in_file)
@@ -87,10 +88,7 @@ def model_structures(
     )
     out = Path(out_dir)
     save_image(labels.astype(np.uint8), image.affine, out / "aseg.nii.gz")
-    to_tissue = np.zeros(256, dtype=np.uint8)
-    for value, row in STRUCTURES.items():
-        to_tissue[value] = TISSUE_CLASSES.index(row[1]) + 1
-    save_image(to_tissue[labels], image.affine, out / "dseg.nii.gz")
+    save_image(tissue_lookup()[labels], image.affine, out / "dseg.nii.gz")
     for name, probability in zip(TISSUE_CLASSES, tissues, strict=True):
         save_image(probability, image.affine, out / f"probseg_{name}.nii.gz")
     return _identity(card, bundle)
@@ -156,5 +154,5 @@ class ModelSegmentation(SimpleInterface):
         cwd = Path(runtime.cwd)
         self._results["aseg"] = str(cwd / "aseg.nii.gz")
         self._results["dseg"] = str(cwd / "dseg.nii.gz")
-        self._results["probseg"] = [str(cwd / f"probseg_{t}.nii.gz") for t in ("GM", "WM", "CSF")]
+        self._results["probseg"] = [str(cwd / f"probseg_{t}.nii.gz") for t in TISSUE_CLASSES]
         return runtime
