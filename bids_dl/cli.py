@@ -133,8 +133,9 @@ def _setup_logging(verbose: int) -> None:
 @click.option(
     "--analyses",
     multiple=True,
-    help="Analyses to run, separated by spaces (default: every one whose inputs exist). "
-    "Known: anat.",
+    help="Analyses to run, separated by spaces (default: every one whose inputs exist: tumor "
+    "where a contrast-enhanced T1w exists, wmh where a FLAIR exists). Known: anat, tumor, wmh. "
+    "Named here, tumor runs on a FLAIR or ce-T1w and a subject without either is an error.",
 )
 @click.option(
     "--device",
@@ -156,6 +157,20 @@ def _setup_logging(verbose: int) -> None:
     show_default=True,
     help="Segmentation: 'atropos' (classical GM/WM/CSF only), a structures model bundle folder "
     "or shipped name, or 'auto' (the shipped structures model when there is one).",
+)
+@click.option(
+    "--tumor-model",
+    default="auto",
+    show_default=True,
+    help="Glioma segmentation: a tumor model bundle folder or shipped name, 'auto' (the shipped "
+    "tumor model) or 'none'.",
+)
+@click.option(
+    "--wmh-model",
+    default="auto",
+    show_default=True,
+    help="White-matter hyperintensity segmentation: a wmh model bundle folder or shipped name, "
+    "'auto' (the shipped wmh model) or 'none'.",
 )
 @click.option(
     "--skip-bids-validation", is_flag=True, help="Do not run the BIDS validator on the input."
@@ -199,6 +214,7 @@ def _prepare(options: dict):
         check_folders,
         collect_inputs,
         load_filters,
+        plan_analyses,
         strip_prefix,
         validate_dataset,
     )
@@ -228,6 +244,7 @@ def _prepare(options: dict):
             session_labels=strip_prefix(options["session_label"], "ses"),
             bids_filters=load_filters(options["bids_filter_file"]),
             analyses=list(options["analyses"]) or list(ANALYSES),
+            analyses_requested=bool(options["analyses"]),
             skip_bids_validation=options["skip_bids_validation"],
             dry_run=options["dry_run"],
             boilerplate_only=options["boilerplate_only"],
@@ -257,6 +274,12 @@ def _prepare(options: dict):
                 task="structures",
                 classical="atropos",
             ),
+            tumor_bundle=_model_bundle(
+                options["tumor_model"], "--tumor-model", task="tumor", classical="none"
+            ),
+            wmh_bundle=_model_bundle(
+                options["wmh_model"], "--wmh-model", task="wmh", classical="none"
+            ),
         ),
     )
     if options["analysis_level"] == "group":
@@ -266,6 +289,12 @@ def _prepare(options: dict):
             LOGGER.info("BIDS validator warning: %s", code)
     subjects = collect_inputs(
         bids_dir, participants, config.execution.session_labels, config.execution.bids_filters
+    )
+    plan_analyses(
+        subjects,
+        config.execution.analyses,
+        config.execution.analyses_requested,
+        {"tumor": config.workflow.tumor_bundle, "wmh": config.workflow.wmh_bundle},
     )
     return config, subjects
 
@@ -361,6 +390,7 @@ def _run_participant(config, subjects) -> int:
         write_structure_lookup,
         write_text_atomic,
         write_tissue_lookup,
+        write_tumor_lookup,
     )
     from bids_dl.templates import write_template_files
 
@@ -384,6 +414,8 @@ def _run_participant(config, subjects) -> int:
     write_tissue_lookup(execution.output_dir)
     if config.workflow.segmentation_bundle:
         write_structure_lookup(execution.output_dir)
+    if any("tumor" in inputs.analyses for inputs in subjects.values()):
+        write_tumor_lookup(execution.output_dir)
     status = 0
     if not execution.reports_only:
         write_template_files(config.template_dir)
@@ -460,7 +492,8 @@ def _print_plan(config, subjects) -> None:
         click.echo(f"  sub-{label}: T1w {Path(inputs.t1w).relative_to(execution.bids_dir)}")
         for kind, files in inputs.files.items():
             if kind != "t1w" and files:
-                click.echo(f"           {kind}: {len(files)} file(s) found (not used yet)")
+                click.echo(f"           {kind}: {Path(files[0]).relative_to(execution.bids_dir)}")
+        click.echo(f"           runs: {', '.join(inputs.analyses)}")
 
 
 def _run_group(config) -> None:
@@ -484,13 +517,23 @@ def _run_group(config) -> None:
 @click.option("--subjects", "n_subjects", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--small", is_flag=True, help="2 mm voxels instead of 1 mm (fast tests).")
 @click.option("--seed", type=int, default=42, show_default=True)
-def sample_main(output_dir: Path, n_subjects: int, small: bool, seed: int) -> None:
+@click.option(
+    "--lesions/--no-lesions",
+    default=True,
+    show_default=True,
+    help="Add a subject with a simulated glioma and one with white-matter hyperintensities.",
+)
+def sample_main(output_dir: Path, n_subjects: int, small: bool, seed: int, lesions: bool) -> None:
     """Write the sample BIDS dataset (simulated from the MNI152 template) to OUTPUT_DIR."""
     from bids_dl.sample import write_sample_dataset
 
     if output_dir.exists() and any(output_dir.iterdir()):
         _fail(f"{output_dir} exists and is not empty; choose a new folder")
     write_sample_dataset(
-        output_dir, n_subjects=n_subjects, voxel_mm=2.0 if small else 1.0, seed=seed
+        output_dir,
+        n_subjects=n_subjects,
+        voxel_mm=2.0 if small else 1.0,
+        seed=seed,
+        lesions=lesions,
     )
     click.echo(f"Sample BIDS dataset written to {output_dir}")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 #: Analyses bids_dl knows, in the order they run.
-ANALYSES = ("anat",)
+ANALYSES = ("anat", "tumor", "wmh")
 
 
 @dataclass
@@ -23,6 +23,9 @@ class ExecutionSettings:
     session_labels: list[str] = field(default_factory=list)
     bids_filters: dict = field(default_factory=dict)
     analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
+    #: whether ``--analyses`` named them (then a subject without the inputs is an error);
+    #: otherwise each analysis runs where its inputs exist
+    analyses_requested: bool = False
     skip_bids_validation: bool = False
     dry_run: bool = False
     boilerplate_only: bool = False
@@ -67,6 +70,9 @@ class WorkflowSettings:
     brain_extraction_bundle: str | None = None
     #: folder of the structures bundle, or None for the classical Atropos tissues
     segmentation_bundle: str | None = None
+    #: folders of the lesion bundles (None: that analysis cannot run)
+    tumor_bundle: str | None = None
+    wmh_bundle: str | None = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nb
 
 from bids_dl import __version__
-from bids_dl.models.labels import STRUCTURES, volume_column
+from bids_dl.models.labels import STRUCTURES, TUMOR_LABELS, volume_column
 
 #: Entity order of the BIDS specification (plus BEP016's model/param for diffusion maps).
 ENTITY_ORDER = (
@@ -226,6 +226,17 @@ def write_structure_lookup(output_dir: str | os.PathLike) -> Path:
     return _write_lookup(rows, Path(output_dir) / "desc-aseg_dseg.tsv")
 
 
+#: Colours of the tumour labels (BraTS viewers' convention: core red, edema green,
+#: enhancing yellow) and their abbreviations.
+TUMOR_STYLE = {1: ("NCR", "#ff3030"), 2: ("ED", "#30d030"), 4: ("ET", "#ffe020")}
+
+
+def write_tumor_lookup(output_dir: str | os.PathLike) -> Path:
+    """Root ``desc-tumor_dseg.tsv``: describes every ``sub-*_desc-tumor_dseg.nii.gz``."""
+    rows = [(value, name, *TUMOR_STYLE[value]) for value, (name, _) in TUMOR_LABELS.items()]
+    return _write_lookup(rows, Path(output_dir) / "desc-tumor_dseg.tsv")
+
+
 #: Data dictionary of the measures table (BIDS-style JSON sidecar).
 MEASURES_DICTIONARY = {
     "participant_id": {"Description": "BIDS participant label"},
@@ -269,3 +280,15 @@ MEASURES_DICTIONARY["total_intracranial_mm3"] = {
     "Description": "total intracranial volume: all structures of the segmentation, CSF included",
     "Units": "mm^3",
 }
+MEASURES_DICTIONARY.update({
+    "whole_tumor_mm3": {"Description": "whole tumour (labels 1, 2, 4 of desc-tumor_dseg)",
+                        "Units": "mm^3"},
+    "tumor_core_mm3": {"Description": "tumour core: necrotic and non-enhancing core plus "
+                       "enhancing tumour (labels 1, 4)", "Units": "mm^3"},
+    "enhancing_tumor_mm3": {"Description": "enhancing tumour (label 4)", "Units": "mm^3"},
+    "edema_mm3": {"Description": "peritumoural edema (label 2)", "Units": "mm^3"},
+    "wmh_count": {"Description": "number of white-matter hyperintensities (26-connected "
+                  "components of desc-wmh_mask)"},
+    "wmh_mm3": {"Description": "white-matter hyperintensity volume (desc-wmh_mask)",
+                "Units": "mm^3"},
+})  # fmt: skip

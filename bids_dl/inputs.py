@@ -15,11 +15,18 @@ from bids_dl.images import ImageError, load_3d_image
 LOGGER = logging.getLogger("bids_dl.inputs")
 
 #: Default pybids queries; ``--bids-filter-file`` entries update them key by key.
+#: ``ceagent: None`` keeps contrast-enhanced T1w images (``ce-<agent>``) out of the T1w; ``"*"``
+#: stands for any value (pybids' ``Query.ANY``).
 DEFAULT_QUERIES = {
-    "t1w": {"datatype": "anat", "suffix": "T1w", "extension": [".nii", ".nii.gz"]},
+    "t1w": {"datatype": "anat", "suffix": "T1w", "ceagent": None, "extension": [".nii", ".nii.gz"]},
+    "t1ce": {"datatype": "anat", "suffix": "T1w", "ceagent": "*", "extension": [".nii", ".nii.gz"]},
     "t2w": {"datatype": "anat", "suffix": "T2w", "extension": [".nii", ".nii.gz"]},
     "flair": {"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]},
 }
+#: The inputs each analysis needs (any one of them), beyond the T1w.
+ANALYSIS_INPUTS = {"tumor": ("t1ce", "flair"), "wmh": ("flair",)}
+#: The input that makes an analysis run by default (without ``--analyses``).
+ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair"}
 
 
 class InputError(Exception):
@@ -33,10 +40,16 @@ class SubjectInputs:
     label: str
     files: dict[str, list[str]] = field(default_factory=dict)
 
+    analyses: list[str] = field(default_factory=lambda: ["anat"])
+
     @property
     def t1w(self) -> str:
         """The T1w that is processed: the first in BIDS order when there are several."""
         return self.files["t1w"][0]
+
+    def first(self, kind: str) -> str | None:
+        """The first file of an input kind (``flair``, ``t1ce``, ``t2w``), or None."""
+        return (self.files.get(kind) or [None])[0]
 
 
 def strip_prefix(labels: list[str] | tuple[str, ...], prefix: str) -> list[str]:
@@ -96,6 +109,7 @@ def collect_inputs(
     T1w that cannot be read as one 3D volume.
     """
     from bids import BIDSLayout
+    from bids.layout import Query
 
     layout = BIDSLayout(str(bids_dir), validate=False)
     available = sorted(layout.get_subjects())
@@ -113,6 +127,7 @@ def collect_inputs(
         files = {}
         for kind, query in DEFAULT_QUERIES.items():
             query = {**query, **filters.get(kind, {})}
+            query = {k: Query.ANY if v == "*" else v for k, v in query.items()}
             if session_labels:
                 query["session"] = session_labels
             files[kind] = sorted(layout.get(subject=label, return_type="file", **query))
@@ -123,12 +138,55 @@ def collect_inputs(
             LOGGER.warning(
                 "sub-%s has %d T1w images; processing %s", label, len(files["t1w"]), files["t1w"][0]
             )
-        try:
-            load_3d_image(files["t1w"][0])
-        except ImageError as error:
-            raise InputError(f"sub-{label}: {error}") from error
+        for kind in ("t1w", "t1ce", "t2w", "flair"):
+            if files[kind]:
+                try:
+                    load_3d_image(files[kind][0])
+                except ImageError as error:
+                    raise InputError(f"sub-{label}: {error}") from error
         subjects[label] = SubjectInputs(label=label, files=files)
     return subjects
+
+
+def plan_analyses(
+    subjects: dict[str, SubjectInputs],
+    analyses: list[str],
+    requested: bool,
+    bundles: dict[str, str | None],
+) -> None:
+    """Decide, per subject, which analyses run (``SubjectInputs.analyses``).
+
+    Without ``--analyses`` (``requested`` False), a lesion analysis runs where its trigger
+    input exists (tumour: a contrast-enhanced T1w; WMH: a FLAIR, unless the tumour analysis
+    runs) and its model is installed.
+    Named with ``--analyses``, it runs wherever any of its inputs exists, and a subject with
+    none of them, or a missing model, is an error.
+    """
+    for analysis in ANALYSIS_INPUTS:
+        if analysis in analyses and requested and bundles.get(analysis) is None:
+            raise InputError(
+                f"--analyses {analysis}: no {analysis} model is installed; give one with "
+                f"--{analysis}-model PATH"
+            )
+    for subject in subjects.values():
+        subject.analyses = ["anat"]
+        for analysis, kinds in ANALYSIS_INPUTS.items():
+            if analysis not in analyses or bundles.get(analysis) is None:
+                continue
+            if requested:
+                if not any(subject.first(kind) for kind in kinds):
+                    names = " or ".join(
+                        DEFAULT_QUERIES[k]["suffix"] + (" (ce-)" if k == "t1ce" else "")
+                        for k in kinds
+                    )
+                    raise InputError(
+                        f"sub-{subject.label}: --analyses {analysis} needs a {names} image"
+                    )
+                subject.analyses.append(analysis)
+            elif subject.first(ANALYSIS_TRIGGERS[analysis]) and not (
+                analysis == "wmh" and "tumor" in subject.analyses
+            ):  # edema would pass for white-matter hyperintensities
+                subject.analyses.append(analysis)
 
 
 def validator_command() -> list[str] | None:

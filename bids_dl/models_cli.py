@@ -52,8 +52,9 @@ def show(bundle: str) -> None:
     "--image",
     "images",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     required=True,
+    help="image of one case; for a model with several contrasts, one file per contrast of its "
+    "card, comma-separated, with 'none' for a missing one (FLAIR.nii.gz,T1ce.nii.gz,none,none)",
 )
 @click.option(
     "--reference",
@@ -88,7 +89,7 @@ def evaluate_command(bundle, images, references, masks, output_dir, device) -> N
     try:
         card, network = load_bundle(find_bundle(bundle))
         cases = [
-            Case(Path(i).name.split(".")[0], i, r, masks[n] if masks else None)
+            Case(_case_name(i), _case_images(i), r, masks[n] if masks else None)
             for n, (i, r) in enumerate(zip(images, references, strict=True))
         ]
         summary = evaluate(card, network, cases, output_dir, device)
@@ -114,3 +115,17 @@ def train_main(config: Path, output: Path) -> None:
     except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
         _fail(f"{config}: {error}")
     click.echo(f"bundle written to {bundle}")
+
+
+def _case_images(argument: str) -> Path | tuple[Path | None, ...]:
+    """One ``--image`` value: a path, or comma-separated paths with ``none`` for a missing one."""
+    paths = tuple(None if p == "none" else Path(p) for p in argument.split(","))
+    missing = [str(p) for p in paths if p is not None and not p.is_file()]
+    if missing or all(p is None for p in paths):
+        raise ValueError(f"--image {argument}: no such file {', '.join(missing) or '(all none)'}")
+    return paths if len(paths) > 1 else paths[0]
+
+
+def _case_name(argument: str) -> str:
+    first = next(p for p in argument.split(",") if p != "none")
+    return Path(first).name.split(".")[0]

@@ -26,7 +26,19 @@ TISSUE_INTENSITY = {
     "T1w": (0.0, 0.25, 0.62, 1.0, 0.06, 0.85),
     "T2w": (0.0, 1.0, 0.55, 0.35, 0.05, 0.45),
 }
+#: FLAIR and contrast-enhanced T1w of the lesion subjects (contrast enhancement is the
+#: lesions' only difference from the T1w).
+LESION_SUBJECT_INTENSITY = {
+    "FLAIR": (0.0, 0.05, 0.65, 0.45, 0.05, 0.6),
+    "T1ce": TISSUE_INTENSITY["T1w"],
+}
+#: How the scale of each simulated contrast relates to the simulator's tissue tables
+#: (``CONTRAST_TISSUE_MEANS``, white matter): lesion intensities are the middle of the
+#: simulator's ranges times this factor.
+WHITE_MATTER_TABLE = {"T1w": 0.85, "T1ce": 0.85, "T2w": 0.35, "FLAIR": 0.45}
 TRUTH_LABELS = {0: "background", 1: "GM", 2: "WM", 3: "CSF"}
+#: The extra subjects of ``lesions=True``: which lesions and contrasts each one has.
+LESION_SUBJECTS = {"tumor": ("T1ce", "FLAIR"), "wmh": ("FLAIR",)}
 #: Voxel orders the subjects cycle through, so that every run meets non-RAS data.
 ORIENTATIONS = (("L", "I", "A"), ("R", "A", "S"), ("L", "P", "S"))
 HEAD_MARGIN_MM = 24
@@ -70,6 +82,50 @@ def _head_layers(brain: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     skull = (distance > 2.5 + wobble) & (distance <= 8.5 + wobble)
     scalp = (distance > 8.5 + wobble) & (distance <= 14 + 1.5 * wobble)
     return skull, scalp
+
+
+def _template_lesions(kind: str, tissues: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Lesions planted by the model simulator in template space (1 mm): name -> 0/1 volume.
+
+    The template's tissue maps become a label map with FreeSurfer values (WM 2, GM 3, CSF 24;
+    CSF more than 25 mm inside the brain counts as lateral ventricle, 4) for the simulator.
+    """
+    import torch
+
+    from bids_dl.models.labels import LESION_VALUES
+    from bids_dl.models.lesions import LesionParameters, plant_tumor, plant_wmh
+
+    csf, gm, wm = tissues
+    brain = tissues.sum(0) > 0.5
+    labels = np.zeros(brain.shape, dtype=np.int64)
+    classes = np.argmax(np.stack([csf, gm, wm]), axis=0)
+    labels[brain] = np.array([24, 3, 2])[classes[brain]]
+    labels[brain & (classes == 0) & (ndimage.distance_transform_edt(brain) > 25)] = 4
+    generator = torch.Generator().manual_seed(seed)
+    parameters = LesionParameters(tumor_radius_mm=(18.0, 24.0), necrosis_probability=1.0,
+                                  non_enhancing_probability=0.0, edema_extent=(1.6, 2.0),
+                                  periventricular_probability=1.0, periventricular_mm=(3.0, 6.0),
+                                  deep_lesions=(6, 8),
+                                  deep_radius_mm=(2.5, 5.0))  # fmt: skip
+    plant = plant_tumor if kind == "tumor" else plant_wmh
+    planted = plant(torch.from_numpy(labels), 1.0, parameters, generator).numpy()
+    return {
+        name: (planted == value).astype(np.float32)
+        for name, value in LESION_VALUES.items()
+        if (planted == value).any()
+    }
+
+
+def _lesion_means(contrast: str) -> dict[str, float]:
+    """Intensity of each lesion class in a simulated contrast (see ``WHITE_MATTER_TABLE``)."""
+    from bids_dl.models.lesions import LESION_INTENSITIES
+
+    white_matter = (TISSUE_INTENSITY | LESION_SUBJECT_INTENSITY)[contrast][3]
+    factor = white_matter / WHITE_MATTER_TABLE[contrast]
+    return {
+        name: factor * (low + high) / 2
+        for name, (low, high) in LESION_INTENSITIES[contrast].items()
+    }
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
@@ -131,7 +187,12 @@ def _simulate_subject(
     template_affine: np.ndarray,
     voxel_mm: float,
     rng: np.random.Generator,
+    lesions: dict[str, np.ndarray] | None = None,
+    extra_contrasts: tuple[str, ...] = (),
 ) -> dict[str, nb.Nifti1Image]:
+    """Images of one subject (T1w, T2w and ``extra_contrasts``), its true brain mask and tissue
+    labels, and with ``lesions`` (template-space 0/1 volumes) their partial-volume fractions
+    blended into every contrast and the true lesion labels (``lesions``)."""
     brain = tissues.sum(0) > 0.5
     skull, scalp = _head_layers(brain, rng)
     head_classes = np.stack([skull, scalp]).astype(np.float32)
@@ -152,9 +213,12 @@ def _simulate_subject(
     inside = resample(brain.astype(np.float32)) > 0.5
     fractions = {"CSF": csf, "GM": gm, "WM": wm, "skull": skull_f, "scalp": scalp_f}
 
+    lesion_fractions = {name: resample(volume) for name, volume in (lesions or {}).items()}
+    lesion_total = sum(lesion_fractions.values()) if lesion_fractions else 0.0
     images = {}
     bias = _bias_field(shape, subject.bias_amplitude, rng)
-    for contrast, means in TISSUE_INTENSITY.items():
+    contrasts = TISSUE_INTENSITY | {c: LESION_SUBJECT_INTENSITY[c] for c in extra_contrasts}
+    for contrast, means in contrasts.items():
         _, m_csf, m_gm, m_wm, m_skull, m_scalp = means
         signal = (
             m_csf * fractions["CSF"]
@@ -163,9 +227,14 @@ def _simulate_subject(
             + m_skull * fractions["skull"]
             + m_scalp * fractions["scalp"]
         )
-        if contrast == "T1w":
+        if contrast in ("T1w", "T1ce"):
             # Keep the template's real T1 texture inside the brain.
             signal = np.where(inside, t1_brain / np.percentile(template_t1[brain], 95), signal)
+        if lesion_fractions:
+            lesion_means = _lesion_means(contrast)
+            signal = (1 - lesion_total) * signal + sum(
+                fraction * lesion_means[name] for name, fraction in lesion_fractions.items()
+            )
         signal *= bias
         sigma = subject.noise_sigma
         noisy = np.hypot(signal + rng.normal(0, sigma, shape), rng.normal(0, sigma, shape)).astype(
@@ -177,11 +246,28 @@ def _simulate_subject(
     labels[~inside] = 0
     images["dseg"] = nb.Nifti1Image(labels, affine)
     images["mask"] = nb.Nifti1Image(inside.astype(np.uint8), affine)
+    if lesion_fractions:
+        images["lesions"] = nb.Nifti1Image(_lesion_labels(lesion_fractions), affine)
     for image in images.values():
         image.header.set_xyzt_units("mm", "sec")
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
     return images
+
+
+def _lesion_labels(fractions: dict[str, np.ndarray]) -> np.ndarray:
+    """True lesion labels on the subject grid: the lesion class that fills most of a voxel,
+    where lesions fill at least half of it; BraTS values for tumours, 1 for WMH."""
+    from bids_dl.models.labels import TUMOR_LABELS
+
+    output_value = {"wmh": 1} | {
+        member: value for value, (_, members) in TUMOR_LABELS.items() for member in members
+    }
+    names = list(fractions)
+    stacked = np.stack([fractions[n] for n in names])
+    labels = np.array([output_value[n] for n in names], dtype=np.uint8)[stacked.argmax(0)]
+    labels[stacked.sum(0) < 0.5] = 0
+    return labels
 
 
 def _to_int16_image(data: np.ndarray, affine: np.ndarray) -> nb.Nifti1Image:
@@ -214,12 +300,26 @@ T2W_SIDECAR = {
     "RepetitionTime": 3.2,
     "EchoTime": 0.409,
 }
+SIDECARS = {
+    "T1ce": T1W_SIDECAR | {"ContrastBolusIngredient": "GADOLINIUM"},
+    "FLAIR": {"Manufacturer": "bids_dl simulation", "MagneticFieldStrength": 3,
+              "RepetitionTime": 9.0, "EchoTime": 0.08, "InversionTime": 2.5},
+}  # fmt: skip
 
 
 def write_sample_dataset(
-    output_dir: Path, n_subjects: int = 3, voxel_mm: float = 1.0, seed: int = 42
+    output_dir: Path,
+    n_subjects: int = 3,
+    voxel_mm: float = 1.0,
+    seed: int = 42,
+    lesions: bool = False,
 ) -> list[SampleSubject]:
-    """Write the sample BIDS dataset to ``output_dir`` and return what was drawn per subject."""
+    """Write the sample BIDS dataset to ``output_dir`` and return what was drawn per subject.
+
+    With ``lesions``, two more subjects follow the ``n_subjects`` healthy ones: one with a
+    simulated glioma (plus contrast-enhanced T1w and FLAIR) and one with simulated white-matter
+    hyperintensities (plus FLAIR); their true lesion labels go to the truth folder.
+    """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
     output_dir = Path(output_dir)
@@ -228,16 +328,32 @@ def write_sample_dataset(
     tissues, template_t1, template_affine = _template_tissues()
 
     subjects = []
-    for index in range(n_subjects):
+    kinds = [None] * n_subjects + (list(LESION_SUBJECTS) if lesions else [])
+    for index, kind in enumerate(kinds):
         subject = _draw_subject(f"{index + 1:02d}", rng, index)
-        images = _simulate_subject(subject, tissues, template_t1, template_affine, voxel_mm, rng)
+        planted = _template_lesions(kind, tissues, seed + index) if kind else None
+        images = _simulate_subject(
+            subject, tissues, template_t1, template_affine, voxel_mm, rng,
+            lesions=planted, extra_contrasts=LESION_SUBJECTS.get(kind, ()),
+        )  # fmt: skip
         anat = output_dir / f"sub-{subject.label}" / "anat"
         prefix = f"sub-{subject.label}"
         write_nifti_atomic(images["T1w"], anat / f"{prefix}_T1w.nii.gz")
         write_json_atomic(T1W_SIDECAR, anat / f"{prefix}_T1w.json")
         write_nifti_atomic(images["T2w"], anat / f"{prefix}_T2w.nii.gz")
         write_json_atomic(T2W_SIDECAR, anat / f"{prefix}_T2w.json")
+        for contrast, name in (("T1ce", "ce-gadolinium_T1w"), ("FLAIR", "FLAIR")):
+            if contrast in images:
+                write_nifti_atomic(images[contrast], anat / f"{prefix}_{name}.nii.gz")
+                write_json_atomic(SIDECARS[contrast], anat / f"{prefix}_{name}.json")
         truth_anat = truth_dir / f"sub-{subject.label}" / "anat"
+        if kind:
+            suffix = "desc-tumor_dseg" if kind == "tumor" else "desc-wmh_mask"
+            write_nifti_atomic(images["lesions"], truth_anat / f"{prefix}_{suffix}.nii.gz")
+            write_json_atomic(
+                {"Description": f"simulated {kind} lesions (bids_dl lesion simulator)"},
+                truth_anat / f"{prefix}_{suffix}.json",
+            )
         source = [f"bids:raw:sub-{subject.label}/anat/{prefix}_T1w.nii.gz"]
         write_nifti_atomic(images["mask"], truth_anat / f"{prefix}_desc-brain_mask.nii.gz")
         write_json_atomic(
@@ -250,8 +366,8 @@ def write_sample_dataset(
         )
         subjects.append(subject)
 
-    ages = rng.integers(20, 80, n_subjects)
-    sexes = rng.choice(["F", "M"], n_subjects)
+    ages = rng.integers(20, 80, len(subjects))
+    sexes = rng.choice(["F", "M"], len(subjects))
     rows = ["participant_id\tage\tsex"] + [
         f"sub-{s.label}\t{age}\t{sex}" for s, age, sex in zip(subjects, ages, sexes, strict=True)
     ]
@@ -271,7 +387,9 @@ def write_sample_dataset(
     )
     write_json_atomic(description, output_dir / "dataset_description.json")
     write_text_atomic(
-        _README.format(n=n_subjects, voxel=voxel_mm, seed=seed), output_dir / "README"
+        _README.format(n=len(subjects), voxel=voxel_mm, seed=seed)
+        + (_LESION_README.format(tumor=n_subjects + 1, wmh=n_subjects + 2) if lesions else ""),
+        output_dir / "README",
     )
 
     truth_description = _dataset_description("bids_dl sample ground truth", "derivative")
@@ -294,4 +412,10 @@ template brain in a simulated head, its own random affine pose, field of view, v
 bias field and Rician noise, and a T2w-like image synthesised from the tissue maps.
 The true brain masks and tissue labels are in derivatives/sample-truth.
 This is simulated data: it checks the pipeline, it says nothing about real anatomy.
+"""
+_LESION_README = """
+sub-{tumor:02d} has a simulated glioma (necrotic core, enhancing rim, edema) and sub-{wmh:02d}
+simulated white-matter hyperintensities, planted by the bids_dl lesion simulator; they also have
+a FLAIR (and sub-{tumor:02d} a contrast-enhanced T1w). Their true lesion labels are in
+derivatives/sample-truth (desc-tumor_dseg, BraTS labels; desc-wmh_mask).
 """

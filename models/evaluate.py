@@ -15,9 +15,20 @@ import torch
 
 from bids_dl.models.bundle import ModelCard
 from bids_dl.models.inference import segment
-from bids_dl.models.metrics import label_metrics
+from bids_dl.models.labels import TUMOR_REGIONS
+from bids_dl.models.metrics import (
+    absolute_volume_difference_percent,
+    label_metrics,
+    lesion_detection,
+    region_metrics,
+)
 
 COLUMNS = ("case", "label", "name", "dice", "hd95_mm", "volume_difference_mm3")
+#: extra columns of lesion models (WMH): lesion-wise detection and the relative volume error
+LESION_COLUMNS = (
+    "reference_lesions", "predicted_lesions", "lesion_recall", "lesion_precision", "lesion_f1",
+    "absolute_volume_difference_percent",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,9 +37,13 @@ class Case:
     brain-centred model's window) must be on the image's grid."""
 
     name: str
-    image: Path
+    image: Path | tuple[Path | None, ...]  # one per contrast of the card, None when missing
     reference: Path
     mask: Path | None = None
+
+    @property
+    def images(self) -> tuple[Path | None, ...]:
+        return self.image if isinstance(self.image, tuple) else (self.image,)
 
 
 def evaluate(
@@ -41,14 +56,19 @@ def evaluate(
 ) -> dict:
     """Segment every case, score every foreground label, write ``metrics.tsv`` and ``summary.json``.
 
-    The reference's non-zero voxels count as foreground for a two-label (mask) model. With
-    ``save_labels``, each prediction is also saved there as ``<case>.nii.gz``.
+    The reference's non-zero voxels count as foreground for a two-label (mask) model. Tumour
+    models add the BraTS regions (whole tumour, tumour core, enhancing tumour; a reference's
+    BraTS 2013 label 3, non-enhancing tumour, counts as 1), WMH models the lesion-wise
+    detection columns. With ``save_labels``, each prediction is also saved there as
+    ``<case>.nii.gz``.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     labels = {k: v for k, v in card.labels.items() if k != 0}
     rows = []
+    columns = COLUMNS + (LESION_COLUMNS if card.task == "wmh" else ())
     for case in cases:
-        image = nb.load(str(case.image))
+        images = [nb.load(str(path)) if path else None for path in case.images]
+        image = next(i for i in images if i is not None)
         reference_image = nb.load(str(case.reference))
         if reference_image.shape[:3] != image.shape[:3] or not np.allclose(
             reference_image.affine, image.affine, atol=1e-3
@@ -59,16 +79,27 @@ def evaluate(
             reference = (values > 0).astype(np.int32) * next(iter(labels))
         else:
             reference = np.rint(values).astype(np.int32)
+        if card.task == "tumor":
+            reference[reference == 3] = 1
         mask = np.asarray(nb.load(str(case.mask)).dataobj) > 0 if case.mask else None
-        prediction, _ = segment(image, card, network, device=device, mask=mask)
+        prediction, _ = segment(
+            images if len(images) > 1 else image, card, network, device=device, mask=mask
+        )
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-        for row in label_metrics(prediction, reference, labels, spacing):
-            rows.append({"case": case.name, **row})
+        case_rows = label_metrics(prediction, reference, labels, spacing)
+        if card.task == "tumor":
+            case_rows += region_metrics(prediction, reference, TUMOR_REGIONS, spacing)
+        if card.task == "wmh":
+            case_rows[0].update(lesion_detection(prediction > 0, reference > 0))
+            case_rows[0]["absolute_volume_difference_percent"] = absolute_volume_difference_percent(
+                prediction > 0, reference > 0
+            )
+        rows.extend({"case": case.name, **row} for row in case_rows)
     with (output_dir / "metrics.tsv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     summary = summarise(rows, card)
@@ -77,23 +108,23 @@ def evaluate(
 
 
 def summarise(rows: list[dict], card: ModelCard) -> dict:
-    """Mean and minimum of each metric per label, over cases (NaN HD95 values left out)."""
+    """Mean and minimum of each metric per label or region, over cases (NaN values left out).
+
+    ``mean_dice`` averages the labels of the card (not the regions).
+    """
     per_label = {}
-    for index, name in card.labels.items():
-        selected = [r for r in rows if r["label"] == index]
-        if not selected:
-            continue
-        dice_values = [r["dice"] for r in selected]
-        hd95 = [r["hd95_mm"] for r in selected if not math.isnan(r["hd95_mm"])]
-        per_label[name] = {
-            "dice_mean": float(np.mean(dice_values)),
-            "dice_min": float(np.min(dice_values)),
-            "hd95_mm_mean": float(np.mean(hd95)) if hd95 else None,
-            "volume_difference_mm3_mean": float(
-                np.mean([r["volume_difference_mm3"] for r in selected])
-            ),
+    for name in dict.fromkeys(r["name"] for r in rows):
+        selected = [r for r in rows if r["name"] == name]
+        summary = {
+            "dice_mean": float(np.mean([r["dice"] for r in selected])),
+            "dice_min": float(np.min([r["dice"] for r in selected])),
         }
-    dice_means = [v["dice_mean"] for v in per_label.values()]
+        for key in ("hd95_mm", "volume_difference_mm3", *LESION_COLUMNS[2:]):
+            values = [r[key] for r in selected if key in r and not math.isnan(r[key])]
+            if key in selected[0]:
+                summary[f"{key}_mean"] = float(np.mean(values)) if values else None
+        per_label[name] = summary
+    dice_means = [v["dice_mean"] for k, v in per_label.items() if k in card.labels.values()]
     return {
         "model": f"{card.name} {card.version}",
         "cases": len({r["case"] for r in rows}),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from bids_dl.models.bundle import ModelCard
-from bids_dl.models.synthesis import normalise_intensities
+from bids_dl.models.synthesis import normalise_in_mask, normalise_intensities
 
 
 def model_grid(
@@ -100,27 +100,28 @@ def predict_probabilities(
     overlap: float = 0.5,
     device: str = "cpu",
 ) -> torch.Tensor:
-    """Softmax probabilities ``[C, D, H, W]`` of a normalised volume ``[D, H, W]``.
+    """Softmax probabilities ``[C, D, H, W]`` of normalised input channels ``[channels, D, H, W]``.
 
     With a ``window``, overlapping windows are blended with Gaussian weights; without, the
     whole volume goes through the network at once.
     """
     use_amp = device == "cuda"
-    if window is None or all(s <= w for s, w in zip(volume.shape, window, strict=True)):
+    shape = tuple(volume.shape[1:])
+    if window is None or all(s <= w for s, w in zip(shape, window, strict=True)):
         with torch.autocast(device_type="cuda", enabled=use_amp):
-            logits = network(volume[None, None].to(device))
+            logits = network(volume[None].to(device))
         return torch.softmax(logits.float(), dim=1)[0].cpu()
-    window = tuple(min(w, s) for w, s in zip(window, volume.shape, strict=True))
+    window = tuple(min(w, s) for w, s in zip(window, shape, strict=True))
     weights = _gaussian_weights(window)
-    total = torch.zeros((n_classes, *volume.shape))
-    norm = torch.zeros(volume.shape)
-    starts = [_window_starts(s, w, overlap) for s, w in zip(volume.shape, window, strict=True)]
+    total = torch.zeros((n_classes, *shape))
+    norm = torch.zeros(shape)
+    starts = [_window_starts(s, w, overlap) for s, w in zip(shape, window, strict=True)]
     for z in starts[0]:
         for y in starts[1]:
             for x in starts[2]:
                 region = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
                 with torch.autocast(device_type="cuda", enabled=use_amp):
-                    logits = network(volume[region][None, None].to(device))
+                    logits = network(volume[(slice(None), *region)][None].to(device))
                 probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
                 total[(slice(None), *region)] += probabilities * weights
                 norm[region] += weights
@@ -234,42 +235,67 @@ def _interpolation_matrix(scale: float, shift: float, first: int, last: int, siz
 
 
 def segment(
-    image: nb.Nifti1Image,
+    image: nb.Nifti1Image | list[nb.Nifti1Image | None],
     card: ModelCard,
     network: torch.nn.Module,
     device: str = "cpu",
     mask: np.ndarray | None = None,
     groups: dict[str, list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and probabilities of ``image``, both on the image's own grid.
+    """Labels and probabilities of ``image``, both on the (first) image's own grid.
 
+    ``image`` is one image, or one per contrast of the card (``inputs.contrasts``) on the same
+    grid, with None for a missing contrast (fed as zeros, as in training with channel dropout).
     With a ``mask`` (on the image grid) and a card that asks for it (``brain_crop_margin_mm``),
-    the model grid covers only the mask's bounding box plus that margin, as in training.
+    the model grid covers only the mask's bounding box plus that margin, as in training; cards
+    with ``needs_brain_mask`` normalise each contrast inside the mask.
     ``groups`` (name -> label values) sums probabilities per group (see ``to_native``).
 
     Returns ``labels`` (uint8/uint16, label values of the card) and ``probabilities`` (float32,
     ``[C, *image.shape]`` in the card's label order, or one map per group).
     """
+    channels = image if isinstance(image, list) else [image]
+    reference = next((c for c in channels if c is not None), None)
+    if reference is None:
+        raise ValueError("no input image: every contrast is missing")
+    needs_mask = bool(card.inputs.get("needs_brain_mask"))
+    if needs_mask and mask is None:
+        raise ValueError(f"{card.name} needs a brain mask")
     voxel_mm = float(card.inputs["voxel_size_mm"])
     divisor = getattr(network, "divisor", 1)
     bounds = None
     margin = card.inputs.get("brain_crop_margin_mm")
     if mask is not None and margin is not None:
-        bounds = mask_bounds(mask, image.affine, float(margin))
+        bounds = mask_bounds(mask, reference.affine, float(margin))
     window = card.inputs.get("window")
     if bounds is None and window:  # whole-head models: at least the field of view of training
-        low, high = world_bounds(image.affine, [(0, n - 1) for n in image.shape[:3]])
+        low, high = world_bounds(reference.affine, [(0, n - 1) for n in reference.shape[:3]])
         half = (np.asarray(window) - 1) * voxel_mm / 2
         centre = (low + high) / 2
         bounds = (np.minimum(low, centre - half), np.maximum(high, centre + half))
-    shape, affine = model_grid(image, voxel_mm, divisor, bounds)
-    data = np.nan_to_num(image.get_fdata(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    on_grid = resample(data, image.affine, shape, affine, order=1)
-    volume = normalise_intensities(torch.from_numpy(on_grid.astype(np.float32)))
+    shape, affine = model_grid(reference, voxel_mm, divisor, bounds)
+    grid_mask = None
+    if needs_mask:
+        on_grid = resample(mask.astype(np.float32), reference.affine, shape, affine, order=1)
+        grid_mask = torch.from_numpy(on_grid > 0.5)
+    volumes = []
+    for channel in channels:
+        if channel is None:
+            volumes.append(torch.zeros(shape))
+            continue
+        data = np.nan_to_num(channel.get_fdata(dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        on_grid = torch.from_numpy(
+            resample(data, channel.affine, shape, affine, order=1).astype(np.float32)
+        )
+        volumes.append(
+            normalise_in_mask(on_grid, grid_mask)
+            if grid_mask is not None
+            else normalise_intensities(on_grid)
+        )
     labels = sorted(card.labels)
     network = network.to(device)
     probabilities = predict_probabilities(
-        network, volume, len(labels), tuple(window) if window else None, device=device
+        network, torch.stack(volumes), len(labels), tuple(window) if window else None, device=device
     )
     positions = None
     if groups:
@@ -277,6 +303,8 @@ def segment(
             name: [labels.index(v) for v in values if v in labels]
             for name, values in groups.items()
         }
-    index, native = to_native(probabilities, affine, image.shape[:3], image.affine, positions)
+    index, native = to_native(
+        probabilities, affine, reference.shape[:3], reference.affine, positions
+    )
     dtype = np.uint8 if max(labels) < 256 else np.uint16
     return np.asarray(labels, dtype=dtype)[index], native

@@ -59,6 +59,27 @@ CONTRAST_TISSUE_MEANS: dict[str, dict[str, float]] = {
     "T2w": {"WM": 0.35, "GM": 0.55, "deep": 0.50, "pallidum": 0.38, "CSF": 0.95},
     "FLAIR": {"WM": 0.45, "GM": 0.65, "deep": 0.60, "pallidum": 0.50, "CSF": 0.06},
 }
+#: Contrast-enhanced T1w: healthy brain tissue as in T1w (enhancement is a lesion's property).
+CONTRAST_TISSUE_MEANS["T1ce"] = CONTRAST_TISSUE_MEANS["T1w"]
+
+#: Label values the lesion simulator plants into label maps (inside the brain range, unused by
+#: the SynthSeg label maps).
+LESION_VALUES = {"necrosis": 94, "non_enhancing": 95, "edema": 96, "enhancing": 97, "wmh": 98}
+
+#: Tumour labels written in ``desc-tumor_dseg`` (BraTS convention, BraTS 2013's label 3
+#: "non-enhancing tumour" merged into 1) and the lesion values each one gathers.
+TUMOR_LABELS: dict[int, tuple[str, tuple[str, ...]]] = {
+    1: ("necrotic and non-enhancing tumour core", ("necrosis", "non_enhancing")),
+    2: ("peritumoural edema", ("edema",)),
+    4: ("enhancing tumour", ("enhancing",)),
+}
+
+#: The BraTS evaluation regions as sets of tumour labels.
+TUMOR_REGIONS: dict[str, tuple[int, ...]] = {
+    "whole_tumor": (1, 2, 4),
+    "tumor_core": (1, 4),
+    "enhancing_tumor": (4,),
+}
 
 _DEEP_GREY = {10, 11, 12, 17, 18, 26, 49, 50, 51, 53, 54, 58, 28, 60}
 _PALLIDUM = {13, 52}

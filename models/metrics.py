@@ -63,3 +63,62 @@ def label_metrics(
             "volume_difference_mm3": volume_difference(p, r, voxel_mm3),
         })  # fmt: skip
     return rows
+
+
+def region_metrics(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    regions: dict[str, Sequence[int]],
+    spacing: Sequence[float],
+) -> list[dict[str, float | str]]:
+    """One row per region (a union of labels, e.g. the BraTS whole tumour, core, enhancing):
+    Dice, HD95 (mm) and volume difference (mm^3)."""
+    voxel_mm3 = float(np.prod(spacing))
+    rows = []
+    for name, members in regions.items():
+        p, r = np.isin(prediction, members), np.isin(reference, members)
+        rows.append({
+            "label": name,
+            "name": name,
+            "dice": dice(p, r),
+            "hd95_mm": hausdorff95(p, r, spacing),
+            "volume_difference_mm3": volume_difference(p, r, voxel_mm3),
+        })  # fmt: skip
+    return rows
+
+
+def lesion_detection(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float | int]:
+    """Lesion-wise detection, as in the MICCAI 2017 WMH challenge: lesions are 3D connected
+    components (26-connectivity); a reference lesion is detected when a predicted voxel touches
+    it, a predicted lesion is true when it touches a reference lesion.
+
+    Returns the lesion counts, recall, precision and F1 (F1 is 1.0 when both are empty).
+    """
+    structure = np.ones((3, 3, 3), dtype=bool)
+    prediction, reference = prediction.astype(bool), reference.astype(bool)
+    reference_components, n_reference = ndimage.label(reference, structure)
+    prediction_components, n_prediction = ndimage.label(prediction, structure)
+    detected = len(np.setdiff1d(np.unique(reference_components[prediction]), [0]))
+    true_predicted = len(np.setdiff1d(np.unique(prediction_components[reference]), [0]))
+    recall = detected / n_reference if n_reference else 1.0
+    precision = true_predicted / n_prediction if n_prediction else 1.0
+    f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+    if not n_reference and not n_prediction:
+        f1 = 1.0
+    return {
+        "reference_lesions": int(n_reference),
+        "predicted_lesions": int(n_prediction),
+        "lesion_recall": float(recall),
+        "lesion_precision": float(precision),
+        "lesion_f1": float(f1),
+    }
+
+
+def absolute_volume_difference_percent(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """|predicted - reference| volume as a percentage of the reference (the WMH challenge's
+    AVD); ``nan`` for an empty reference."""
+    reference_voxels = int(reference.astype(bool).sum())
+    if reference_voxels == 0:
+        return float("nan")
+    difference = abs(int(prediction.astype(bool).sum()) - reference_voxels)
+    return float(100 * difference / reference_voxels)

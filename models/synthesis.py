@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from bids_dl.models.labels import CONTRAST_TISSUE_MEANS, tissue_key
 
-CONTRASTS = tuple(CONTRAST_TISSUE_MEANS)
+#: the contrasts of the anatomical models' synthesis and fixed test images
+CONTRASTS = ("T1w", "T2w", "FLAIR")
 
 
 @dataclass(frozen=True)
@@ -48,24 +49,24 @@ class SynthesisParameters:
         return asdict(self)
 
 
-def _uniform(low: float, high: float, generator: torch.Generator, size=()) -> torch.Tensor:
+def uniform(low: float, high: float, generator: torch.Generator, size=()) -> torch.Tensor:
     return low + (high - low) * torch.rand(size, generator=generator)
 
 
 def _affine_matrix(params: SynthesisParameters, generator: torch.Generator) -> torch.Tensor:
     """A random 3x4 matrix in the normalised coordinates of ``affine_grid``."""
-    angles = _uniform(-1, 1, generator, (3,)) * math.radians(params.rotation_deg)
+    angles = uniform(-1, 1, generator, (3,)) * math.radians(params.rotation_deg)
     cos, sin = torch.cos(angles), torch.sin(angles)
     one, zero = torch.ones(()), torch.zeros(())
     rx = torch.stack([one, zero, zero, zero, cos[0], -sin[0], zero, sin[0], cos[0]]).view(3, 3)
     ry = torch.stack([cos[1], zero, sin[1], zero, one, zero, -sin[1], zero, cos[1]]).view(3, 3)
     rz = torch.stack([cos[2], -sin[2], zero, sin[2], cos[2], zero, zero, zero, one]).view(3, 3)
-    scale = torch.diag(1 + _uniform(-1, 1, generator, (3,)) * params.scale)
-    shear = torch.eye(3) + _uniform(-1, 1, generator, (3, 3)) * params.shear * (1 - torch.eye(3))
+    scale = torch.diag(1 + uniform(-1, 1, generator, (3,)) * params.scale)
+    shear = torch.eye(3) + uniform(-1, 1, generator, (3, 3)) * params.shear * (1 - torch.eye(3))
     return torch.cat([rz @ ry @ rx @ shear @ scale, torch.zeros(3, 1)], dim=1)
 
 
-def _smooth_field(
+def smooth_field(
     shape: tuple[int, ...], grid: int, std: float, channels: int, generator: torch.Generator
 ) -> torch.Tensor:
     """Random values on a coarse ``grid``^3 lattice, upsampled (trilinear) to ``shape``."""
@@ -90,10 +91,10 @@ def random_grid(
     # affine_grid works in [-1, 1] of the output; rescale so voxels keep their size.
     ratio = (out / source).flip(0)  # grid coordinates are (x, y, z) = (W, H, D)
     theta[:, :3] = theta[:, :3] * ratio.unsqueeze(0)
-    shift = _uniform(-1, 1, generator, (3,)) * params.translation_vox
+    shift = uniform(-1, 1, generator, (3,)) * params.translation_vox
     theta[:, 3] = (2 * shift / source).flip(0)
     grid = F.affine_grid(theta.unsqueeze(0), (1, 1, *out_shape), align_corners=False)
-    displacement = _smooth_field(
+    displacement = smooth_field(
         out_shape, params.nonlinear_grid, params.nonlinear_std_vox, 3, generator
     )
     return grid + (2 * displacement / source.flip(0).view(1, 3, 1, 1, 1)).permute(0, 2, 3, 4, 1)
@@ -121,8 +122,8 @@ def random_means(
     n_classes: int, params: SynthesisParameters, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random mean and standard deviation of each intensity class."""
-    means = _uniform(*params.intensity_mean, generator, (n_classes,))
-    stds = _uniform(*params.intensity_std, generator, (n_classes,))
+    means = uniform(*params.intensity_mean, generator, (n_classes,))
+    stds = uniform(*params.intensity_std, generator, (n_classes,))
     return means, stds
 
 
@@ -136,7 +137,7 @@ def contrast_means(
     for value in range(size):
         key = tissue_key(value)
         if key is not None:
-            means[value] = table[key] + float(_uniform(-jitter, jitter, generator))
+            means[value] = table[key] + float(uniform(-jitter, jitter, generator))
     return means.clamp(0, 1)
 
 
@@ -154,22 +155,26 @@ def synthesise_image(
 
 
 def corrupt(
-    image: torch.Tensor, params: SynthesisParameters, generator: torch.Generator
+    image: torch.Tensor,
+    params: SynthesisParameters,
+    generator: torch.Generator,
+    normalise: bool = True,
 ) -> torch.Tensor:
-    """Blur, bias field, gamma, noise and (sometimes) a low-resolution axis; then normalise."""
-    image = _blur(image, float(_uniform(*params.blur_sigma_vox, generator)))
-    bias = _smooth_field(tuple(image.shape), params.bias_grid, params.bias_std, 1, generator)[0, 0]
+    """Blur, bias field, gamma, noise and (sometimes) a low-resolution axis; then (unless told
+    not to: the lesion models normalise inside the brain mask instead) normalise."""
+    image = _blur(image, float(uniform(*params.blur_sigma_vox, generator)))
+    bias = smooth_field(tuple(image.shape), params.bias_grid, params.bias_std, 1, generator)[0, 0]
     image = image.clamp_min(0) * torch.exp(bias)
     image = image / image.max().clamp_min(1e-6)
     image = image ** torch.exp(torch.randn((), generator=generator) * params.log_gamma_std)
     image = image + torch.randn(image.shape, generator=generator) * float(
-        _uniform(*params.noise_std, generator)
+        uniform(*params.noise_std, generator)
     )
     if float(torch.rand((), generator=generator)) < params.low_resolution_probability:
         image = _low_resolution(
-            image, float(_uniform(*params.low_resolution_factor, generator)), generator
+            image, float(uniform(*params.low_resolution_factor, generator)), generator
         )
-    return normalise_intensities(image)
+    return normalise_intensities(image) if normalise else image
 
 
 def normalise_intensities(
@@ -186,6 +191,20 @@ def normalise_intensities(
         values = values[:: values.numel() // 1_000_000 + 1]
     lo, hi = torch.quantile(values.float(), torch.tensor([low / 100, high / 100]))
     return ((image - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+
+def normalise_in_mask(image: torch.Tensor, mask: torch.Tensor, clip: float = 5.0) -> torch.Tensor:
+    """z-score inside ``mask`` (clipped to +-``clip``), zero outside: the normalisation of
+    the lesion models, as nnU-Net and the BraTS data do.
+
+    Unlike percentile clipping, it keeps a small hyperintense lesion brighter than white
+    matter; skull-stripped z-scored images (BraTS) and raw scans with a brain mask end up alike.
+    """
+    values = image[mask].float()
+    if values.numel() < 10:
+        return torch.zeros_like(image)
+    scaled = ((image - values.mean()) / values.std().clamp_min(1e-6)).clamp(-clip, clip)
+    return torch.where(mask, scaled, torch.zeros_like(scaled))
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -264,17 +283,30 @@ class _Sampler:
         return torch.stack(images), torch.stack(targets)
 
 
+def _rescale_in_mask(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1] inside ``mask``, zero outside: non-negative input for ``corrupt``
+    (real images may be z-scores) that keeps every hyperintensity."""
+    values = image[mask]
+    if values.numel() == 0:
+        return torch.zeros_like(image)
+    scaled = (image - values.min()) / (values.max() - values.min()).clamp_min(1e-6)
+    return torch.where(mask, scaled, torch.zeros_like(scaled))
+
+
 class PairedAugmenter(_Sampler):
     """Draws augmented (image, target) pairs from real images with their label maps.
 
-    The image and its labels go through the same random deformation; then the image gets the
-    acquisition artefacts of ``corrupt`` (blur, bias, gamma, noise, low resolution). For users
-    who retrain on their own labelled data.
+    The image (one channel ``[D, H, W]`` or several ``[C, D, H, W]`` on one grid) and its
+    labels go through the same random deformation; then each channel gets the acquisition
+    artefacts of ``corrupt`` (blur, bias, gamma, noise, low resolution). With a brain mask per
+    pair, channels are normalised inside the (deformed) mask as lesion models expect; an
+    all-zero channel (a missing contrast) stays zero. For users who retrain on their own data.
     """
 
     def __init__(
         self,
-        pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        pairs: list[tuple[torch.Tensor, torch.Tensor]]
+        | list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
         target_lut: torch.Tensor,
         out_shape: tuple[int, int, int],
         params: SynthesisParameters | None = None,
@@ -282,7 +314,17 @@ class PairedAugmenter(_Sampler):
     ) -> None:
         if not pairs:
             raise ValueError("at least one (image, labels) pair is needed")
-        self.pairs = [(normalise_intensities(image.float()), labels) for image, labels in pairs]
+        self.pairs = []
+        for image, labels, *rest in pairs:
+            mask = rest[0] > 0 if rest and rest[0] is not None else None
+            channels = image.float() if image.ndim == 4 else image.float()[None]
+            normalised = torch.stack([
+                torch.zeros_like(c) if not c.any()
+                else _rescale_in_mask(c, mask) if mask is not None
+                else normalise_intensities(c)
+                for c in channels
+            ])  # fmt: skip
+            self.pairs.append((normalised, labels, mask))
         self.target_lut = target_lut.long()
         self.out_shape = out_shape
         self.params = params or SynthesisParameters()
@@ -290,11 +332,21 @@ class PairedAugmenter(_Sampler):
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = int(torch.randint(0, len(self.pairs), (1,), generator=self.generator))
-        image, labels = self.pairs[index]
+        channels, labels, mask = self.pairs[index]
         grid = random_grid(tuple(labels.shape), self.out_shape, self.params, self.generator)
         labels = _warp(labels, grid, "nearest").round().long()
-        image = corrupt(_warp(image, grid, "bilinear"), self.params, self.generator)
-        return image[None], self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
+        if mask is not None:
+            mask = _warp(mask, grid, "nearest") > 0.5
+        images = []
+        for channel in channels:
+            if not channel.any():
+                images.append(torch.zeros(self.out_shape))
+                continue
+            image = corrupt(
+                _warp(channel, grid, "bilinear"), self.params, self.generator, mask is None
+            )
+            images.append(normalise_in_mask(image, mask) if mask is not None else image)
+        return torch.stack(images), self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
 
 
 class LabelSynthesiser(_Sampler):
@@ -340,7 +392,7 @@ class LabelSynthesiser(_Sampler):
             means = contrast_means(
                 contrast, self.n_labels, self.params.contrast_prior_jitter, self.generator
             )
-            stds = _uniform(*self.params.intensity_std, self.generator, (self.n_labels,))
+            stds = uniform(*self.params.intensity_std, self.generator, (self.n_labels,))
             image = synthesise_image(labels, means, stds, self.params, self.generator)
         else:
             means, stds = random_means(self.n_classes, self.params, self.generator)

@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from bids_dl.models.bundle import ModelCard, build_network, save_bundle
+from bids_dl.models.bundle import ModelCard, build_network, load_bundle, save_bundle
 from bids_dl.models.inference import model_grid, resample
-from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES
+from bids_dl.models.labels import BRAIN_LABEL_RANGE, LESION_VALUES, STRUCTURES, TUMOR_LABELS
+from bids_dl.models.lesions import LesionParameters, LesionSynthesiser
 from bids_dl.models.metrics import dice
 from bids_dl.models.synthesis import LabelSynthesiser, PairedAugmenter, SynthesisParameters
 
-TASKS = ("brain_mask", "structures")
+TASKS = ("brain_mask", "structures", "tumor", "wmh")
+LESION_TASKS = ("tumor", "wmh")
 
 
 @dataclass
@@ -73,6 +75,12 @@ class TrainConfig:
     #: keeps the whole head and its surroundings
     brain_crop_margin: int | None = None
     synthesis: dict = field(default_factory=dict)
+    #: lesion tasks: the input contrasts, in channel order (e.g. FLAIR, T1ce, T1w, T2w), and the
+    #: simulator's settings (``LesionParameters``)
+    channels: list[str] = field(default_factory=list)
+    lesions: dict = field(default_factory=dict)
+    #: start from this bundle's weights (fine-tuning); the architecture must match
+    init_from: str = ""
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -104,10 +112,10 @@ def load_label_map(
 def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
     """Label value -> generation class, label value -> target index, and the target names.
 
-    For the ``bids`` source there are no generation classes (None), and for ``brain_mask``
-    every non-zero label is brain.
+    For the ``bids`` source and the lesion tasks (whose images follow contrast tables) there
+    are no generation classes (None), and for ``brain_mask`` every non-zero label is brain.
     """
-    if config.source == "bids":
+    if config.source == "bids" or config.task in LESION_TASKS:
         generation, values = None, np.arange(1024)
         brain = values[values > 0]
     else:
@@ -132,6 +140,20 @@ def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict
             target,
             {0: "background"} | {value: row[0] for value, row in STRUCTURES.items()},
         )
+    if config.task == "tumor":
+        if config.source == "bids":  # BraTS values; 2013's 3 (non-enhancing) joins the core
+            target[[1, 3]], target[2], target[4] = 1, 2, 3
+        else:
+            for channel, (_, (_, members)) in enumerate(sorted(TUMOR_LABELS.items()), start=1):
+                target[[LESION_VALUES[m] for m in members]] = channel
+        return (
+            generation,
+            target,
+            {0: "background"} | {value: row[0] for value, row in TUMOR_LABELS.items()},
+        )
+    if config.task == "wmh":
+        target[LESION_VALUES["wmh"]] = 1
+        return generation, target, {0: "background", 1: "white-matter hyperintensity"}
     raise ValueError(f"unknown task {config.task!r} (known: {', '.join(TASKS)})")
 
 
@@ -174,26 +196,67 @@ def _load_checkpoint(folder: Path, network, optimizer) -> tuple[int, torch.Tenso
     ]
 
 
-def load_bids_pair(config: TrainConfig, subject: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A subject's image and label map from a BIDS dataset, both on the RAS working grid."""
-    label = subject.removeprefix("sub-")
-    images = sorted(
-        Path(config.bids_dir).glob(f"sub-{label}/**/anat/sub-{label}*_{config.image_suffix}.nii*")
+#: file-name patterns of each contrast in a BIDS ``anat`` folder
+CONTRAST_PATTERNS = {"T1w": "_T1w", "T1ce": "_ce-*_T1w", "T2w": "_T2w", "FLAIR": "_FLAIR"}
+
+
+def _bids_file(folder: str, label: str, pattern: str) -> Path | None:
+    found = sorted(
+        p
+        for p in Path(folder).glob(f"sub-{label}/**/anat/sub-{label}*{pattern}.nii*")
+        if pattern.startswith("_ce-") or "_ce-" not in p.name
     )
-    labels = sorted(Path(config.labels_dir).glob(f"sub-{label}/**/anat/sub-{label}*_dseg.nii*"))
-    if not images or not labels:
+    return found[0] if found else None
+
+
+def load_bids_pair(config: TrainConfig, subject: str) -> tuple[torch.Tensor, ...]:
+    """A subject's image(s) and label map from a BIDS dataset, on the RAS working grid.
+
+    Single-contrast tasks read ``image_suffix``; lesion tasks read every contrast of
+    ``channels`` (zeros for a missing one) and the ``desc-brain_mask`` beside the labels, and
+    crop to the mask's box plus ``brain_crop_margin``. Returns (image, labels[, mask]).
+    """
+    label = subject.removeprefix("sub-")
+    patterns = [CONTRAST_PATTERNS.get(c, f"_{c}") for c in config.channels] or [
+        f"_{config.image_suffix}"
+    ]
+    images = [_bids_file(config.bids_dir, label, p) for p in patterns]
+    labels = _bids_file(config.labels_dir, label, "_dseg")
+    mask_file = _bids_file(config.labels_dir, label, "_desc-brain_mask")
+    needs_mask = bool(config.channels)
+    if not any(images) or labels is None or (needs_mask and mask_file is None):
+        wanted = " or ".join(config.channels or [config.image_suffix])
         raise ValueError(
-            f"sub-{label}: need a {config.image_suffix} image in {config.bids_dir} and a dseg in "
-            f"{config.labels_dir} (found {len(images)} and {len(labels)})"
+            f"sub-{label}: need a {wanted} image in {config.bids_dir} and a dseg"
+            + (" and a desc-brain_mask" if needs_mask else "")
+            + f" in {config.labels_dir}"
         )
-    image = nb.as_closest_canonical(nb.load(str(images[0])))
-    shape, affine = model_grid(image, config.voxel_size_mm, 1)
-    data = np.nan_to_num(image.get_fdata(dtype=np.float32))
-    on_grid = resample(data, image.affine, shape, affine, order=1).astype(np.float32)
-    label_image = nb.load(str(labels[0]))
-    label_data = np.asarray(label_image.dataobj).astype(np.int32)
-    on_grid_labels = resample(label_data, label_image.affine, shape, affine, order=0)
-    return torch.from_numpy(on_grid), torch.from_numpy(on_grid_labels.astype(np.int64))
+    reference = nb.as_closest_canonical(nb.load(str(next(i for i in images if i))))
+    shape, affine = model_grid(reference, config.voxel_size_mm, 1)
+
+    def on_grid(path: Path | None, order: int) -> np.ndarray:
+        if path is None:
+            return np.zeros(shape, dtype=np.float32)
+        image = nb.load(str(path))
+        data = np.nan_to_num(np.asarray(image.dataobj, dtype=np.float32))
+        return resample(data, image.affine, shape, affine, order=order).astype(np.float32)
+
+    channels = np.stack([on_grid(path, 1) for path in images])
+    label_map = np.rint(on_grid(labels, 0)).astype(np.int64)
+    if not needs_mask:
+        return torch.from_numpy(channels[0]), torch.from_numpy(label_map)
+    mask = on_grid(mask_file, 0) > 0.5
+    box = (slice(None),) * 3
+    if config.brain_crop_margin is not None and mask.any():
+        corners = np.argwhere(mask)
+        start = np.maximum(corners.min(0) - config.brain_crop_margin, 0)
+        stop = corners.max(0) + 1 + config.brain_crop_margin
+        box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    return (
+        torch.from_numpy(np.ascontiguousarray(channels[(slice(None), *box)])),
+        torch.from_numpy(np.ascontiguousarray(label_map[box])),
+        torch.from_numpy(np.ascontiguousarray(mask[box])),
+    )
 
 
 def make_samplers(config: TrainConfig, target: torch.Tensor, generation: torch.Tensor | None):
@@ -217,9 +280,16 @@ def make_samplers(config: TrainConfig, target: torch.Tensor, generation: torch.T
                 )
                 for s in subjects
             ]
-            samplers.append(
-                LabelSynthesiser(maps, generation, target, config.sample_shape, params, seed)
-            )
+            if config.task in LESION_TASKS:
+                sampler = LesionSynthesiser(
+                    maps, target, config.sample_shape, config.channels, config.task,
+                    config.voxel_size_mm, params, LesionParameters(**config.lesions), seed,
+                )  # fmt: skip
+            else:
+                sampler = LabelSynthesiser(
+                    maps, generation, target, config.sample_shape, params, seed
+                )
+            samplers.append(sampler)
         else:
             raise ValueError(f"unknown source {config.source!r} (known: synthetic, bids)")
     return samplers[0], samplers[1], params
@@ -236,13 +306,20 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
 
     architecture = {
         "name": "UNet3D",
-        "args": {"in_channels": 1, "out_channels": len(names), "features": list(config.features),
+        "args": {"in_channels": max(len(config.channels), 1), "out_channels": len(names),
+                 "features": list(config.features),
                  "norm": config.norm, "residual": config.residual},
     }  # fmt: skip
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    network = build_network(architecture).to(device)
+    network = build_network(architecture)
+    if config.init_from:
+        _, pretrained = load_bundle(config.init_from)
+        if pretrained.state_dict().keys() != network.state_dict().keys():
+            raise ValueError(f"init_from {config.init_from}: not the architecture of this config")
+        network.load_state_dict(pretrained.state_dict())
+    network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     start = 0
     resumed = _load_checkpoint(output / "checkpoint", network, optimizer)
@@ -302,6 +379,13 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         "normalisation": "clip to the 0.5-99.5 percentiles of non-zero voxels, rescale to [0, 1]",
         "window": list(config.sample_shape),
     }
+    if config.channels:
+        inputs["contrasts"] = list(config.channels)
+        inputs["normalisation"] = (
+            "z-score inside the brain mask, clipped to [-5, 5]; zero outside the mask and for "
+            "a missing contrast"
+        )
+        inputs["needs_brain_mask"] = True
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
     training = {
@@ -321,6 +405,11 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
             "test": config.test_subjects,
         },
         "synthesis": params.to_dict(),
+        **(
+            {"lesion_simulator": LesionParameters(**config.lesions).to_dict()}
+            if config.task in LESION_TASKS
+            else {}
+        ),
         "iterations_done": config.iterations,
     }
     card = ModelCard(

@@ -11,7 +11,12 @@ from bids_dl.config import Config
 from bids_dl.inputs import SubjectInputs
 from bids_dl.workflows.anat import init_anat_preproc_wf
 from bids_dl.workflows.interfaces.morphometry import AnatomicalMeasures
-from bids_dl.workflows.outputs import init_anat_derivatives_wf, init_anat_reports_wf
+from bids_dl.workflows.lesion import LESION_CONTRASTS, init_lesion_wf
+from bids_dl.workflows.outputs import (
+    init_anat_derivatives_wf,
+    init_anat_reports_wf,
+    init_lesion_outputs_wf,
+)
 
 
 def subject_log_dir(output_dir: Path, subject: str, run_uuid: str) -> Path:
@@ -103,6 +108,42 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
             ("outputnode.std_t1w", "inputnode.std_t1w"),
         ]),
     ])  # fmt: skip
+    lesion_tasks = [a for a in inputs.analyses if a in ("tumor", "wmh")]
+    if lesion_tasks:
+        contrasts = [c for c in LESION_CONTRASTS if inputs.first(c)]
+        lesion_wf = init_lesion_wf(
+            contrasts=contrasts,
+            tumor_bundle=config.workflow.tumor_bundle if "tumor" in lesion_tasks else None,
+            wmh_bundle=config.workflow.wmh_bundle if "wmh" in lesion_tasks else None,
+            omp_nthreads=omp_nthreads,
+            device=config.workflow.device,
+        )
+        for contrast in contrasts:
+            setattr(lesion_wf.inputs.inputnode, contrast, inputs.first(contrast))
+        lesion_outputs_wf = init_lesion_outputs_wf(
+            output_dir=output_dir,
+            bids_dir=bids_dir,
+            tasks=lesion_tasks,
+            contrast_files=[inputs.first(c) for c in contrasts],
+        )
+        fields = ["flair_t1w"] if "flair" in contrasts else []
+        for task, outputs in (("tumor", ["tumor_dseg", "tumor_model"]),
+                              ("wmh", ["wmh_mask", "wmh_model"])):  # fmt: skip
+            fields += outputs if task in lesion_tasks else []
+        workflow.connect([
+            (anat_preproc_wf, lesion_wf, [
+                ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                ("outputnode.brain_mask", "inputnode.brain_mask"),
+            ]),
+            (lesion_wf, measures, [("outputnode.measures", "extra_measures")]),
+            (inputnode, lesion_outputs_wf, [("t1w", "inputnode.source_file")]),
+            (anat_preproc_wf, lesion_outputs_wf, [
+                ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ]),
+            (lesion_wf, lesion_outputs_wf, [
+                (f"outputnode.{f}", f"inputnode.{f}") for f in fields
+            ]),
+        ])  # fmt: skip
     if structures:
         workflow.connect([
             (anat_preproc_wf, measures, [("outputnode.aseg", "aseg")]),

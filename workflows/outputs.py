@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -10,6 +12,7 @@ from bids_dl.workflows.interfaces.bids import DerivativesDataSink
 from bids_dl.workflows.interfaces.reports import (
     BrainMaskFigure,
     LabelsFigure,
+    LesionsFigure,
     RegistrationFigure,
 )
 
@@ -211,4 +214,83 @@ def init_anat_reports_wf(
             ]),
             (structures_figure, sinks["structures"], [("out_file", "in_file")]),
         ])  # fmt: skip
+    return workflow
+
+
+def init_lesion_outputs_wf(
+    *,
+    output_dir: str,
+    bids_dir: str,
+    tasks: list[str],
+    contrast_files: list[str],
+    name: str = "lesion_outputs_wf",
+):
+    """Save the lesion labels (``desc-tumor_dseg``, ``desc-wmh_mask``) and draw their figures
+    (over the T1w, and over the FLAIR when there is one). ``contrast_files`` (the raw FLAIR,
+    contrast-enhanced T1w, T2w used) join the T1w in the sidecars' ``Sources``.
+
+    Inputs
+    ------
+    source_file
+        the raw T1w (names derive from it)
+    t1w_preproc, flair_t1w
+        the images the figures are drawn on (both on the labels' grid)
+    tumor_dseg, tumor_model, wmh_mask, wmh_model
+        outputs of :func:`~bids_dl.workflows.lesion.init_lesion_wf` for ``tasks``
+    """
+    workflow = pe.Workflow(name=name)
+    fields = ["source_file", "t1w_preproc", "flair_t1w", "tumor_dseg", "tumor_model", "wmh_mask",
+              "wmh_model"]  # fmt: skip
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputs = {
+        "tumor": ("tumor_dseg", "dseg", {"Description": "glioma sub-regions (BraTS labels), "
+                                         "see desc-tumor_dseg.tsv"}),
+        "wmh": ("wmh_mask", "mask", {"Type": "Lesion",
+                                     "Description": "white-matter hyperintensities"}),
+    }  # fmt: skip
+    for task in tasks:
+        field, suffix, metadata = outputs[task]
+        sink = pe.Node(
+            DerivativesDataSink(
+                base_directory=output_dir,
+                bids_dir=bids_dir,
+                suffix=suffix,
+                entities={"desc": task},
+                metadata=metadata,
+                extra_sources=contrast_files,
+            ),
+            name=f"ds_{task}",
+            run_without_submitting=True,
+            mem_gb=0.1,
+        )
+        workflow.connect([
+            (inputnode, sink, [("source_file", "source_file"), (field, "in_file"),
+                               (f"{task}_model", "model")]),
+        ])  # fmt: skip
+        backgrounds = [("T1w", "t1w_preproc")] if task == "tumor" else []
+        if any(Path(f).name.split(".")[0].endswith("_FLAIR") for f in contrast_files):
+            backgrounds.append(("FLAIR", "flair_t1w"))
+        for anat_suffix, anat_field in backgrounds:
+            figure = pe.Node(
+                LesionsFigure(task=task), name=f"{task}_{anat_suffix.lower()}_figure", mem_gb=1.0
+            )
+            figure_sink = pe.Node(
+                DerivativesDataSink(
+                    base_directory=output_dir,
+                    bids_dir=bids_dir,
+                    suffix=anat_suffix,
+                    datatype="figures",
+                    extension=".png",
+                    entities={"desc": task},
+                    sidecar=False,
+                ),
+                name=f"ds_{task}_{anat_suffix.lower()}_figure",
+                run_without_submitting=True,
+                mem_gb=0.1,
+            )
+            workflow.connect([
+                (inputnode, figure, [(anat_field, "anat"), (field, "labels")]),
+                (inputnode, figure_sink, [("source_file", "source_file")]),
+                (figure, figure_sink, [("out_file", "in_file")]),
+            ])  # fmt: skip
     return workflow

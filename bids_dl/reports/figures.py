@@ -110,22 +110,55 @@ def plot_tissues(anat_file: str, dseg_file: str, mask_file: str, out_file: str) 
     return _mosaic(anat_file, out_file, mask, decorate, "tissues: GM, WM, CSF")
 
 
-def plot_structures(anat_file: str, aseg_file: str, mask_file: str, out_file: str) -> Path:
-    """Brain structures in FreeSurfer colours over the T1w."""
-    from bids_dl.models.labels import STRUCTURES
-
-    aseg = nb.as_closest_canonical(nb.load(str(aseg_file)))
-    _, mask = _canonical_mask(mask_file)
-    values = sorted(STRUCTURES)
-    # consecutive indices so that one listed colour maps to each structure
+def _indexed_overlay(labels_file: str, colours: dict[int, str]):
+    """A decorator of ``_mosaic`` drawing labels in the given colours (others transparent)."""
+    labels = nb.as_closest_canonical(nb.load(str(labels_file)))
+    values = sorted(colours)
+    # consecutive indices so that one listed colour maps to each label value
     remap = np.zeros(max(values) + 1, dtype=np.int16)
     remap[values] = np.arange(1, len(values) + 1)
-    indexed = nb.Nifti1Image(remap[np.asarray(aseg.dataobj).astype(int)], aseg.affine)
-    colormap = ListedColormap([STRUCTURES[v][3] for v in values])
+    data = np.asarray(labels.dataobj).astype(int)
+    indexed = nb.Nifti1Image(remap[np.where(data <= max(values), data, 0)], labels.affine)
+    colormap = ListedColormap([colours[v] for v in values])
 
     def decorate(display):
         display.add_overlay(
             indexed, cmap=colormap, vmin=1, vmax=len(values), threshold=0.5, transparency=0.5
         )
 
-    return _mosaic(anat_file, out_file, mask, decorate, f"{len(values)} brain structures")
+    return decorate
+
+
+def plot_structures(anat_file: str, aseg_file: str, mask_file: str, out_file: str) -> Path:
+    """Brain structures in FreeSurfer colours over the T1w."""
+    from bids_dl.models.labels import STRUCTURES
+
+    _, mask = _canonical_mask(mask_file)
+    decorate = _indexed_overlay(aseg_file, {v: row[3] for v, row in STRUCTURES.items()})
+    return _mosaic(anat_file, out_file, mask, decorate, f"{len(STRUCTURES)} brain structures")
+
+
+def plot_lesions(anat_file: str, labels_file: str, task: str, out_file: str) -> Path:
+    """Tumour labels (core red, edema green, enhancing yellow) or WMH (magenta) over an image,
+    with cuts through the lesions and their volumes in the title."""
+    from bids_dl.derivatives import TUMOR_STYLE
+
+    image = nb.as_closest_canonical(nb.load(str(labels_file)))
+    labels = np.asarray(image.dataobj).astype(int)
+    millilitres = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000
+    if task == "tumor":
+        colours = {value: colour for value, (_, colour) in TUMOR_STYLE.items()}
+        title = "tumour: whole {:.1f} mL, core {:.1f} mL, enhancing {:.1f} mL".format(
+            *(
+                np.isin(labels, members).sum() * millilitres
+                for members in ((1, 2, 4), (1, 4), (4,))
+            )  # fmt: skip
+        )
+    else:
+        colours = {1: "#ff30ff"}
+        title = f"white-matter hyperintensities: {(labels > 0).sum() * millilitres:.1f} mL"
+    extent = labels > 0
+    if not extent.any():
+        extent = None
+        title += " (none found)"
+    return _mosaic(anat_file, out_file, extent, _indexed_overlay(labels_file, colours), title)

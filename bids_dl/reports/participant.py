@@ -11,7 +11,8 @@ import jinja2
 from bids_dl import __version__
 from bids_dl.derivatives import write_text_atomic
 
-#: The figures of the anatomical section, in display order: (desc entity, title, caption).
+#: The figures of the report, in display order: (desc entity, title, caption); each is drawn
+#: over the T1w (``_T1w.png``) and some also over the FLAIR (``_FLAIR.png``).
 ANAT_FIGURES = (
     ("brain", "Brain mask", "Contour of the brain mask (red) on the bias-corrected T1w."),
     (
@@ -27,6 +28,19 @@ ANAT_FIGURES = (
         "The structure segmentation in FreeSurfer's colours (cortex red, white matter white, "
         "ventricles purple, thalamus green, caudate light blue, putamen pink, hippocampus "
         "yellow...); names and colours are in desc-aseg_dseg.tsv.",
+    ),
+    (
+        "tumor",
+        "Tumour segmentation",
+        "Necrotic and non-enhancing tumour core (red), edema (green) and enhancing tumour "
+        "(yellow), over the bias-corrected T1w and the FLAIR registered to it; volumes in the "
+        "title. Cuts go through the tumour.",
+    ),
+    (
+        "wmh",
+        "White-matter hyperintensities",
+        "Lesions (magenta) over the FLAIR registered to the T1w; total volume in the title. "
+        "Cuts go through the lesions.",
     ),
 )
 
@@ -64,7 +78,12 @@ def write_participant_report(
     figures_dir = output_dir / f"sub-{subject}" / "figures"
     figures = []
     for desc, title, caption in ANAT_FIGURES:
-        for path in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_T1w.png")):
+        found = [
+            p
+            for suffix in ("T1w", "FLAIR")
+            for p in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_{suffix}.png"))
+        ]
+        for path in found:  # fmt: skip
             relative = path.relative_to(output_dir).as_posix()
             figures.append({"path": relative, "title": title, "caption": caption})
     measures_files = sorted((output_dir / f"sub-{subject}").glob("**/*_desc-anat_measures.tsv"))

@@ -186,6 +186,21 @@ def apply_transform(
     return out_file
 
 
+def coregister_rigid(in_file: str, reference_file: str, out_file: str, num_threads: int = 1) -> str:
+    """Rigidly register another contrast of the subject (FLAIR, contrast T1w, T2w) to the
+    preprocessed T1w by mutual information, and resample it onto the T1w grid (linear)."""
+    import ants
+
+    _set_threads(num_threads)
+    moving = ants.image_read(in_file)
+    reference = ants.image_read(reference_file)
+    result = ants.registration(
+        fixed=reference, moving=moving, type_of_transform="Rigid", aff_metric="mattes"
+    )
+    ants.image_write(result["warpedmovout"], out_file)
+    return out_file
+
+
 class _N4InputSpec(TraitedSpec):
     in_file = File(exists=True, mandatory=True, desc="conformed anatomical image")
     num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
@@ -312,5 +327,25 @@ class ApplyTransformToTemplate(SimpleInterface):
             self.inputs.transform,
             out_file,
             self.inputs.labels,
+        )
+        return runtime
+
+
+class _CoregisterInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="another contrast of the subject")
+    reference = File(exists=True, mandatory=True, desc="preprocessed T1w")
+    num_threads = traits.Int(1, usedefault=True)
+
+
+class CoregisterToT1w(SimpleInterface):
+    """Rigid registration of another contrast to the T1w, resampled on the T1w grid."""
+
+    input_spec = _CoregisterInputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / "coregistered.nii.gz")
+        self._results["out_file"] = coregister_rigid(
+            self.inputs.in_file, self.inputs.reference, out_file, self.inputs.num_threads
         )
         return runtime

@@ -30,6 +30,9 @@ class _SinkInputSpec(TraitedSpec):
     metadata = traits.Dict(usedefault=True, desc="extra sidecar fields")
     sidecar = traits.Bool(True, usedefault=True, desc="write a JSON sidecar with Sources")
     model = traits.Dict(desc="name, version and sha256 of the model that made the file")
+    extra_sources = traits.List(
+        traits.Str, usedefault=True, desc="other raw files it derives from (FLAIR...)"
+    )
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -67,7 +70,10 @@ class DerivativesDataSink(SimpleInterface):
             )
             out_file = copy_atomic(in_file, base / relative)
             if self.inputs.sidecar:
-                sidecar = {"Sources": [source_uri], **self.inputs.metadata}
+                extra = [
+                    bids_uri(f, self.inputs.bids_dir, "raw") for f in self.inputs.extra_sources
+                ]
+                sidecar = {"Sources": [source_uri, *extra], **self.inputs.metadata}
                 if isdefined(self.inputs.model) and self.inputs.model:
                     sidecar["DeepLearningModel"] = dict(self.inputs.model)
                 if "space" not in entities:

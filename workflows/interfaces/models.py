@@ -6,7 +6,14 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import Directory, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import (
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 from bids_dl.images import save_image
 from bids_dl.models.labels import TISSUE_CLASSES
@@ -155,4 +162,106 @@ class ModelSegmentation(SimpleInterface):
         self._results["aseg"] = str(cwd / "aseg.nii.gz")
         self._results["dseg"] = str(cwd / "dseg.nii.gz")
         self._results["probseg"] = [str(cwd / f"probseg_{t}.nii.gz") for t in TISSUE_CLASSES]
+        return runtime
+
+
+def lesion_measures(labels: np.ndarray, voxel_mm3: float, task: str) -> dict[str, float | int]:
+    """Tumour: volumes (mm^3) of the BraTS regions and of edema; WMH: lesion count (26-connected
+    components) and volume."""
+    from scipy import ndimage
+
+    from bids_dl.models.labels import TUMOR_REGIONS
+
+    if task == "wmh":
+        lesions = labels > 0
+        _, count = ndimage.label(lesions, np.ones((3, 3, 3), dtype=bool))
+        return {"wmh_count": int(count), "wmh_mm3": round(float(lesions.sum()) * voxel_mm3, 1)}
+    volumes = {
+        f"{region}_mm3": float(np.isin(labels, members).sum()) * voxel_mm3
+        for region, members in TUMOR_REGIONS.items()
+    }
+    volumes["edema_mm3"] = float((labels == 2).sum()) * voxel_mm3
+    return {key: round(value, 1) for key, value in volumes.items()}
+
+
+def model_lesions(
+    task: str,
+    bundle: str,
+    t1w: str,
+    brain_mask: str,
+    out_file: str,
+    contrasts: dict[str, str | None],
+    device: str = "auto",
+    num_threads: int = 1,
+) -> tuple[dict, dict]:
+    """Tumour labels (BraTS values) or a WMH mask from a lesion bundle, on the T1w grid.
+
+    ``contrasts`` maps FLAIR, T1ce and T2w to files already on the T1w grid (None when the
+    subject has none); the T1w itself fills the model's T1w channel. Contrasts the model has no
+    channel for are ignored, missing ones are fed as zeros (the models were trained with
+    channel dropout). Labels outside the brain mask are cleared.
+
+    Returns the measures (volumes, lesion count) and the model's identity.
+    """
+    from bids_dl.models.inference import segment
+
+    card, network = _load_model(bundle, task, num_threads)
+    available = {"T1w": t1w, **contrasts}
+    wanted = card.inputs["contrasts"]
+    essential = {"tumor": ("FLAIR", "T1ce"), "wmh": ("FLAIR",)}[task]
+    if not any(available.get(c) for c in essential if c in wanted):
+        raise ValueError(f"the {task} model needs a {' or '.join(essential)} image")
+    reference = nb.load(t1w)
+    images = [nb.load(available[c]) if available.get(c) else None for c in wanted]
+    mask = np.asarray(nb.load(brain_mask).dataobj) > 0
+    labels, _ = segment(images, card, network, device=resolve_device(device), mask=mask)
+    labels[~mask] = 0
+    if task == "wmh":
+        labels = (labels > 0).astype(np.uint8)
+    save_image(labels.astype(np.uint8), reference.affine, out_file)
+    voxel_mm3 = float(abs(np.linalg.det(reference.affine[:3, :3])))
+    return lesion_measures(labels, voxel_mm3, task), _identity(card, bundle)
+
+
+class _ModelLesionsInputSpec(TraitedSpec):
+    task = traits.Enum("tumor", "wmh", mandatory=True)
+    bundle = Directory(exists=True, mandatory=True, desc="model bundle")
+    t1w = File(exists=True, mandatory=True, desc="preprocessed T1w (the output grid)")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
+    flair = File(exists=True, desc="FLAIR on the T1w grid")
+    t1ce = File(exists=True, desc="contrast-enhanced T1w on the T1w grid")
+    t2w = File(exists=True, desc="T2w on the T1w grid")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
+    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+
+
+class _ModelLesionsOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="tumour labels (BraTS values) or binary WMH mask")
+    measures = traits.Dict(desc="volumes (mm^3) and, for WMH, the lesion count")
+    model = traits.Dict(desc="name, version and sha256 of the model")
+
+
+class ModelLesions(SimpleInterface):
+    """Deep-learning tumour or white-matter-hyperintensity segmentation with a bundle."""
+
+    input_spec = _ModelLesionsInputSpec
+    output_spec = _ModelLesionsOutputSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / f"{self.inputs.task}.nii.gz")
+        contrasts = {
+            name: getattr(self.inputs, field) if isdefined(getattr(self.inputs, field)) else None
+            for name, field in (("FLAIR", "flair"), ("T1ce", "t1ce"), ("T2w", "t2w"))
+        }
+        self._results["measures"], self._results["model"] = model_lesions(
+            self.inputs.task,
+            self.inputs.bundle,
+            self.inputs.t1w,
+            self.inputs.brain_mask,
+            out_file,
+            contrasts,
+            self.inputs.device,
+            self.inputs.num_threads,
+        )
+        self._results["out_file"] = out_file
         return runtime

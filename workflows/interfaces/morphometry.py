@@ -93,6 +93,9 @@ class _MeasuresInputSpec(TraitedSpec):
     std_dseg = File(exists=True, mandatory=True, desc="tissue labels in template space")
     template_dir = traits.Str(mandatory=True)
     aseg = File(exists=True, desc="structure labels (optional: adds their volumes and TIV)")
+    extra_measures = InputMultiObject(
+        traits.Dict(), desc="measures of other analyses (lesion volumes, counts) to add"
+    )
 
 
 class _MeasuresOutputSpec(TraitedSpec):
@@ -120,6 +123,9 @@ class AnatomicalMeasures(SimpleInterface):
         if isdefined(self.inputs.aseg):
             measures.update(structure_volumes(self.inputs.aseg))
         measures.update(registration_quality(self.inputs.std_t1w, self.inputs.std_dseg, template))
+        if isdefined(self.inputs.extra_measures):
+            for extra in self.inputs.extra_measures:
+                measures.update(extra)
         self._results["measures"] = measures
         self._results["out_file"] = str(
             write_measures_tsv(measures, Path(runtime.cwd) / "measures.tsv")

@@ -88,3 +88,21 @@ class LabelsFigure(_FigureInterface):
         plot[self.inputs.kind](
             self.inputs.anat, self.inputs.labels, self.inputs.brain_mask, out_file
         )
+
+
+class _LesionsFigureInputSpec(TraitedSpec):
+    anat = File(exists=True, mandatory=True, desc="T1w or FLAIR on the labels' grid")
+    labels = File(exists=True, mandatory=True, desc="desc-tumor_dseg or desc-wmh_mask")
+    task = traits.Enum("tumor", "wmh", mandatory=True)
+
+
+class LesionsFigure(_FigureInterface):
+    """Tumour or WMH labels over an anatomical image, volumes in the title."""
+
+    input_spec = _LesionsFigureInputSpec
+    figure_name = "lesions.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_lesions
+
+        plot_lesions(self.inputs.anat, self.inputs.labels, self.inputs.task, out_file)

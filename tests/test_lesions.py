@@ -1,0 +1,278 @@
+"""Lesion analyses: simulator, missing contrasts, lesion metrics, the workflow end to end."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
+from bids_dl.models.bundle import ModelCard, save_bundle
+from bids_dl.models.labels import LESION_VALUES, TUMOR_REGIONS
+from bids_dl.models.lesions import (
+    LesionParameters,
+    LesionSynthesiser,
+    lesion_image,
+    plant_tumor,
+    plant_wmh,
+)
+from bids_dl.models.metrics import (
+    absolute_volume_difference_percent,
+    lesion_detection,
+    region_metrics,
+)
+from bids_dl.models.networks import UNet3D
+from bids_dl.models.synthesis import SynthesisParameters
+from bids_dl.models.train import TrainConfig, lookup_tables
+from tests.conftest import run_cli
+
+#: No artefacts: intensities are the drawn means, so labels and intensities can be compared.
+CLEAN = SynthesisParameters(
+    intensity_std=(0.0, 0.0), blur_sigma_vox=(0.0, 0.0), bias_std=0.0, log_gamma_std=0.0,
+    noise_std=(0.0, 0.0), low_resolution_probability=0.0, contrast_prior_jitter=0.0,
+)  # fmt: skip
+
+
+def _phantom(shape=(48, 48, 48)) -> torch.Tensor:
+    """A head-sized toy brain: cortex shell, white matter, two lateral ventricles, at 2 mm."""
+    labels = torch.zeros(shape, dtype=torch.long)
+    labels[4:-4, 4:-4, 4:-4] = 3  # cortex
+    labels[8:-8, 8:-8, 8:-8] = 2  # left white matter
+    labels[24:-8, 8:-8, 8:-8] = 41  # right white matter
+    labels[18:22, 20:28, 20:28] = 4  # ventricles
+    labels[26:30, 20:28, 20:28] = 43
+    return labels
+
+
+def test_simulated_tumours_are_nested_and_stay_in_the_brain():
+    labels = _phantom()
+    params = LesionParameters(tumor_radius_mm=(12, 14), necrosis_probability=1.0,
+                              non_enhancing_probability=0.0)  # fmt: skip
+    planted = plant_tumor(labels, 2.0, params, torch.Generator().manual_seed(3))
+    values = LESION_VALUES
+    core = torch.isin(planted, torch.tensor([values["necrosis"], values["non_enhancing"],
+                                             values["enhancing"]]))  # fmt: skip
+    assert core.any() and (planted == values["necrosis"]).any()
+    assert (planted == values["enhancing"]).any()
+    assert not (core & (labels == 0)).any()  # nothing outside the brain
+    edema = planted == values["edema"]
+    assert torch.isin(labels[edema], torch.tensor([2, 41])).all()  # edema only in white matter
+    # the necrotic centre is inside the core: its centroid is farther from the background
+    centre = (planted == values["necrosis"]).nonzero().float().mean(0)
+    assert core[tuple(centre.round().long())]
+
+
+def test_lesion_intensities_follow_the_labels():
+    """Enhancing tumour is the brightest on contrast T1, dark necrosis there; edema and WMH are
+    brighter than white matter on FLAIR."""
+    generator = torch.Generator().manual_seed(0)
+    params = LesionParameters(tumor_radius_mm=(12, 14), necrosis_probability=1.0,
+                              non_enhancing_probability=0.0)  # fmt: skip
+    labels = plant_wmh(plant_tumor(_phantom(), 2.0, params, generator), 2.0,
+                       LesionParameters(deep_lesions=(3, 3)), generator)  # fmt: skip
+    t1ce = lesion_image(labels, "T1ce", params, CLEAN, generator)
+    flair = lesion_image(labels, "FLAIR", params, CLEAN, generator)
+
+    def mean(image, name_or_value):
+        value = LESION_VALUES.get(name_or_value, name_or_value)
+        return float(image[labels == value].mean())
+
+    assert mean(t1ce, "enhancing") > mean(t1ce, 2) > mean(t1ce, "necrosis")
+    assert mean(flair, "edema") > mean(flair, 2) and mean(flair, "wmh") > mean(flair, 2)
+
+
+def _synthesiser(seed: int, dropout=(0.0, 0.0)) -> LesionSynthesiser:
+    config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
+                         test_subjects=[])  # fmt: skip
+    _, target, _ = lookup_tables(config)
+    return LesionSynthesiser(
+        [_phantom()], target, (32, 32, 32), ["FLAIR", "T1ce"], "tumor", 2.0,
+        SynthesisParameters(translation_vox=2.0),
+        LesionParameters(tumor_probability=1.0, channel_dropout=dropout), seed,
+    )  # fmt: skip
+
+
+def test_lesion_synthesis_is_reproducible_and_targets_match_the_labels():
+    first, again, other = (
+        _synthesiser(5).sample(),
+        _synthesiser(5).sample(),
+        _synthesiser(6).sample(),
+    )
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    images, target = first
+    assert images.shape == (2, 32, 32, 32) and set(target.unique().tolist()) <= {0, 1, 2, 3}
+    assert (target > 0).any()
+    assert float(images.abs().max()) <= 5  # z-scores inside the brain, clipped
+    assert (images[:, target > 0] != 0).float().mean() > 0.9  # lesions are inside the mask
+
+
+def test_channel_dropout_leaves_missing_contrasts_as_zeros():
+    synthesiser = _synthesiser(1, dropout=(0.0, 1.0))
+    for _ in range(3):
+        images, _ = synthesiser.sample()
+        assert images[0].any() and not images[1].any()
+
+
+def test_region_and_lesion_metrics_against_hand_computed_values():
+    reference = np.zeros((20, 20, 20), np.uint8)
+    reference[2:8, 2:8, 2:8] = 2  # edema 216 voxels
+    reference[4:6, 4:6, 4:6] = 4  # enhancing 8
+    prediction = reference.copy()
+    prediction[4:6, 4:6, 4:6] = 1  # core found, enhancement missed
+    rows = {r["name"]: r for r in region_metrics(prediction, reference, TUMOR_REGIONS, (1, 1, 1))}
+    assert rows["whole_tumor"]["dice"] == 1.0
+    assert rows["tumor_core"]["dice"] == 1.0
+    assert rows["enhancing_tumor"]["dice"] == 0.0
+    assert rows["enhancing_tumor"]["volume_difference_mm3"] == -8.0
+
+    lesions = np.zeros((20, 20, 20), bool)
+    lesions[1:3, 1:3, 1:3] = True  # lesion A, 8 voxels
+    lesions[10:12, 10:12, 10:12] = True  # lesion B
+    lesions[15, 15, 15] = True  # lesion C
+    found = np.zeros_like(lesions)
+    found[2, 2, 2] = True  # touches A
+    found[11:14, 11:14, 11:14] = True  # touches B (and spills over)
+    found[5, 17, 5] = True  # a false positive
+    scores = lesion_detection(found, lesions)
+    assert scores["reference_lesions"] == 3 and scores["predicted_lesions"] == 3
+    assert scores["lesion_recall"] == pytest.approx(2 / 3)
+    assert scores["lesion_precision"] == pytest.approx(2 / 3)
+    assert scores["lesion_f1"] == pytest.approx(2 / 3)
+    diagonal = np.zeros_like(lesions)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = True  # corners touch: one lesion (26-connectivity)
+    assert lesion_detection(diagonal, diagonal)["reference_lesions"] == 1
+    assert lesion_detection(np.zeros_like(lesions), np.zeros_like(lesions))["lesion_f1"] == 1.0
+    assert absolute_volume_difference_percent(found, lesions) == pytest.approx(
+        100 * abs(1 + 27 + 1 - 17) / 17
+    )
+
+
+def _subject(label: str, **files) -> SubjectInputs:
+    return SubjectInputs(label=label, files={"t1w": ["t1w.nii.gz"]} | {
+        kind: [path] for kind, path in files.items()
+    })  # fmt: skip
+
+
+def test_analyses_run_where_their_inputs_exist_unless_named():
+    bundles = {"tumor": "tumor_bundle", "wmh": "wmh_bundle"}
+    subjects = {
+        "01": _subject("01"),
+        "02": _subject("02", flair="flair.nii.gz", t1ce="ce.nii.gz"),
+        "03": _subject("03", flair="flair.nii.gz"),
+    }
+    plan_analyses(subjects, ["anat", "tumor", "wmh"], False, bundles)
+    assert [s.analyses for s in subjects.values()] == [
+        ["anat"],
+        ["anat", "tumor"],
+        ["anat", "wmh"],  # no WMH on a tumour: edema is not WMH
+    ]
+    plan_analyses(subjects, ["anat", "tumor", "wmh"], False, {"tumor": None, "wmh": None})
+    assert all(s.analyses == ["anat"] for s in subjects.values())
+    with pytest.raises(InputError, match="sub-01: --analyses wmh needs a FLAIR image"):
+        plan_analyses(subjects, ["anat", "wmh"], True, bundles)
+    with pytest.raises(InputError, match="no tumor model is installed"):
+        plan_analyses(subjects, ["tumor"], True, {"tumor": None})
+    named = {"03": subjects["03"]}
+    plan_analyses(named, ["anat", "tumor", "wmh"], True, bundles)
+    assert named["03"].analyses == ["anat", "tumor", "wmh"]  # named: FLAIR alone is enough
+
+
+def _lesion_bundle(folder, task: str, contrasts: list[str]):
+    labels = (
+        {"0": "background", "1": "core", "2": "edema", "4": "enhancing"}
+        if task == "tumor"
+        else {"0": "background", "1": "white-matter hyperintensity"}
+    )
+    card = ModelCard(
+        name=f"untrained-{task}", version="0", task=task,
+        architecture={"name": "UNet3D", "args": {"in_channels": len(contrasts),
+                      "out_channels": len(labels), "features": [2, 4]}},
+        inputs={"voxel_size_mm": 3.0, "window": [16, 16, 16], "brain_crop_margin_mm": 6.0,
+                "contrasts": contrasts, "needs_brain_mask": True},
+        outputs={"labels": labels},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return save_bundle(folder, card, UNet3D(len(contrasts), len(labels), features=(2, 4)))
+
+
+def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_path):
+    from bids_dl.workflows.interfaces.models import model_lesions
+
+    bundle = _lesion_bundle(tmp_path / "tumor", "tumor", ["FLAIR", "T1ce", "T1w", "T2w"])
+    shape, affine = (20, 22, 18), np.diag([2.0, 2.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("t1w", "flair", "mask"):
+        data = rng.random(shape).astype(np.float32) if name != "mask" else np.ones(shape, np.uint8)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nb.save(nb.Nifti1Image(data, affine), paths[name])
+    out = tmp_path / "tumor.nii.gz"
+    measures, model = model_lesions(
+        "tumor", str(bundle), str(paths["t1w"]), str(paths["mask"]), str(out),
+        {"FLAIR": str(paths["flair"]), "T1ce": None, "T2w": None}, device="cpu",
+    )  # fmt: skip
+    labels = nb.load(out)
+    assert labels.shape == shape and np.allclose(labels.affine, affine)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2, 4}
+    assert set(measures) == {"whole_tumor_mm3", "tumor_core_mm3", "enhancing_tumor_mm3",
+                             "edema_mm3"} and model["Name"] == "untrained-tumor"  # fmt: skip
+    with pytest.raises(ValueError, match="needs a FLAIR or T1ce image"):
+        model_lesions(
+            "tumor", str(bundle), str(paths["t1w"]), str(paths["mask"]), str(out),
+            {"FLAIR": None, "T1ce": None, "T2w": None}, device="cpu",
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lesion_run(tmp_path_factory) -> dict:
+    """The sample's tumour and WMH subjects (3 mm) through the CLI with untrained lesion
+    bundles: the wiring is under test here; the shipped models are measured in bench/."""
+    from bids_dl.sample import write_sample_dataset
+
+    base = tmp_path_factory.mktemp("lesions")
+    bids = base / "bids"
+    write_sample_dataset(bids, n_subjects=1, voxel_mm=3.0, seed=3, lesions=True)
+    tumor = _lesion_bundle(base / "tumor", "tumor", ["FLAIR", "T1ce", "T1w", "T2w"])
+    wmh = _lesion_bundle(base / "wmh", "wmh", ["FLAIR", "T1w"])
+    output = base / "out"
+    participant = run_cli(
+        str(bids), str(output), "participant", "-w", str(base / "work"), "--participant-label",
+        "02", "03", "--sloppy", "--nprocs", "2", "--tumor-model", str(tumor), "--wmh-model",
+        str(wmh),
+    )  # fmt: skip
+    group = run_cli(str(bids), str(output), "group")
+    return {"bids": bids, "output": output, "participant": participant, "group": group}
+
+
+@pytest.mark.slow
+def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
+    from tests.test_smoke import _validator_errors
+
+    assert lesion_run["participant"].returncode == 0, lesion_run["participant"].stderr[-3000:]
+    assert lesion_run["group"].returncode == 0, lesion_run["group"].stderr[-3000:]
+    output = lesion_run["output"]
+    for subject, name, task in (("02", "desc-tumor_dseg", "tumor"), ("03", "desc-wmh_mask", "wmh")):
+        anat = output / f"sub-{subject}" / "anat"
+        labels = nb.load(anat / f"sub-{subject}_{name}.nii.gz")
+        preproc = nb.load(anat / f"sub-{subject}_desc-preproc_T1w.nii.gz")
+        assert labels.shape == preproc.shape and np.allclose(labels.affine, preproc.affine)
+        sidecar = json.loads((anat / f"sub-{subject}_{name}.json").read_text())
+        assert sidecar["DeepLearningModel"]["Name"] == f"untrained-{task}"
+        assert any("FLAIR" in source for source in sidecar["Sources"])
+        assert (
+            output / f"sub-{subject}" / "figures" / f"sub-{subject}_desc-{task}_FLAIR.png"
+        ).is_file()
+    assert not (output / "sub-02" / "anat" / "sub-02_desc-wmh_mask.nii.gz").exists()
+    assert (output / "sub-02" / "figures" / "sub-02_desc-tumor_T1w.png").is_file()
+    lookup = pd.read_csv(output / "desc-tumor_dseg.tsv", sep="\t")
+    assert list(lookup["index"]) == [1, 2, 4]
+    table = pd.read_csv(output / "phenotype" / "anatomical.tsv", sep="\t")
+    assert {"whole_tumor_mm3", "enhancing_tumor_mm3", "wmh_count", "wmh_mm3"} <= set(table.columns)
+    report = (output / "sub-02.html").read_text()
+    assert "sub-02_desc-tumor_FLAIR.png" in report and "Tumour segmentation" in report
+    assert _validator_errors(output) == []

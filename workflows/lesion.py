@@ -1,0 +1,115 @@
+"""Lesion analyses: glioma sub-regions and white-matter hyperintensities on the T1w grid."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_dl.workflows.interfaces.ants import CoregisterToT1w
+from bids_dl.workflows.interfaces.models import ModelLesions
+
+#: Memory of one lesion-model node (GB): measured peak of a 1 mm subject, plus headroom.
+LESION_MEM_GB = 3.0
+#: The contrasts a lesion workflow can use beside the T1w (input names of ``SubjectInputs``).
+LESION_CONTRASTS = ("flair", "t1ce", "t2w")
+CONTRAST_NAMES = {"flair": "FLAIR", "t1ce": "contrast-enhanced T1w", "t2w": "T2w"}
+
+
+def init_lesion_wf(
+    *,
+    contrasts: list[str],
+    tumor_bundle: str | None,
+    wmh_bundle: str | None,
+    omp_nthreads: int,
+    device: str = "auto",
+    name: str = "lesion_wf",
+) -> pe.Workflow:
+    """Coregister the subject's other contrasts to the T1w, then segment lesions.
+
+    Parameters
+    ----------
+    contrasts
+        which of ``flair``, ``t1ce``, ``t2w`` the subject has (each gets a rigid registration)
+    tumor_bundle, wmh_bundle
+        model bundles of the analyses to run (None: not run)
+
+    Inputs
+    ------
+    t1w_preproc, brain_mask
+        the preprocessed T1w and its brain mask (the output grid)
+    flair, t1ce, t2w
+        the raw images of ``contrasts``
+
+    Outputs
+    -------
+    flair_t1w
+        the FLAIR on the T1w grid (for the report; undefined without a FLAIR)
+    tumor_dseg, tumor_model, wmh_mask, wmh_model
+        labels and model identities of the analyses that ran
+    measures
+        a list of dicts (volumes, lesion count) for the subject's measures table
+    """
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        "The other contrasts of the participant ({}) were rigidly registered to the "
+        "bias-corrected T1w with ANTs [@ants] (mutual information) and resampled onto its grid."
+    ).format(", ".join(CONTRAST_NAMES[c] for c in contrasts))
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["t1w_preproc", "brain_mask", *LESION_CONTRASTS]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["flair_t1w", "tumor_dseg", "tumor_model", "wmh_mask", "wmh_model", "measures"]
+        ),
+        name="outputnode",
+    )
+    coregistered = {}
+    for contrast in contrasts:
+        node = pe.Node(
+            CoregisterToT1w(num_threads=omp_nthreads),
+            name=f"coregister_{contrast}",
+            n_procs=omp_nthreads,
+            mem_gb=2.0,
+        )
+        workflow.connect([
+            (inputnode, node, [(contrast, "in_file"), ("t1w_preproc", "reference")]),
+        ])  # fmt: skip
+        coregistered[contrast] = node
+    if "flair" in coregistered:
+        workflow.connect(coregistered["flair"], "out_file", outputnode, "flair_t1w")
+
+    analyses = [(task, bundle) for task, bundle in (("tumor", tumor_bundle), ("wmh", wmh_bundle))
+                if bundle is not None]  # fmt: skip
+    merge_measures = pe.Node(niu.Merge(max(len(analyses), 1)), name="merge_measures")
+    descriptions = {
+        "tumor": "Glioma sub-regions (necrotic and non-enhancing core, edema, enhancing tumour) "
+        "were segmented with bids_dl's tumour model",
+        "wmh": "White-matter hyperintensities were segmented with bids_dl's WMH model",
+    }
+    sentences = []
+    for position, (task, bundle) in enumerate(analyses, start=1):
+        node = pe.Node(
+            ModelLesions(task=task, bundle=bundle, device=device, num_threads=omp_nthreads),
+            name=f"{task}_model",
+            n_procs=omp_nthreads,
+            mem_gb=LESION_MEM_GB,
+        )
+        workflow.connect([
+            (inputnode, node, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask")]),
+            (node, merge_measures, [("measures", f"in{position}")]),
+        ])  # fmt: skip
+        for contrast, registration in coregistered.items():
+            workflow.connect(registration, "out_file", node, contrast)
+        output = "tumor_dseg" if task == "tumor" else "wmh_mask"
+        workflow.connect([
+            (node, outputnode, [("out_file", output), ("model", f"{task}_model")]),
+        ])  # fmt: skip
+        sentences.append(descriptions[task])
+    workflow.connect(merge_measures, "out", outputnode, "measures")
+    workflow.__postdesc__ = " ".join(
+        f"{s} (a 3D U-Net trained on simulated lesions; its model card gives the training data "
+        "and the accuracy measured on simulated and real cases)."
+        for s in sentences
+    )
+    return workflow
