@@ -1,9 +1,10 @@
 """The crude tumour baseline the lesion models must beat (issue 4), kept out of the product.
 
-On z-scored images (the BraTS cases come z-scored inside the brain: use them as they are; other
-images go through ``zscore_in_mask`` first), FLAIR z > 2 inside the brain mask (its largest
-connected component) is the whole tumour, contrast-T1 z > 2.5 inside it is enhancing tumour, and the holes that the
-enhancing tumour encloses (filled in 3D) are the rest of the core. Labels: 1 core that does not
+On z-scored images (the BraTS cases come z-scored inside the brain: use them as they are;
+other images go through ``zscore_in_mask`` first), FLAIR z > 2 inside the brain mask (its
+largest connected component) is the whole tumour, contrast-T1 z > 2.5 inside it is enhancing
+tumour, and the holes that the enhancing tumour encloses (filled in 3D) are the rest of the
+core. Labels: 1 core that does not
 enhance, 2 edema, 4 enhancing (BraTS).
 """
 

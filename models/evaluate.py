@@ -85,6 +85,8 @@ def evaluate(
         prediction, _ = segment(
             images if len(images) > 1 else image, card, network, device=device, mask=mask
         )
+        if mask is not None and card.inputs.get("needs_brain_mask"):
+            prediction[~mask] = 0  # as the pipeline does: lesions only inside the brain
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")
