@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
-from bids_dl.models.bundle import ModelCard, save_bundle
+from bids_dl.models.bundle import ModelCard, load_card, save_bundle
 from bids_dl.models.labels import LESION_VALUES, TUMOR_REGIONS
 from bids_dl.models.lesions import (
     LesionParameters,
@@ -26,6 +26,7 @@ from bids_dl.models.metrics import (
     region_metrics,
 )
 from bids_dl.models.networks import UNet3D
+from bids_dl.models.registry import shipped_bundles
 from bids_dl.models.synthesis import SynthesisParameters
 from bids_dl.models.train import TrainConfig, lookup_tables
 from tests.conftest import run_cli
@@ -230,23 +231,27 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
 
 @pytest.fixture(scope="module")
 def lesion_run(tmp_path_factory) -> dict:
-    """The sample's tumour and WMH subjects (3 mm) through the CLI with untrained lesion
-    bundles: the wiring is under test here; the shipped models are measured in bench/."""
+    """The sample's tumour and WMH subjects (2 mm) through the CLI with the shipped lesion
+    models, or untrained bundles where none ships (then only the wiring is under test)."""
     from bids_dl.sample import write_sample_dataset
 
     base = tmp_path_factory.mktemp("lesions")
     bids = base / "bids"
-    write_sample_dataset(bids, n_subjects=1, voxel_mm=3.0, seed=3, lesions=True)
-    tumor = _lesion_bundle(base / "tumor", "tumor", ["FLAIR", "T1ce", "T1w", "T2w"])
-    wmh = _lesion_bundle(base / "wmh", "wmh", ["FLAIR", "T1w"])
+    write_sample_dataset(bids, n_subjects=1, voxel_mm=2.0, seed=3, lesions=True)
+    models = {}
+    for task, contrasts in (("tumor", ["FLAIR", "T1ce", "T1w", "T2w"]), ("wmh", ["FLAIR", "T1w"])):
+        shipped = shipped_bundles().get(task)
+        models[task] = shipped or _lesion_bundle(base / task, task, contrasts)
     output = base / "out"
     participant = run_cli(
         str(bids), str(output), "participant", "-w", str(base / "work"), "--participant-label",
-        "02", "03", "--sloppy", "--nprocs", "2", "--tumor-model", str(tumor), "--wmh-model",
-        str(wmh),
+        "02", "03", "--sloppy", "--nprocs", "2", "--tumor-model", str(models["tumor"]),
+        "--wmh-model", str(models["wmh"]),
     )  # fmt: skip
     group = run_cli(str(bids), str(output), "group")
-    return {"bids": bids, "output": output, "participant": participant, "group": group}
+    names = {task: load_card(folder).name for task, folder in models.items()}
+    return {"bids": bids, "output": output, "participant": participant, "group": group,
+            "names": names}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -262,7 +267,7 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
         preproc = nb.load(anat / f"sub-{subject}_desc-preproc_T1w.nii.gz")
         assert labels.shape == preproc.shape and np.allclose(labels.affine, preproc.affine)
         sidecar = json.loads((anat / f"sub-{subject}_{name}.json").read_text())
-        assert sidecar["DeepLearningModel"]["Name"] == f"untrained-{task}"
+        assert sidecar["DeepLearningModel"]["Name"] == lesion_run["names"][task]
         assert any("FLAIR" in source for source in sidecar["Sources"])
         assert (
             output / f"sub-{subject}" / "figures" / f"sub-{subject}_desc-{task}_FLAIR.png"
@@ -276,3 +281,20 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
     report = (output / "sub-02.html").read_text()
     assert "sub-02_desc-tumor_FLAIR.png" in report and "Tumour segmentation" in report
     assert _validator_errors(output) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not {"tumor", "wmh"} <= set(shipped_bundles()), reason="no lesion models in bids_dl/models/zoo"
+)
+def test_the_shipped_lesion_models_find_the_simulated_lesions(lesion_run):
+    """Floors well under what bench/eval_lesions.py measured, on the 2 mm sample subjects."""
+    from bids_dl.models.metrics import dice
+
+    output, truth_dir = lesion_run["output"], lesion_run["bids"] / "derivatives" / "sample-truth"
+    for subject, name, floor in (("02", "desc-tumor_dseg", 0.6), ("03", "desc-wmh_mask", 0.4)):
+        found = np.asarray(nb.load(output / f"sub-{subject}" / "anat" /
+                                   f"sub-{subject}_{name}.nii.gz").dataobj)  # fmt: skip
+        truth = np.asarray(nb.load(truth_dir / f"sub-{subject}" / "anat" /
+                                   f"sub-{subject}_{name}.nii.gz").dataobj)  # fmt: skip
+        assert dice(found > 0, truth > 0) >= floor, name
