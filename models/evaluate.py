@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bids_dl.models.bundle import ModelCard
-from bids_dl.models.inference import segment
+from bids_dl.models.inference import postprocess, segment
 from bids_dl.models.labels import TUMOR_REGIONS
 from bids_dl.models.metrics import (
     absolute_volume_difference_percent,
@@ -87,6 +87,7 @@ def evaluate(
         )
         if mask is not None and card.inputs.get("needs_brain_mask"):
             prediction[~mask] = 0  # as the pipeline does: lesions only inside the brain
+        prediction = postprocess(prediction, card)
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")

@@ -308,3 +308,26 @@ def segment(
     )
     dtype = np.uint8 if max(labels) < 256 else np.uint16
     return np.asarray(labels, dtype=dtype)[index], native
+
+
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """Labels with every foreground voxel outside the largest 26-connected component cleared."""
+    components, count = ndimage.label(labels > 0, np.ones((3, 3, 3), dtype=bool))
+    if count < 2:
+        return labels
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+    return np.where(components == largest, labels, 0).astype(labels.dtype)
+
+
+#: Label post-processing a card may ask for (``inputs.postprocessing``).
+POSTPROCESSING = {"largest_component": keep_largest_component}
+
+
+def postprocess(labels: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Apply the card's post-processing (none when it names none)."""
+    name = card.inputs.get("postprocessing")
+    if not name:
+        return labels
+    if name not in POSTPROCESSING:
+        raise ValueError(f"{card.name}: unknown post-processing {name!r}")
+    return POSTPROCESSING[name](labels)

@@ -81,6 +81,8 @@ class TrainConfig:
     lesions: dict = field(default_factory=dict)
     #: start from this bundle's weights (fine-tuning); the architecture must match
     init_from: str = ""
+    #: label post-processing written into the card (``inference.POSTPROCESSING``)
+    postprocessing: str = ""
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -386,6 +388,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
             "a missing contrast"
         )
         inputs["needs_brain_mask"] = True
+    if config.postprocessing:
+        inputs["postprocessing"] = config.postprocessing
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
     training = {

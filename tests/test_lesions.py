@@ -298,3 +298,21 @@ def test_the_shipped_lesion_models_find_the_simulated_lesions(lesion_run):
         truth = np.asarray(nb.load(truth_dir / f"sub-{subject}" / "anat" /
                                    f"sub-{subject}_{name}.nii.gz").dataobj)  # fmt: skip
         assert dice(found > 0, truth > 0) >= floor, name
+
+
+def test_largest_component_post_processing_keeps_one_tumour():
+    from bids_dl.models.inference import postprocess
+
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[1:5, 1:5, 1:5] = 2
+    labels[2:4, 2:4, 2:4] = 4  # the tumour: edema around enhancing tumour, one component
+    labels[9, 9, 9] = 1  # a stray voxel
+    card = ModelCard(name="t", version="0", task="tumor", architecture={}, inputs={},
+                     outputs={"labels": {}})  # fmt: skip
+    assert np.array_equal(postprocess(labels, card), labels)  # the card asks for nothing
+    card.inputs["postprocessing"] = "largest_component"
+    kept = postprocess(labels, card)
+    assert kept[9, 9, 9] == 0 and np.array_equal(kept[:6, :6, :6], labels[:6, :6, :6])
+    card.inputs["postprocessing"] = "magic"
+    with pytest.raises(ValueError, match="unknown post-processing"):
+        postprocess(labels, card)

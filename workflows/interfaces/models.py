@@ -203,7 +203,7 @@ def model_lesions(
 
     Returns the measures (volumes, lesion count) and the model's identity.
     """
-    from bids_dl.models.inference import segment
+    from bids_dl.models.inference import postprocess, segment
 
     card, network = _load_model(bundle, task, num_threads)
     available = {"T1w": t1w, **contrasts}
@@ -216,6 +216,7 @@ def model_lesions(
     mask = np.asarray(nb.load(brain_mask).dataobj) > 0
     labels, _ = segment(images, card, network, device=resolve_device(device), mask=mask)
     labels[~mask] = 0
+    labels = postprocess(labels, card)
     if task == "wmh":
         labels = (labels > 0).astype(np.uint8)
     save_image(labels.astype(np.uint8), reference.affine, out_file)
