@@ -12,9 +12,9 @@ Test sets (each named in the card with what it is):
   images of the same simulated tumours; Dice of the brain mask with and without the tumour.
 
     python bench/brats_to_bids.py ../shared/data/brats2013_dev bench/brats_bids
-    python bench/eval_lesions.py tumor BUNDLE --brats bench/brats_bids --cases pat0004 pat0006 \
-        --brain-bundle bids_dl/models/zoo/brain_mask --update-card
-    python bench/eval_lesions.py wmh BUNDLE --update-card
+    python bench/eval_lesions.py tumor models/zoo/tumor --brats bench/brats_bids \
+        --cases pat0003 pat0004 pat0005 pat0006 --brain-bundle models/zoo/brain_mask --update-card
+    python bench/eval_lesions.py wmh models/zoo/wmh --update-card
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     return path
 
 
-def simulated_cases(task: str, label_maps: Path, folder: Path, per_subject: int = 2) -> list[dict]:
+def simulated_cases(
+    task: str, label_maps: Path, folder: Path, per_subject: int = 2, subjects=("19", "20")
+) -> list[dict]:
     """Lesions planted into label maps 19 and 20 at 1 mm; every contrast saved skull-stripped,
     the truth in output values (BraTS labels or 0/1), the true brain as the mask; the whole-head
     T1w/FLAIR kept for the brain-extraction check."""
@@ -63,7 +65,7 @@ def simulated_cases(task: str, label_maps: Path, folder: Path, per_subject: int 
                     for value in (LESION_VALUES[m] for m in members)}  # fmt: skip
     output_value[LESION_VALUES["wmh"]] = 1
     cases = []
-    for subject in ("19", "20"):
+    for subject in subjects:
         source = nb.load(str(label_maps / f"training_seg_{subject}.nii.gz"))
         labels = torch.from_numpy(np.asarray(source.dataobj).astype(np.int64))
         low, high = BRAIN_LABEL_RANGE
@@ -207,7 +209,7 @@ def main() -> None:
     results: dict = {"bundle": str(args.bundle)}
     simulated = simulated_cases(args.task, args.label_maps, out / "cases")
     combinations = (
-        [["FLAIR", "T1ce", "T1w", "T2w"], ["FLAIR", "T1ce"]] if args.task == "tumor"
+        [["FLAIR", "T1ce", "T1w", "T2w"], ["FLAIR", "T1ce"], ["FLAIR"]] if args.task == "tumor"
         else [["FLAIR", "T1w"], ["FLAIR"]]
     )  # fmt: skip
     results["simulated"] = {

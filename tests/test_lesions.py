@@ -288,31 +288,16 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
     not {"tumor", "wmh"} <= set(shipped_bundles()), reason="no lesion models in bids_dl/models/zoo"
 )
 def test_the_shipped_lesion_models_find_the_simulated_lesions(lesion_run):
-    """Floors well under what bench/eval_lesions.py measured, on the 2 mm sample subjects."""
+    """Floors under what the shipped models scored on these 2 mm sample subjects (seed 3):
+    tumour Dice 0.93, WMH Dice 0.89. The truth is on the raw grid; outputs on its RAS+ twin."""
     from bids_dl.models.metrics import dice
 
     output, truth_dir = lesion_run["output"], lesion_run["bids"] / "derivatives" / "sample-truth"
-    for subject, name, floor in (("02", "desc-tumor_dseg", 0.6), ("03", "desc-wmh_mask", 0.4)):
-        found = np.asarray(nb.load(output / f"sub-{subject}" / "anat" /
-                                   f"sub-{subject}_{name}.nii.gz").dataobj)  # fmt: skip
-        truth = np.asarray(nb.load(truth_dir / f"sub-{subject}" / "anat" /
-                                   f"sub-{subject}_{name}.nii.gz").dataobj)  # fmt: skip
-        assert dice(found > 0, truth > 0) >= floor, name
-
-
-def test_largest_component_post_processing_keeps_one_tumour():
-    from bids_dl.models.inference import postprocess
-
-    labels = np.zeros((12, 12, 12), np.uint8)
-    labels[1:5, 1:5, 1:5] = 2
-    labels[2:4, 2:4, 2:4] = 4  # the tumour: edema around enhancing tumour, one component
-    labels[9, 9, 9] = 1  # a stray voxel
-    card = ModelCard(name="t", version="0", task="tumor", architecture={}, inputs={},
-                     outputs={"labels": {}})  # fmt: skip
-    assert np.array_equal(postprocess(labels, card), labels)  # the card asks for nothing
-    card.inputs["postprocessing"] = "largest_component"
-    kept = postprocess(labels, card)
-    assert kept[9, 9, 9] == 0 and np.array_equal(kept[:6, :6, :6], labels[:6, :6, :6])
-    card.inputs["postprocessing"] = "magic"
-    with pytest.raises(ValueError, match="unknown post-processing"):
-        postprocess(labels, card)
+    for subject, name, floor in (("02", "desc-tumor_dseg", 0.8), ("03", "desc-wmh_mask", 0.7)):
+        found = nb.load(output / f"sub-{subject}" / "anat" / f"sub-{subject}_{name}.nii.gz")
+        truth = nb.as_closest_canonical(
+            nb.load(truth_dir / f"sub-{subject}" / "anat" / f"sub-{subject}_{name}.nii.gz")
+        )
+        assert np.allclose(found.affine, truth.affine, atol=1e-3)
+        score = dice(np.asarray(found.dataobj) > 0, np.asarray(truth.dataobj) > 0)
+        assert score >= floor, (name, score)

@@ -8,8 +8,9 @@ from nipype.pipeline import engine as pe
 from bids_dl.workflows.interfaces.ants import CoregisterToT1w
 from bids_dl.workflows.interfaces.models import ModelLesions
 
-#: Memory of one lesion-model node (GB): measured peak of a 1 mm subject, plus headroom.
-LESION_MEM_GB = 3.0
+#: Memory of one lesion-model node (GB): the peak of ``bids_dl-models evaluate`` on one 256^3
+#: 1 mm case (inference plus scoring, bench/results/wmh/results.json), an upper bound.
+LESION_MEM_GB = 3.5
 #: The contrasts a lesion workflow can use beside the T1w (input names of ``SubjectInputs``).
 LESION_CONTRASTS = ("flair", "t1ce", "t2w")
 CONTRAST_NAMES = {"flair": "FLAIR", "t1ce": "contrast-enhanced T1w", "t2w": "T2w"}
