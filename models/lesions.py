@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from bids_dl.models.labels import BRAIN_LABEL_RANGE, LESION_VALUES
 from bids_dl.models.synthesis import (
+    Sampler,
     SynthesisParameters,
-    _Sampler,
     contrast_means,
     corrupt,
     deform_labels,
@@ -205,7 +205,7 @@ def lesion_image(
     return corrupt(image, synthesis, generator, normalise=False)
 
 
-class LesionSynthesiser(_Sampler):
+class LesionSynthesiser(Sampler):
     """Draws (channels, target) pairs: label maps deformed, lesions planted, one image per
     contrast of ``channels`` (same anatomy, independent artefacts), skull-stripped and
     normalised inside the brain; random channels left out as zeros.

@@ -270,7 +270,7 @@ def synthesise_test_image(labels: torch.Tensor, contrast: str, seed: int) -> tor
     return synthesise_image(labels, means, stds, TEST_PARAMETERS, generator)
 
 
-class _Sampler:
+class Sampler:
     """Draws (image, target) training pairs from one ``torch.Generator`` (``self.generator``)."""
 
     generator: torch.Generator
@@ -293,7 +293,7 @@ def _rescale_in_mask(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, scaled, torch.zeros_like(scaled))
 
 
-class PairedAugmenter(_Sampler):
+class PairedAugmenter(Sampler):
     """Draws augmented (image, target) pairs from real images with their label maps.
 
     The image (one channel ``[D, H, W]`` or several ``[C, D, H, W]`` on one grid) and its
@@ -349,7 +349,7 @@ class PairedAugmenter(_Sampler):
         return torch.stack(images), self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
 
 
-class LabelSynthesiser(_Sampler):
+class LabelSynthesiser(Sampler):
     """Draws (image, target) pairs from label maps, reproducibly from one seed.
 
     Args:
