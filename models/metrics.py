@@ -47,22 +47,24 @@ def volume_difference(prediction: np.ndarray, reference: np.ndarray, voxel_mm3: 
     return float((prediction.astype(bool).sum() - reference.astype(bool).sum()) * voxel_mm3)
 
 
+def _mask_metrics(p: np.ndarray, r: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Dice, HD95 (mm) and volume difference (mm^3) of one predicted and reference mask."""
+    return {
+        "dice": dice(p, r),
+        "hd95_mm": hausdorff95(p, r, spacing),
+        "volume_difference_mm3": volume_difference(p, r, float(np.prod(spacing))),
+    }
+
+
 def label_metrics(
     prediction: np.ndarray, reference: np.ndarray, labels: dict[int, str], spacing: Sequence[float]
 ) -> list[dict[str, float | str | int]]:
     """One row per label: Dice, HD95 (mm) and volume difference (mm^3)."""
-    voxel_mm3 = float(np.prod(spacing))
-    rows = []
-    for index, name in labels.items():
-        p, r = prediction == index, reference == index
-        rows.append({
-            "label": index,
-            "name": name,
-            "dice": dice(p, r),
-            "hd95_mm": hausdorff95(p, r, spacing),
-            "volume_difference_mm3": volume_difference(p, r, voxel_mm3),
-        })  # fmt: skip
-    return rows
+    return [
+        {"label": index, "name": name,
+         **_mask_metrics(prediction == index, reference == index, spacing)}
+        for index, name in labels.items()
+    ]  # fmt: skip
 
 
 def region_metrics(
@@ -73,18 +75,11 @@ def region_metrics(
 ) -> list[dict[str, float | str]]:
     """One row per region (a union of labels, e.g. the BraTS whole tumour, core, enhancing):
     Dice, HD95 (mm) and volume difference (mm^3)."""
-    voxel_mm3 = float(np.prod(spacing))
-    rows = []
-    for name, members in regions.items():
-        p, r = np.isin(prediction, members), np.isin(reference, members)
-        rows.append({
-            "label": name,
-            "name": name,
-            "dice": dice(p, r),
-            "hd95_mm": hausdorff95(p, r, spacing),
-            "volume_difference_mm3": volume_difference(p, r, voxel_mm3),
-        })  # fmt: skip
-    return rows
+    return [
+        {"label": name, "name": name,
+         **_mask_metrics(np.isin(prediction, members), np.isin(reference, members), spacing)}
+        for name, members in regions.items()
+    ]  # fmt: skip
 
 
 def lesion_detection(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float | int]:
