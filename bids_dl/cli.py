@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from bids_dl import __version__
+from bids_dl.config import PLUGINS
 
 # No network at run time: nipype's version check (etelemetry) would try to phone home.
 os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -119,8 +120,13 @@ def _setup_logging(verbose: int) -> None:
 )
 @click.option("--mem-gb", type=click.FloatRange(min=0.5), help="Memory the run may use, in GB.")
 @click.option(
+    "--resource-monitor",
+    is_flag=True,
+    help="Record each node's time and peak memory (sub-X/log/<run>/resources.tsv, the report).",
+)
+@click.option(
     "--plugin",
-    type=click.Choice(["MultiProc", "Linear", "SLURM", "SLURMGraph"]),
+    type=click.Choice(PLUGINS),
     default="MultiProc",
     show_default=True,
     help="Nipype execution plugin.",
@@ -128,7 +134,8 @@ def _setup_logging(verbose: int) -> None:
 @click.option(
     "--plugin-config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML/JSON file: {plugin: ..., plugin_args: {...}} (e.g. sbatch arguments).",
+    help="YAML/JSON file: plugin, plugin_args (e.g. sbatch_args: '-p short') and "
+    "gpu_sbatch_args (added for the deep-learning nodes, e.g. '-p gpu --gres=gpu:1').",
 )
 @click.option(
     "--analyses",
@@ -226,14 +233,10 @@ def _prepare(options: dict):
     if unknown:
         raise InputError(f"unknown analysis {', '.join(unknown)} (known: {', '.join(ANALYSES)})")
     nprocs = options["nprocs"] or os.cpu_count() or 1
-    plugin, plugin_args = options["plugin"], {}
+    plugin = {"plugin": options["plugin"], "plugin_args": {}, "gpu_sbatch_args": ""}
     if options["plugin_config"]:
-        plugin, plugin_args = _read_plugin_config(options["plugin_config"], plugin)
-    if options["device"] == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+        plugin = _read_plugin_config(options["plugin_config"], options["plugin"])
+    use_gpu = _local_gpu(options["device"], plugin["plugin"])
     participants = strip_prefix(options["participant_label"], "sub")
     config = Config(
         execution=ExecutionSettings(
@@ -252,8 +255,11 @@ def _prepare(options: dict):
             verbose=options["verbose"],
         ),
         nipype=NipypeSettings(
-            plugin=plugin,
-            plugin_args=plugin_args,
+            plugin=plugin["plugin"],
+            plugin_args=plugin["plugin_args"],
+            gpu_sbatch_args=plugin["gpu_sbatch_args"],
+            use_gpu=use_gpu,
+            resource_monitor=options["resource_monitor"],
             nprocs=nprocs,
             omp_nthreads=options["omp_nthreads"] or min(nprocs, 8),
             mem_gb=options["mem_gb"],
@@ -288,7 +294,11 @@ def _prepare(options: dict):
         for code in validate_dataset(bids_dir, participants):
             LOGGER.info("BIDS validator warning: %s", code)
     subjects = collect_inputs(
-        bids_dir, participants, config.execution.session_labels, config.execution.bids_filters
+        bids_dir,
+        participants,
+        config.execution.session_labels,
+        config.execution.bids_filters,
+        database_dir=work_dir / "bids_db",
     )
     plan_analyses(
         subjects,
@@ -324,61 +334,50 @@ def _model_bundle(choice: str, option: str, task: str, classical: str) -> str | 
     return str(folder.absolute())
 
 
-def _read_plugin_config(path: Path, plugin: str) -> tuple[str, dict]:
+def _local_gpu(device: str, plugin: str) -> bool:
+    """Whether the deep-learning nodes run on a GPU of this machine (InputError if asked for
+    and absent). Under Slurm the GPUs are on the compute nodes: ``auto`` decides there."""
+    from bids_dl.execution import SLURM_PLUGINS
+    from bids_dl.inputs import InputError
+
+    if device == "cpu" or plugin in SLURM_PLUGINS:
+        return False
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.cuda.is_available()
+
+
+def _read_plugin_config(path: Path, plugin: str) -> dict:
+    """``--plugin-config``: ``plugin``, ``plugin_args`` and ``gpu_sbatch_args`` (YAML/JSON)."""
     import yaml
 
+    from bids_dl.config import PLUGINS
     from bids_dl.inputs import InputError
 
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise InputError(f"--plugin-config {path}: {error}") from error
-    if not isinstance(content, dict):
-        raise InputError(f"--plugin-config {path}: expected a mapping with plugin and plugin_args")
-    return content.get("plugin", plugin), dict(content.get("plugin_args") or {})
-
-
-def _configure_nipype(config) -> None:
-    """Configure nipype in this process and, through a nipype.cfg, in its worker processes.
-
-    MultiProc's forkserver workers start from a fresh interpreter and read their settings
-    from ``$NIPYPE_CONFIG_DIR/nipype.cfg``; pointing it into the work dir also keeps nipype
-    from writing to ``$HOME``.
-    """
-    import configparser
-
-    log_dir = config.execution.output_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    nipype_level = ("WARNING", "INFO", "DEBUG")[min(config.execution.verbose, 2)]
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise InputError(f"--plugin-config {path}: not valid YAML ({problem}{where})") from error
+    known = {"plugin", "plugin_args", "gpu_sbatch_args"}
+    if not isinstance(content, dict) or set(content) - known:
+        raise InputError(
+            f"--plugin-config {path}: expected a mapping with keys among {sorted(known)}"
+        )
     settings = {
-        "logging": {
-            "log_directory": str(log_dir),
-            "log_to_file": "true",
-            "workflow_level": nipype_level,
-            "interface_level": nipype_level,
-            "utils_level": nipype_level,
-        },
-        "execution": {
-            "crashfile_format": "txt",
-            "stop_on_first_crash": str(config.nipype.stop_on_first_crash).lower(),
-            "parameterize_dirs": "false",
-            "check_version": "false",
-        },
-        "monitoring": {"enabled": "false"},
+        "plugin": content.get("plugin", plugin),
+        "plugin_args": content.get("plugin_args") or {},
+        "gpu_sbatch_args": content.get("gpu_sbatch_args") or "",
     }
-    config_dir = config.execution.work_dir / "nipype"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    parser = configparser.ConfigParser()
-    parser.read_dict(settings)
-    with (config_dir / "nipype.cfg").open("w", encoding="utf-8") as handle:
-        parser.write(handle)
-    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
-
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
-    nipype_config.update_config(settings)
-    nipype_logging.update_logging(nipype_config)
+    if settings["plugin"] not in PLUGINS:
+        raise InputError(f"--plugin-config {path}: plugin must be one of {', '.join(PLUGINS)}")
+    if not isinstance(settings["plugin_args"], dict):
+        raise InputError(f"--plugin-config {path}: plugin_args must be a mapping")
+    return settings
 
 
 def _run_participant(config, subjects) -> int:
@@ -398,11 +397,22 @@ def _run_participant(config, subjects) -> int:
     if execution.dry_run:
         _print_plan(config, subjects)
         return 0
-    _configure_nipype(config)
+    from bids_dl.execution import (
+        check_resources,
+        configure_nipype,
+        request_node_resources,
+        run_workflow,
+    )
+    from bids_dl.inputs import InputError
     from bids_dl.workflows.base import init_bids_dl_wf
 
+    configure_nipype(config)
     workflow = init_bids_dl_wf(config, subjects)
-    _check_resources(config, workflow)
+    try:
+        check_resources(config, workflow)
+    except InputError as error:
+        _fail(str(error))
+    request_node_resources(config, workflow)
     logs = execution.output_dir / "logs"
     write_text_atomic(methods_markdown(workflow), logs / "CITATION.md")
     if execution.boilerplate_only:
@@ -420,10 +430,25 @@ def _run_participant(config, subjects) -> int:
     if not execution.reports_only:
         write_template_files(config.template_dir)
         try:
-            workflow.run(**config.nipype.plugin_settings())
+            run_workflow(config, workflow)
+        except KeyboardInterrupt:
+            click.echo(
+                "bids_dl: interrupted; finished steps stay in the work dir: run the same "
+                "command again to resume",
+                err=True,
+            )
+            os._exit(130)  # without waiting for the worker pool's threads, which can hang
         except Exception as error:  # nipype raises RuntimeError, plugins other types
             status = 1
             LOGGER.debug("workflow failed", exc_info=error)
+        if config.nipype.plugin == "SLURMGraph" and not status:
+            click.echo(
+                "The jobs of the whole graph were submitted to Slurm; when they have finished, "
+                "write the reports with the same command and --reports-only."
+            )
+            return 0
+    if config.nipype.resource_monitor:
+        _write_resource_tables(config, subjects, workflow)
     reports = _write_reports(config, subjects, workflow)
     crashes = _crash_files(config, subjects)
     if status or crashes:
@@ -437,20 +462,16 @@ def _run_participant(config, subjects) -> int:
     return 0
 
 
-def _check_resources(config, workflow) -> None:
-    """Refuse, before any work, limits that a node of the graph needs more than."""
-    nodes = workflow._get_all_nodes()
-    hungriest = max(nodes, key=lambda node: node.mem_gb)
-    if config.nipype.mem_gb and hungriest.mem_gb > config.nipype.mem_gb:
-        _fail(
-            f"--mem-gb {config.nipype.mem_gb:g} is less than the {hungriest.mem_gb:g} GB that "
-            f"node {hungriest.name} needs; give at least {hungriest.mem_gb:g}"
-        )
-    if config.nipype.omp_nthreads > config.nipype.nprocs:
-        _fail(
-            f"--omp-nthreads {config.nipype.omp_nthreads} is more than --nprocs "
-            f"{config.nipype.nprocs}: a node could never start"
-        )
+def _write_resource_tables(config, subjects, workflow) -> None:
+    """Each subject's nodes' time and peak memory: ``sub-X/log/<run>/resources.tsv``."""
+    from bids_dl.execution import node_resources, write_resource_table
+    from bids_dl.workflows.base import subject_log_dir
+
+    for label in subjects:
+        name = f"single_subject_{label}_wf"
+        rows = node_resources(workflow.get_node(name), Path(workflow.base_dir, workflow.name, name))
+        folder = subject_log_dir(config.execution.output_dir, label, config.execution.run_uuid)
+        write_resource_table(rows, folder / "resources.tsv")
 
 
 def _crash_files(config, subjects) -> list[Path]:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+#: nipype execution plugins bids_dl runs on.
+PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 #: Analyses bids_dl knows, in the order they run.
 ANALYSES = ("anat", "tumor", "wmh")
 
@@ -46,6 +48,12 @@ class NipypeSettings:
     omp_nthreads: int = 1
     mem_gb: float | None = None
     stop_on_first_crash: bool = False
+    #: record each node's peak memory and time (nipype's resource monitor)
+    resource_monitor: bool = False
+    #: deep-learning nodes run on a local GPU (then one at a time)
+    use_gpu: bool = False
+    #: extra sbatch arguments of the deep-learning nodes under Slurm (``--plugin-config``)
+    gpu_sbatch_args: str = ""
 
     def plugin_settings(self) -> dict:
         """Arguments of ``Workflow.run``: the plugin and its resource limits."""
@@ -55,8 +63,12 @@ class NipypeSettings:
             if self.mem_gb:
                 args.setdefault("memory_gb", self.mem_gb)
             args.setdefault("raise_insufficient", True)
+            if self.use_gpu:  # a deep-learning node takes omp_nthreads GPU slots
+                args.setdefault("n_gpu_procs", self.omp_nthreads)
             # Forking a process that already runs BLAS/ITK threads can deadlock the workers.
             args.setdefault("mp_context", "forkserver")
+        elif self.plugin == "SLURMGraph":  # the plugin fails on empty arguments
+            args.setdefault("dont_resubmit_completed_jobs", False)
         return {"plugin": self.plugin, "plugin_args": args}
 
 

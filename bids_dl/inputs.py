@@ -23,6 +23,8 @@ DEFAULT_QUERIES = {
     "t2w": {"datatype": "anat", "suffix": "T2w", "extension": [".nii", ".nii.gz"]},
     "flair": {"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]},
 }
+#: Top-level folders of a BIDS dataset that pybids does not index by default.
+UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
 #: The inputs each analysis needs (any one of them), beyond the T1w.
 ANALYSIS_INPUTS = {"tumor": ("t1ce", "flair"), "wmh": ("flair",)}
 #: The input that makes an analysis run by default (without ``--analyses``).
@@ -97,21 +99,73 @@ def load_filters(path: Path | None) -> dict:
     return filters
 
 
+def dataset_fingerprint(bids_dir: Path) -> str:
+    """A hash of every file's path, size and modification time: it changes with the dataset.
+
+    Folders that pybids does not index (derivatives, sourcedata, code, hidden ones) are
+    skipped; one ``stat`` per file keeps it fast on large datasets.
+    """
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for folder, subfolders, files in os.walk(bids_dir):
+        subfolders[:] = sorted(
+            d for d in subfolders if not d.startswith(".") and d not in UNINDEXED_FOLDERS
+        )
+        for name in sorted(files):
+            path = Path(folder, name)
+            stat = path.stat()
+            digest.update(
+                f"{path.relative_to(bids_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()[:16]
+
+
+def index_dataset(bids_dir: Path, database_dir: Path | None = None):
+    """The dataset's pybids layout, cached as a database under ``database_dir``.
+
+    The cache is named after :func:`dataset_fingerprint`, so a changed dataset is indexed
+    again; it is written to a temporary folder and renamed, so concurrent runs (a job
+    array sharing a work dir) never read a half-written database.
+    """
+    import os
+    import tempfile
+
+    from bids import BIDSLayout
+
+    if database_dir is None:
+        return BIDSLayout(str(bids_dir), validate=False)
+    database = Path(database_dir) / f"bids_db-{dataset_fingerprint(bids_dir)}"
+    if (database / "layout_index.sqlite").exists():
+        LOGGER.info("BIDS index read from %s", database)
+        return BIDSLayout.load(str(database))
+    layout = BIDSLayout(str(bids_dir), validate=False)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".bids_db-", dir=database.parent)
+    layout.save(staging, replace_connection=False)
+    try:
+        os.replace(staging, database)
+    except OSError:  # another run saved the same index first
+        shutil.rmtree(staging, ignore_errors=True)
+    return layout
+
+
 def collect_inputs(
     bids_dir: Path,
     participant_labels: list[str],
     session_labels: list[str],
     filters: dict,
+    database_dir: Path | None = None,
 ) -> dict[str, SubjectInputs]:
-    """Index the dataset and return each requested participant's files.
+    """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
     Raises :class:`InputError` for unknown participants, a participant without a T1w, and a
     T1w that cannot be read as one 3D volume.
     """
-    from bids import BIDSLayout
     from bids.layout import Query
 
-    layout = BIDSLayout(str(bids_dir), validate=False)
+    layout = index_dataset(bids_dir, database_dir)
     available = sorted(layout.get_subjects())
     if not available:
         raise InputError(f"{bids_dir} has no sub-<label> folders with data")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -454,3 +456,27 @@ def test_evaluate_reads_masks_stored_as_floats(tmp_path):
     case = Case("case", tmp_path / "case.nii.gz", tmp_path / "mask.nii.gz")
     summary = evaluate(_card(), ThresholdNet(), [case], tmp_path / "eval")
     assert summary["mean_dice"] > 0.9
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """bench/gpu_check.py: on a machine without CUDA it still runs every code path on the CPU
+    and checks that two CPU runs give the same labels."""
+    script = Path(__file__).parents[1] / "bench" / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--models", "brain_mask,wmh"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    rows = [
+        line.split("\t")
+        for line in result.stdout.splitlines()
+        if line.startswith(("brain_mask", "wmh"))
+    ]
+    devices = {row[1] for row in rows}
+    expected = {"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"}
+    assert devices == expected and len(rows) == 2 * len(expected) * 2
+    assert all(float(row[4]) <= 0.005 for row in rows)
+    assert "labels agree within tolerance" in result.stdout

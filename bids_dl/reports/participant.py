@@ -66,6 +66,17 @@ def find_crash_files(output_dir: Path, subject: str) -> list[Path]:
     return sorted((output_dir / f"sub-{subject}" / "log").glob("*/crash-*"))
 
 
+def latest_resources(output_dir: Path, subject: str) -> dict | None:
+    """The newest run's ``resources.tsv`` of a subject (``--resource-monitor``), if any."""
+    from bids_dl.execution import MONITOR_PERIOD_S, read_resource_table
+
+    tables = sorted((output_dir / f"sub-{subject}" / "log").glob("*/resources.tsv"))
+    if not tables:
+        return None
+    rows = read_resource_table(tables[-1])
+    return {"run": tables[-1].parent.name, "period": MONITOR_PERIOD_S, "rows": rows}
+
+
 def write_participant_report(
     output_dir: Path,
     subject: str,
@@ -104,6 +115,7 @@ def write_participant_report(
             methods=methods,
             references=references,
             crashes=crashes,
+            resources=latest_resources(output_dir, subject),
         )
     )
     return write_text_atomic(html, output_dir / f"sub-{subject}.html")

@@ -6,7 +6,9 @@ be used without nipype. Parameters were chosen for a 2-core machine (see README,
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import nibabel as nb
@@ -26,6 +28,22 @@ TISSUE_LABELS = {index: abbreviation for index, _, abbreviation, _ in TISSUE_LOO
 def _set_threads(num_threads: int) -> None:
     """ITK reads its thread count from the environment when a filter starts."""
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(num_threads)))
+
+
+@contextlib.contextmanager
+def _scratch_folder(parent: Path):
+    """Point Python's temporary files into a folder under ``parent``, deleted afterwards.
+
+    Some antspyx functions write to ``tempfile`` names and never delete them; on a cluster
+    node that fills ``/tmp``.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(dir=parent, prefix="scratch_") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield Path(scratch)
+        finally:
+            tempfile.tempdir = previous
 
 
 def _shrink_factor(image, target_mm: float) -> int:
@@ -150,8 +168,10 @@ def segment_tissues(in_file: str, mask_file: str, out_prefix: str, num_threads: 
     _set_threads(num_threads)
     image = ants.image_read(in_file)
     mask = ants.image_read(mask_file)
-    segmentation = ants.atropos(a=image, x=mask, i="kmeans[3]", m="[0.1,1x1x1]", c="[3,0]")
-    probabilities = [p.numpy() for p in segmentation["probabilityimages"]]
+    # antspyx leaves Atropos' probability files in the temporary folder: keep them in ours
+    with _scratch_folder(Path(out_prefix).parent):
+        segmentation = ants.atropos(a=image, x=mask, i="kmeans[3]", m="[0.1,1x1x1]", c="[3,0]")
+        probabilities = [p.numpy() for p in segmentation["probabilityimages"]]
     intensities = image.numpy()
     inside = mask.numpy() > 0
     means = [
@@ -195,7 +215,11 @@ def coregister_rigid(in_file: str, reference_file: str, out_file: str, num_threa
     moving = ants.image_read(in_file)
     reference = ants.image_read(reference_file)
     result = ants.registration(
-        fixed=reference, moving=moving, type_of_transform="Rigid", aff_metric="mattes"
+        fixed=reference,
+        moving=moving,
+        type_of_transform="Rigid",
+        aff_metric="mattes",
+        outprefix=str(Path(out_file).parent / "rigid_"),
     )
     ants.image_write(result["warpedmovout"], out_file)
     return out_file

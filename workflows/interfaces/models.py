@@ -101,11 +101,19 @@ def model_structures(
     return _identity(card, bundle)
 
 
-class _ModelMaskInputSpec(TraitedSpec):
+class _ModelRunInputSpec(TraitedSpec):
+    """Where a model runs; ``use_gpu`` is the flag nipype's MultiProc reads for GPU slots."""
+
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
+    use_gpu = traits.Bool(
+        False, usedefault=True, desc="a GPU node for nipype's MultiProc (one at a time)"
+    )
+    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+
+
+class _ModelMaskInputSpec(_ModelRunInputSpec):
     in_file = File(exists=True, mandatory=True, desc="anatomical image, any contrast")
     bundle = Directory(exists=True, mandatory=True, desc="model bundle")
-    device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
-    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 
 class _ModelMaskOutputSpec(TraitedSpec):
@@ -224,7 +232,7 @@ def model_lesions(
     return lesion_measures(labels, voxel_mm3, task), _identity(card, bundle)
 
 
-class _ModelLesionsInputSpec(TraitedSpec):
+class _ModelLesionsInputSpec(_ModelRunInputSpec):
     task = traits.Enum("tumor", "wmh", mandatory=True)
     bundle = Directory(exists=True, mandatory=True, desc="model bundle")
     t1w = File(exists=True, mandatory=True, desc="preprocessed T1w (the output grid)")
@@ -232,8 +240,6 @@ class _ModelLesionsInputSpec(TraitedSpec):
     flair = File(exists=True, desc="FLAIR on the T1w grid")
     t1ce = File(exists=True, desc="contrast-enhanced T1w on the T1w grid")
     t2w = File(exists=True, desc="T2w on the T1w grid")
-    device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
-    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 
 class _ModelLesionsOutputSpec(TraitedSpec):
