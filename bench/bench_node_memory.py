@@ -74,14 +74,14 @@ def main() -> None:
     for node_file in nodes:
         declared = loadpkl(node_file).mem_gb
         seconds, peak = measure(node_file, args.threads)
-        rows.append((node_kind(node_file), node_file.parts[-3], seconds, peak, declared))
+        rows.append((node_kind(node_file), seconds, peak, declared))
         print(f"{rows[-1][0]:50s} {seconds:7.1f} s {peak:6.2f} GB (declares {declared:g})")
-    lines = ["node\tsubject_folder\tseconds\tpeak_memory_gb\tdeclared_memory_gb"]
-    lines += [f"{k}\t{f}\t{s:.1f}\t{p:.3f}\t{d:g}" for k, f, s, p, d in rows]
+    lines = ["node\tseconds\tpeak_memory_gb\tdeclared_memory_gb"]
+    lines += [f"{k}\t{s:.1f}\t{p:.3f}\t{d:g}" for k, s, p, d in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     summary = {}
-    for kind, _, _, peak, declared in rows:
+    for kind, _, peak, declared in rows:
         summary[kind] = (max(peak, summary.get(kind, (0, 0))[0]), declared)
     print(json.dumps({k: round(v[0], 2) for k, v in sorted(summary.items())}, indent=1))
 

@@ -191,6 +191,12 @@ def _setup_logging(verbose: int) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Print what would run for whom, then exit.")
 @click.option("--sloppy", is_flag=True, help="Faster, lower-quality registration (testing only).")
+@click.option(
+    "--random-seed",
+    type=click.IntRange(min=1),
+    help="Seed of ANTs' random sampling (registration); with --omp-nthreads 1 reruns give "
+    "the same registration. Default: ANTs' own, which varies between runs.",
+)
 @click.option("-v", "--verbose", count=True, help="More messages (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="bids_dl")
 def main(**options) -> None:
@@ -268,6 +274,7 @@ def _prepare(options: dict):
         workflow=WorkflowSettings(
             device=options["device"],
             sloppy=options["sloppy"],
+            random_seed=options["random_seed"],
             brain_extraction_bundle=_model_bundle(
                 options["brain_extraction_model"],
                 "--brain-extraction-model",

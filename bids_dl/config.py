@@ -78,6 +78,8 @@ class WorkflowSettings:
 
     device: str = "auto"
     sloppy: bool = False
+    #: ANTs' random seed (``ANTS_RANDOM_SEED``), None for ANTs' own
+    random_seed: int | None = None
     #: folder of the brain-mask bundle, or None for the classical template baseline
     brain_extraction_bundle: str | None = None
     #: folder of the structures bundle, or None for the classical Atropos tissues

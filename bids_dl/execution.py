@@ -71,6 +71,8 @@ def configure_nipype(config: Config) -> None:
     with (config_dir / "nipype.cfg").open("w", encoding="utf-8") as handle:
         parser.write(handle)
     os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+    if config.workflow.random_seed is not None:  # read by ANTs in every worker and job
+        os.environ["ANTS_RANDOM_SEED"] = str(config.workflow.random_seed)
     # matplotlib (report figures) writes a font cache under $HOME, which may be read-only
     os.environ.setdefault("MPLCONFIGDIR", str(config.execution.work_dir / "matplotlib"))
     # Slurm jobs are named after the user; nipype's plugin fails without LOGNAME.
@@ -136,7 +138,8 @@ def request_node_resources(config: Config, workflow) -> None:
             node.inputs.use_gpu = config.nipype.use_gpu
         if config.nipype.plugin not in SLURM_PLUGINS:
             continue
-        request = f"--mem={math.ceil(node.mem_gb * 1024)}M --cpus-per-task={node.n_procs}"
+        # leading space: SLURMGraph glues these to the plugin config's sbatch_args as they are
+        request = f" --mem={math.ceil(node.mem_gb * 1024)}M --cpus-per-task={node.n_procs}"
         if model and config.nipype.gpu_sbatch_args:
             request += f" {config.nipype.gpu_sbatch_args}"
         node.plugin_args = {**(node.plugin_args or {}), "sbatch_args": request}

@@ -39,6 +39,7 @@ def test_slurm_jobs_ask_for_what_their_node_declares(tiny_bids, tmp_path):
     assert any(is_model_node(node) for node in nodes)
     for node in nodes:
         request = node.plugin_args["sbatch_args"]
+        assert request.startswith(" ")  # SLURMGraph appends it to the global args as it is
         memory = int(re.search(r"--mem=(\d+)M", request).group(1))
         assert memory >= node.mem_gb * 1024, node.fullname
         assert f"--cpus-per-task={node.n_procs}" in request

@@ -1,10 +1,14 @@
 """The participant workflow through a real Slurm (``.ci/start_slurm.sh`` starts one).
 
-sub-01 of the small sample runs with ``--plugin SLURM`` (every node a batch job that asks for
-the memory and CPUs its node declares), then ``SLURMGraph`` (the whole graph submitted at once
-with dependencies) reuses that work dir into a new output folder; both must write the same
-derivatives as the MultiProc smoke run. The tests skip where Slurm is absent, except in CI
-(``BIDS_DL_REQUIRE_SLURM=1``), where they fail.
+sub-01 of the small sample runs with MultiProc, then with ``--plugin SLURM`` (every node a
+batch job that asks for the memory and CPUs its node declares), then ``SLURMGraph`` (the whole
+graph submitted at once with dependencies) reuses that work dir into a new output folder; both
+Slurm runs must write the same derivatives as the MultiProc run. All three use one thread per
+node and a fixed ANTs seed, which makes registration reproducible; Atropos is not, even so
+(measured between two MultiProc runs: GM/WM probabilities differ by up to 0.06 in ~5 % of the
+voxels, labels in ~1e-5 of them), so tissue outputs are compared within such bounds.
+The tests skip where Slurm is absent, except in CI (``BIDS_DL_REQUIRE_SLURM=1``), where they
+fail.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+import pandas as pd
 import pytest
 
-from bids_dl.workflows.anat import MEM_GB
+from bids_dl.workflows.resources import MEM_GB
 from tests.conftest import run_cli
 
 REQUIRED = os.environ.get("BIDS_DL_REQUIRE_SLURM") == "1"
@@ -44,61 +49,75 @@ def _slurm_is_up() -> None:
     )
 
 
-def _wait_for_queue(job_prefix: str) -> None:
-    """Until no job of ours is pending or running (SLURMGraph returns after submitting)."""
+def _wait_for_graph_jobs() -> None:
+    """Until no SLURMGraph job is pending or running (the plugin returns after submitting;
+    it names jobs ``j<index>_<node>``)."""
     deadline = time.monotonic() + QUEUE_TIMEOUT_S
     while time.monotonic() < deadline:
         queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True)
-        if not [name for name in queue.stdout.split() if job_prefix in name]:
+        if not re.findall(r"^j\d+_", queue.stdout, flags=re.MULTILINE):
             return
         time.sleep(2)
     raise AssertionError(f"Slurm jobs still queued after {QUEUE_TIMEOUT_S} s")
 
 
-def _run_participant(smoke_run, output: Path, work: Path, plugin_config: Path, *extra: str):
+def _run_participant(bids: Path, output: Path, work: Path, *extra: str):
     return run_cli(
-        str(smoke_run["bids"]),
+        str(bids),
         str(output),
         "participant",
         "-w",
         str(work),
         "--nprocs",
         "2",
+        "--omp-nthreads",
+        "1",
+        "--random-seed",
+        "42",
         "--sloppy",
+        "--skip-bids-validation",
         "--participant-label",
         SUBJECT,
-        "--plugin-config",
-        str(plugin_config),
         *extra,
     )
 
 
 @pytest.fixture(scope="module")
-def slurm_runs(smoke_run, tmp_path_factory) -> dict:
+def slurm_runs(sample_small, tmp_path_factory) -> dict:
     if REQUIRED:
         assert shutil.which("sbatch"), "BIDS_DL_REQUIRE_SLURM=1 but sbatch is not installed"
     _slurm_is_up()
     base = tmp_path_factory.mktemp("slurm")
     work = base / "work"
+    multiproc = _run_participant(sample_small, base / "out_multiproc", base / "work_multiproc")
+    assert multiproc.returncode == 0, multiproc.stderr[-3000:]
     slurm_config = base / "slurm.yml"
     slurm_config.write_text(
         "plugin: SLURM\nplugin_args:\n  poll_sleep_duration: 1\n  sbatch_args: --time=30\n"
     )
     per_node = _run_participant(
-        smoke_run, base / "out_slurm", work, slurm_config, "--resource-monitor"
+        sample_small,
+        base / "out_slurm",
+        work,
+        "--plugin-config",
+        str(slurm_config),
+        "--resource-monitor",
     )
     graph_config = base / "slurm_graph.yml"
     graph_config.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --time=30\n")
-    graph = _run_participant(smoke_run, base / "out_graph", work, graph_config)
-    _wait_for_queue("single_subject")
-    reports = _run_participant(smoke_run, base / "out_graph", work, graph_config, "--reports-only")
+    graph_args = ("--plugin-config", str(graph_config))
+    graph = _run_participant(sample_small, base / "out_graph", work, *graph_args)
+    _wait_for_graph_jobs()
+    reports = _run_participant(
+        sample_small, base / "out_graph", work, *graph_args, "--reports-only"
+    )
     return {
         "base": base,
         "work": work,
         "slurm": per_node,
         "graph": graph,
         "graph_reports": reports,
-        "reference": smoke_run["output"],
+        "reference": base / "out_multiproc",
     }
 
 
@@ -112,21 +131,40 @@ def _derivatives(output: Path) -> dict[str, Path]:
     }
 
 
+#: Atropos outputs, which differ a little between runs (see the module's docstring).
+TISSUE_OUTPUTS = ("_probseg.nii.gz", "_dseg.nii.gz", "_measures.tsv")
+
+
 def _assert_same_derivatives(output: Path, reference: Path) -> None:
     ours, theirs = _derivatives(output), _derivatives(reference)
     assert sorted(ours) == sorted(theirs)
     for name, path in ours.items():
+        tissue = name.endswith(TISSUE_OUTPUTS)
         if name.endswith(".nii.gz"):
             a, b = nb.load(path), nb.load(theirs[name])
             np.testing.assert_allclose(a.affine, b.affine, atol=1e-5, err_msg=name)
-            np.testing.assert_allclose(
-                np.asanyarray(a.dataobj), np.asanyarray(b.dataobj), rtol=1e-5, atol=1e-5,
-                err_msg=name,
-            )  # fmt: skip
+            x, y = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
+            if not tissue:
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=name)
+            elif "probseg" in name:
+                assert np.abs(x - y).max() < 0.2 and np.mean(np.abs(x - y) > 1e-3) < 0.15, name
+            else:  # labels
+                assert np.mean(x != y) < 1e-3, name
+        elif name.endswith(".tsv") and tissue:
+            _assert_close_table(path, theirs[name])
         elif name.endswith((".json", ".tsv")):
             assert path.read_text() == theirs[name].read_text(), name
-        else:  # figures, transforms: written, non-empty
+        else:  # figures, transforms (HDF5 metadata differ): written, non-empty
             assert path.stat().st_size > 0, name
+
+
+def _assert_close_table(path: Path, reference: Path) -> None:
+    """Same columns and subjects; numbers within 0.1 %."""
+    ours, theirs = pd.read_csv(path, sep="\t"), pd.read_csv(reference, sep="\t")
+    assert list(ours.columns) == list(theirs.columns)
+    numeric = ours.select_dtypes("number").columns
+    np.testing.assert_allclose(ours[numeric], theirs[numeric], rtol=1e-3, err_msg=str(path))
+    assert ours.drop(columns=numeric).equals(theirs.drop(columns=numeric))
 
 
 def test_slurm_run_succeeds_through_batch_jobs(slurm_runs):
@@ -149,8 +187,8 @@ def _finished_jobs(work_dir: Path) -> dict[str, dict[str, str]]:
     jobs = {}
     for line in Path(location.group(1)).read_text().splitlines():
         fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-        if fields.get("WorkDir", "").startswith(str(work_dir)):
-            jobs[fields["Name"].split(".")[0]] = fields
+        if fields.get("WorkDir", "").startswith(str(work_dir)) and fields.get("Name"):
+            jobs[fields["Name"].split(".")[0]] = fields  # SLURM's names: node.workflow...
     return jobs
 
 
@@ -161,10 +199,12 @@ def _tres_memory_mb(tres: str) -> float:
 
 def test_slurm_jobs_asked_for_what_their_node_declares(slurm_runs):
     jobs = _finished_jobs(slurm_runs["work"])
-    assert {"n4", "registration", "model_mask", "ds_brain_mask"} <= set(jobs)
+    # derivative writers run in the bids_dl process (run_without_submitting), not as jobs
+    assert {"n4", "registration", "model_mask", "tissues"} <= set(jobs)
+    assert not [name for name in jobs if name.startswith("ds_")]
     expected = {  # node: (GB it declares, threads)
-        "registration": (MEM_GB["registration"], 2),
-        "model_mask": (MEM_GB["model"], 2),
+        "registration": (MEM_GB["registration"], 1),
+        "model_mask": (MEM_GB["model"], 1),
         "conform": (MEM_GB["conform"], 1),
     }
     for name, (memory_gb, threads) in expected.items():

@@ -18,22 +18,7 @@ from bids_dl.workflows.interfaces.ants import (
 from bids_dl.workflows.interfaces.conform import Conform
 from bids_dl.workflows.interfaces.images import ApplyBrainMask
 from bids_dl.workflows.interfaces.models import ModelBrainMask, ModelSegmentation
-
-#: Memory of each step in GB: the peak resident memory measured by bench/bench_anat.py on the
-#: 1 mm sample (~12 M voxels), plus ~10 % headroom; it grows with the voxel count.
-MEM_GB = {
-    "conform": 0.3,
-    "n4": 1.0,
-    "brain_extraction": 1.25,
-    "registration": 1.25,
-    "tissues": 1.5,
-    "resample": 1.0,
-    # deep-learning nodes: peak of one inference in a fresh process (bench/eval_models.py) on a
-    # 256^3 1 mm head, + ~10 %: brain mask 2.0 GB; structures 4.06 GB over the whole field of
-    # view (the worst case: with a brain mask the window covers only the brain box)
-    "model": 2.3,
-    "structures": 4.5,
-}
+from bids_dl.workflows.resources import MEM_GB
 
 
 def init_brain_extraction_wf(
@@ -252,7 +237,7 @@ def init_anat_preproc_wf(
     segmentation_wf = init_segmentation_wf(
         omp_nthreads=omp_nthreads, bundle=segmentation_bundle, device=device
     )
-    skull_strip = pe.Node(ApplyBrainMask(), name="skull_strip", mem_gb=MEM_GB["conform"])
+    skull_strip = pe.Node(ApplyBrainMask(), name="skull_strip", mem_gb=MEM_GB["skull_strip"])
     registration = pe.Node(
         TemplateRegistration(template_dir=template_dir, num_threads=omp_nthreads, sloppy=sloppy),
         name="registration",

@@ -17,6 +17,7 @@ from bids_dl.workflows.outputs import (
     init_anat_reports_wf,
     init_lesion_outputs_wf,
 )
+from bids_dl.workflows.resources import MEM_GB
 
 
 def subject_log_dir(output_dir: Path, subject: str, run_uuid: str) -> Path:
@@ -70,7 +71,7 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
     measures = pe.Node(
         AnatomicalMeasures(subject_label=inputs.label, template_dir=template_dir),
         name="anat_measures",
-        mem_gb=1.0,
+        mem_gb=MEM_GB["measures"],
     )
     anat_derivatives_wf = init_anat_derivatives_wf(
         output_dir=output_dir, bids_dir=bids_dir, structures=structures

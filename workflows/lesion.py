@@ -7,10 +7,8 @@ from nipype.pipeline import engine as pe
 
 from bids_dl.workflows.interfaces.ants import CoregisterToT1w
 from bids_dl.workflows.interfaces.models import ModelLesions
+from bids_dl.workflows.resources import MEM_GB
 
-#: Memory of one lesion-model node (GB): the peak of ``bids_dl-models evaluate`` on one 256^3
-#: 1 mm case (inference plus scoring, bench/results/wmh/results.json), an upper bound.
-LESION_MEM_GB = 3.5
 #: The contrasts a lesion workflow can use beside the T1w (input names of ``SubjectInputs``).
 LESION_CONTRASTS = ("flair", "t1ce", "t2w")
 CONTRAST_NAMES = {"flair": "FLAIR", "t1ce": "contrast-enhanced T1w", "t2w": "T2w"}
@@ -71,7 +69,7 @@ def init_lesion_wf(
             CoregisterToT1w(num_threads=omp_nthreads),
             name=f"coregister_{contrast}",
             n_procs=omp_nthreads,
-            mem_gb=2.0,
+            mem_gb=MEM_GB["coregister"],
         )
         workflow.connect([
             (inputnode, node, [(contrast, "in_file"), ("t1w_preproc", "reference")]),
@@ -82,7 +80,9 @@ def init_lesion_wf(
 
     analyses = [(task, bundle) for task, bundle in (("tumor", tumor_bundle), ("wmh", wmh_bundle))
                 if bundle is not None]  # fmt: skip
-    merge_measures = pe.Node(niu.Merge(max(len(analyses), 1)), name="merge_measures")
+    merge_measures = pe.Node(
+        niu.Merge(max(len(analyses), 1)), name="merge_measures", mem_gb=MEM_GB["light"]
+    )
     descriptions = {
         "tumor": "Glioma sub-regions (necrotic and non-enhancing core, edema, enhancing tumour) "
         "were segmented with bids_dl's tumour model",
@@ -94,7 +94,7 @@ def init_lesion_wf(
             ModelLesions(task=task, bundle=bundle, device=device, num_threads=omp_nthreads),
             name=f"{task}_model",
             n_procs=omp_nthreads,
-            mem_gb=LESION_MEM_GB,
+            mem_gb=MEM_GB["lesion_model"],
         )
         workflow.connect([
             (inputnode, node, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask")]),

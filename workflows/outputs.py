@@ -15,6 +15,7 @@ from bids_dl.workflows.interfaces.reports import (
     LesionsFigure,
     RegistrationFigure,
 )
+from bids_dl.workflows.resources import MEM_GB
 
 ANAT_OUTPUT_FIELDS = [
     "source_file", "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "aseg",
@@ -56,7 +57,7 @@ def init_anat_derivatives_wf(
             ),
             name=node_name,
             run_without_submitting=True,
-            mem_gb=0.1,
+            mem_gb=MEM_GB["light"],
         )
 
     ds_preproc = sink(
@@ -158,7 +159,7 @@ def init_anat_reports_wf(
     workflow = pe.Workflow(name=name)
     fields = ["source_file", "t1w_preproc", "brain_mask", "dseg", "aseg", "std_t1w"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    figure_args = {"mem_gb": 1.0}
+    figure_args = {"mem_gb": MEM_GB["figure"]}
     mask_figure = pe.Node(BrainMaskFigure(), name="brain_mask_figure", **figure_args)
     registration_figure = pe.Node(
         RegistrationFigure(template_dir=template_dir), name="registration_figure", **figure_args
@@ -181,7 +182,7 @@ def init_anat_reports_wf(
             ),
             name=f"ds_{key}_figure",
             run_without_submitting=True,
-            mem_gb=0.1,
+            mem_gb=MEM_GB["light"],
         )
     workflow.connect(
         [
@@ -261,7 +262,7 @@ def init_lesion_outputs_wf(
             ),
             name=f"ds_{task}",
             run_without_submitting=True,
-            mem_gb=0.1,
+            mem_gb=MEM_GB["light"],
         )
         workflow.connect([
             (inputnode, sink, [("source_file", "source_file"), (field, "in_file"),
@@ -272,7 +273,9 @@ def init_lesion_outputs_wf(
             backgrounds.append(("FLAIR", "flair_t1w"))
         for anat_suffix, anat_field in backgrounds:
             figure = pe.Node(
-                LesionsFigure(task=task), name=f"{task}_{anat_suffix.lower()}_figure", mem_gb=1.0
+                LesionsFigure(task=task),
+                name=f"{task}_{anat_suffix.lower()}_figure",
+                mem_gb=MEM_GB["figure"],
             )
             figure_sink = pe.Node(
                 DerivativesDataSink(
@@ -286,7 +289,7 @@ def init_lesion_outputs_wf(
                 ),
                 name=f"ds_{task}_{anat_suffix.lower()}_figure",
                 run_without_submitting=True,
-                mem_gb=0.1,
+                mem_gb=MEM_GB["light"],
             )
             workflow.connect([
                 (inputnode, figure, [(anat_field, "anat"), (field, "labels")]),

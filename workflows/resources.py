@@ -1,0 +1,32 @@
+"""Memory each kind of node declares (GB): what nipype and Slurm reserve for it.
+
+Measured with ``bench/bench_node_memory.py``: every node of a finished run re-run alone in a
+fresh process, as a Slurm job runs it, its peak resident memory read from the kernel
+(``bench/results/node_memory.tsv``: the 1 mm sample, ~12 M voxels per image, 2 threads).
+Declared: the measured peak plus ~25 %, at least 0.25 GB (a job's Python alone takes ~0.1).
+Image-bound steps grow with the voxel count; a 0.8 mm scan has about twice as many voxels.
+"""
+
+from __future__ import annotations
+
+MEM_GB = {
+    "conform": 0.25,  # measured 0.15
+    "n4": 1.1,  # 0.86
+    "skull_strip": 0.35,  # 0.28
+    "registration": 1.3,  # 1.02
+    "tissues": 1.6,  # 1.26 (Atropos)
+    "resample": 1.15,  # 0.92 (template-space T1w and labels)
+    "coregister": 1.2,  # 0.94 (FLAIR, ce-T1w, T2w to the T1w)
+    "measures": 0.55,  # 0.41
+    "figure": 0.75,  # 0.58
+    "light": 0.25,  # 0.08 (writing a derivative, merging measures)
+    # classical brain extraction (template registration), bench/bench_anat.py: 1.14
+    "brain_extraction": 1.4,
+    # deep-learning nodes. Brain mask: 0.66 on the sample, 2.0 on a 256^3 head in an earlier
+    # fresh-process measurement (bench/eval_models.py), which is kept as the bound. Lesions:
+    # tumour 0.93, WMH 0.69 on the sample. Structures (no shipped model): 4.06 over the whole
+    # field of view of a 256^3 head (with a brain mask the window covers only the brain box).
+    "model": 2.3,
+    "lesion_model": 1.4,
+    "structures": 4.5,
+}
