@@ -57,6 +57,8 @@ def configure_nipype(config: Config) -> None:
             "stop_on_first_crash": str(config.nipype.stop_on_first_crash).lower(),
             "parameterize_dirs": "false",
             "check_version": "false",
+            # nipype's d3 graph of the run in the work dir: unused, and slow for many subjects
+            "create_report": "false",
             "resource_monitor_frequency": str(MONITOR_PERIOD_S),
             # how often the Slurm plugin polls squeue: an execution setting in nipype, not a
             # plugin argument, so it is moved here from the plugin config

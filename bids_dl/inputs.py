@@ -176,15 +176,19 @@ def collect_inputs(
             f"participant label(s) {', '.join(unknown)} not found in {bids_dir} "
             f"(it has: {', '.join(available)})"
         )
+    # one query per kind for every participant: a query per participant and kind took 10 s
+    # for 200 participants (pybids builds an SQL query each time)
+    found: dict[str, dict[str, list[str]]] = {label: {} for label in labels}
+    for kind, query in DEFAULT_QUERIES.items():
+        query = {**query, **filters.get(kind, {})}
+        query = {k: Query.ANY if v == "*" else v for k, v in query.items()}
+        if session_labels:
+            query["session"] = session_labels
+        for image in layout.get(subject=labels, return_type="object", **query):
+            found[image.entities["subject"]].setdefault(kind, []).append(image.path)
     subjects = {}
     for label in labels:
-        files = {}
-        for kind, query in DEFAULT_QUERIES.items():
-            query = {**query, **filters.get(kind, {})}
-            query = {k: Query.ANY if v == "*" else v for k, v in query.items()}
-            if session_labels:
-                query["session"] = session_labels
-            files[kind] = sorted(layout.get(subject=label, return_type="file", **query))
+        files = {kind: sorted(found[label].get(kind, [])) for kind in DEFAULT_QUERIES}
         if not files["t1w"]:
             sessions = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
             raise InputError(f"sub-{label} has no T1w image{sessions}")
