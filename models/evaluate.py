@@ -21,6 +21,7 @@ from bids_dl.models.metrics import (
     label_metrics,
     lesion_detection,
     region_metrics,
+    voxel_volume_mm3,
 )
 
 COLUMNS = ("case", "label", "name", "dice", "hd95_mm", "volume_difference_mm3")
@@ -87,7 +88,7 @@ def evaluate(
         )
         if mask is not None and card.inputs.get("needs_brain_mask"):
             prediction[~mask] = 0  # as the pipeline does: lesions only inside the brain
-        prediction = postprocess(prediction, card)
+        prediction = postprocess(prediction, card, voxel_volume_mm3(image))
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")

@@ -319,15 +319,27 @@ def keep_largest_component(labels: np.ndarray) -> np.ndarray:
     return np.where(components == largest, labels, 0).astype(labels.dtype)
 
 
+def remove_small_components(labels: np.ndarray, min_voxels: float) -> np.ndarray:
+    """Labels with every 26-connected foreground component under ``min_voxels`` cleared."""
+    components, _ = ndimage.label(labels > 0, np.ones((3, 3, 3), dtype=bool))
+    small = np.bincount(components.ravel()) < min_voxels
+    small[0] = False
+    return np.where(small[components], 0, labels).astype(labels.dtype)
+
+
 #: Label post-processing a card may ask for (``inputs.postprocessing``).
 POSTPROCESSING = {"largest_component": keep_largest_component}
 
 
-def postprocess(labels: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Apply the card's post-processing (none when it names none)."""
+def postprocess(labels: np.ndarray, card: ModelCard, voxel_mm3: float = 1.0) -> np.ndarray:
+    """Apply the card's post-processing: a named step (``inputs.postprocessing``) and the
+    removal of lesions under ``inputs.min_lesion_mm3`` (``voxel_mm3``: one voxel's volume)."""
     name = card.inputs.get("postprocessing")
-    if not name:
-        return labels
-    if name not in POSTPROCESSING:
-        raise ValueError(f"{card.name}: unknown post-processing {name!r}")
-    return POSTPROCESSING[name](labels)
+    if name:
+        if name not in POSTPROCESSING:
+            raise ValueError(f"{card.name}: unknown post-processing {name!r}")
+        labels = POSTPROCESSING[name](labels)
+    min_lesion_mm3 = float(card.inputs.get("min_lesion_mm3") or 0)
+    if min_lesion_mm3 > 0:
+        labels = remove_small_components(labels, min_lesion_mm3 / voxel_mm3)
+    return labels

@@ -8,6 +8,12 @@ import numpy as np
 from scipy import ndimage
 
 
+def voxel_volume_mm3(image) -> float:
+    """Volume of one voxel of a nibabel image, from the affine (not the header zooms, which
+    can disagree)."""
+    return float(abs(np.linalg.det(image.affine[:3, :3])))
+
+
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Dice overlap of two boolean masks; 1.0 when both are empty."""
     prediction, reference = prediction.astype(bool), reference.astype(bool)

@@ -12,6 +12,7 @@ import torch
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
 from bids_dl.models.bundle import ModelCard, load_card, save_bundle
+from bids_dl.models.inference import postprocess, remove_small_components
 from bids_dl.models.labels import LESION_VALUES, TUMOR_REGIONS
 from bids_dl.models.lesions import (
     LesionParameters,
@@ -301,3 +302,24 @@ def test_the_shipped_lesion_models_find_the_simulated_lesions(lesion_run):
         assert np.allclose(found.affine, truth.affine, atol=1e-3)
         score = dice(np.asarray(found.dataobj) > 0, np.asarray(truth.dataobj) > 0)
         assert score >= floor, (name, score)
+
+
+def test_postprocessing_keeps_the_largest_tumour_or_drops_small_lesions():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[1, 1, 1] = 1  # 1 voxel
+    labels[5:7, 5:7, 5] = 1  # 4 voxels
+    labels[10:14, 10:14, 10:14] = 2  # 64 voxels, another label value
+    labels[12, 12, 12] = 4
+
+    assert np.count_nonzero(remove_small_components(labels, 5)) == 64
+    assert remove_small_components(labels, 5)[12, 12, 12] == 4  # values are kept
+
+    def card(**inputs) -> ModelCard:
+        return ModelCard("m", "1", "wmh", {}, inputs, {"labels": {"1": "lesion"}})
+
+    assert np.count_nonzero(postprocess(labels, card())) == 69  # nothing asked
+    assert np.count_nonzero(postprocess(labels, card(postprocessing="largest_component"))) == 64
+    # 8 mm^3 with 2 mm^3 voxels: components under 4 voxels go
+    assert np.count_nonzero(postprocess(labels, card(min_lesion_mm3=8), voxel_mm3=2.0)) == 68
+    with pytest.raises(ValueError, match="unknown post-processing"):
+        postprocess(labels, card(postprocessing="bogus"))

@@ -212,6 +212,7 @@ def model_lesions(
     Returns the measures (volumes, lesion count) and the model's identity.
     """
     from bids_dl.models.inference import postprocess, segment
+    from bids_dl.models.metrics import voxel_volume_mm3
 
     card, network = _load_model(bundle, task, num_threads)
     available = {"T1w": t1w, **contrasts}
@@ -224,11 +225,11 @@ def model_lesions(
     mask = np.asarray(nb.load(brain_mask).dataobj) > 0
     labels, _ = segment(images, card, network, device=resolve_device(device), mask=mask)
     labels[~mask] = 0
-    labels = postprocess(labels, card)
+    voxel_mm3 = voxel_volume_mm3(reference)
+    labels = postprocess(labels, card, voxel_mm3)
     if task == "wmh":
         labels = (labels > 0).astype(np.uint8)
     save_image(labels.astype(np.uint8), reference.affine, out_file)
-    voxel_mm3 = float(abs(np.linalg.det(reference.affine[:3, :3])))
     return lesion_measures(labels, voxel_mm3, task), _identity(card, bundle)
 
 

@@ -17,13 +17,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_dl.models.metrics import dice
+from bids_dl.models.metrics import dice, voxel_volume_mm3
 from bids_dl.templates import TemplateFiles
-
-
-def voxel_volume_mm3(image: nb.spatialimages.SpatialImage) -> float:
-    """Volume of one voxel, from the affine (not the header zooms, which can disagree)."""
-    return float(abs(np.linalg.det(image.affine[:3, :3])))
 
 
 def tissue_volumes(probseg_files: dict[str, str], mask_file: str) -> dict[str, float]:
