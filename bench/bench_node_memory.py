@@ -4,7 +4,7 @@ nipype's resource monitor samples a worker's memory once per period and a MultiP
 keeps what earlier nodes left, so its numbers are neither exact nor per node. Here each
 node (its pickled ``_node.pklz`` in the work dir of a finished run) runs again in a new
 Python process, as a Slurm job would, and the process's true peak resident memory
-(``ru_maxrss``) is read. These numbers set the ``mem_gb`` the nodes declare.
+(``VmHWM``, see ``peak_memory.py``) is read. These numbers set the ``mem_gb`` the nodes declare.
 
     python bench/bench_node_memory.py WORK_DIR [--threads 2] [--every-subject]
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import run_measured  # noqa: E402
 
 #: Run one node's interface in the current process, in a scratch folder.
 RUN_NODE = """
@@ -41,21 +42,11 @@ def node_kind(path: Path) -> str:
 def measure(node_file: Path, threads: int) -> tuple[float, float]:
     """Seconds and peak resident memory (GB) of one node re-run in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="node_memory_") as scratch:
-        start = time.perf_counter()
-        process = subprocess.Popen(
+        return run_measured(
             [sys.executable, "-c", RUN_NODE, str(node_file), scratch],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
             env={"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin", "NIPYPE_NO_ET": "1"},
         )
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage
-        seconds = time.perf_counter() - start
-        errors = process.stderr.read().decode(errors="replace")
-        process.stderr.close()
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{node_file}: {errors[-1500:]}")
-    return seconds, usage.ru_maxrss / 1024**2
 
 
 def main() -> None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +43,9 @@ from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES, tissue_groups, 
 from bids_dl.models.metrics import dice
 from bids_dl.models.synthesis import CONTRASTS, synthesise_test_image
 from bids_dl.workflows.interfaces.images import largest_component_filled
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
@@ -153,8 +156,12 @@ def fresh_process_run(bundle: Path, image: Path, mask_bundle: Path | None, threa
     command = [sys.executable, __file__, "_one", str(bundle), "--image", str(image)]
     command += ["--threads", str(threads)]
     command += ["--mask-bundle", str(mask_bundle)] if mask_bundle else []
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as output:
+        _, peak_gb = run_measured(command, stdout=output, stderr=subprocess.DEVNULL)
+        output.seek(0)
+        result = json.loads(output.read().splitlines()[-1])
+    # the child's own ru_maxrss counts this process's memory copied at fork: use VmHWM
+    return {"seconds": result["seconds"], "peak_memory_mb": round(peak_gb * 1024)}
 
 
 def run_one(task: str, bundle: Path, image_path: Path, mask_bundle: Path | None) -> dict:
@@ -168,10 +175,7 @@ def run_one(task: str, bundle: Path, image_path: Path, mask_bundle: Path | None)
     card, network = load_bundle(bundle)
     groups = tissue_groups() if task == "structures" else None
     segment(image, card, network, mask=mask, groups=groups)
-    return {
-        "seconds": round(time.perf_counter() - start, 2),
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
+    return {"seconds": round(time.perf_counter() - start, 2)}
 
 
 def template_baseline(cases: list[Case], folder: Path, threads: int) -> dict[str, float]:

@@ -83,6 +83,8 @@ class TrainConfig:
     init_from: str = ""
     #: label post-processing written into the card (``inference.POSTPROCESSING``)
     postprocessing: str = ""
+    #: lesions smaller than this are dropped at inference (card ``inputs.min_lesion_mm3``)
+    min_lesion_mm3: float = 0.0
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -390,6 +392,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         inputs["needs_brain_mask"] = True
     if config.postprocessing:
         inputs["postprocessing"] = config.postprocessing
+    if config.min_lesion_mm3:
+        inputs["min_lesion_mm3"] = config.min_lesion_mm3
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
     training = {

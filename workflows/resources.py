@@ -22,11 +22,12 @@ MEM_GB = {
     "light": 0.25,  # 0.08 (writing a derivative, merging measures)
     # classical brain extraction (template registration), bench/bench_anat.py: 1.14
     "brain_extraction": 1.4,
-    # deep-learning nodes. Brain mask: 0.66 on the sample, 2.0 on a 256^3 head in an earlier
-    # fresh-process measurement (bench/eval_models.py), which is kept as the bound. Lesions:
-    # tumour 0.93, WMH 0.69 on the sample. Structures (no shipped model): 4.06 over the whole
-    # field of view of a 256^3 head (with a brain mask the window covers only the brain box).
-    "model": 2.3,
-    "lesion_model": 1.4,
+    # deep-learning nodes (fresh processes, VmHWM): brain mask 0.66 on the sample and 0.70 on
+    # a 256^3 head; tumour 0.93, WMH 0.69 on the sample (0.78 / 0.93 for bids_dl-models
+    # evaluate on a real BraTS case / a simulated 256^3 head). Structures (no shipped model):
+    # 4.06 over the whole field of view of a 256^3 head, measured with ru_maxrss, which
+    # overstated the others 2-4x (see bench/peak_memory.py).
+    "model": 0.9,
+    "lesion_model": 1.2,
     "structures": 4.5,
 }
