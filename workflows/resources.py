@@ -2,7 +2,8 @@
 
 Measured with ``bench/bench_node_memory.py``: every node of a finished run re-run alone in a
 fresh process, as a Slurm job runs it, its peak resident memory read from the kernel
-(``bench/results/node_memory.tsv``: the 1 mm sample, ~12 M voxels per image, 2 threads).
+(``bench/results/node_memory.tsv``: the 1 mm sample, ~12 M voxels per image, 2 threads;
+that table came from ``ru_maxrss`` of each child of a small parent, at most ~0.08 GB high).
 Declared: the measured peak plus ~25 %, at least 0.25 GB (a job's Python alone takes ~0.1).
 Image-bound steps grow with the voxel count; a 0.8 mm scan has about twice as many voxels.
 """
