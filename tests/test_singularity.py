@@ -33,6 +33,7 @@ BASH_SCRIPTS = (
     ".ci/start_slurm.sh",
     ".ci/stop_slurm.sh",
     "bench/singularity_chroot_check.sh",
+    "bench/slurm_array_check.sh",
 )
 
 
