@@ -126,3 +126,32 @@ def test_fingerprint_ignores_derivatives(tiny_bids):
     (tiny_bids / "derivatives" / "x").mkdir(parents=True)
     (tiny_bids / "derivatives" / "x" / "file.txt").write_text("not indexed")
     assert dataset_fingerprint(tiny_bids) == before
+
+
+def test_report_shows_the_newest_resource_table(tmp_path):
+    from bids_dl.reports.participant import write_participant_report
+
+    row = {
+        "node": "anat_preproc_wf/n4",
+        "duration_s": "12.5",
+        "peak_memory_gb": "0.61",
+        "declared_memory_gb": "1.1",
+        "threads": "2",
+        "cpu_percent": "180",
+    }
+    log = tmp_path / "sub-01" / "log"
+    write_resource_table([row], log / "20261127-100000_aaaa" / "resources.tsv")
+    write_resource_table(
+        [{**row, "node": "newest"}], log / "20261128-100000_bbbb" / "resources.tsv"
+    )
+    report = write_participant_report(tmp_path, "01", "sub-01/anat/sub-01_T1w.nii.gz", [], [])
+    html = report.read_text()
+    assert 'id="resources"' in html and "20261128-100000_bbbb" in html
+    assert "<code>newest</code>" in html and "anat_preproc_wf/n4" not in html
+
+
+def test_report_without_resource_monitor_has_no_resources_section(tmp_path):
+    from bids_dl.reports.participant import write_participant_report
+
+    report = write_participant_report(tmp_path, "01", "sub-01/anat/sub-01_T1w.nii.gz", [], [])
+    assert 'id="resources"' not in report.read_text()
