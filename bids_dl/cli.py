@@ -360,7 +360,6 @@ def _read_plugin_config(path: Path, plugin: str) -> dict:
     """``--plugin-config``: ``plugin``, ``plugin_args`` and ``gpu_sbatch_args`` (YAML/JSON)."""
     import yaml
 
-    from bids_dl.config import PLUGINS
     from bids_dl.inputs import InputError
 
     try:

@@ -22,6 +22,16 @@ from bids_dl.workflows.base import init_bids_dl_wf
 from tests.test_cli import assert_input_error, run_participant
 from tests.test_workflows import _subjects
 
+#: One row of a ``resources.tsv``.
+RESOURCE_ROW = {
+    "node": "anat_preproc_wf/n4",
+    "duration_s": "12.5",
+    "peak_memory_gb": "0.61",
+    "declared_memory_gb": "1.1",
+    "threads": "2",
+    "cpu_percent": "180",
+}
+
 
 def _config(bids: Path, tmp_path: Path, **nipype) -> Config:
     return Config(
@@ -63,16 +73,7 @@ def test_resource_table_round_trip_and_missing_results(tiny_bids, tmp_path):
     config = _config(tiny_bids, tmp_path)
     workflow = init_bids_dl_wf(config, _subjects(tiny_bids))
     assert node_resources(workflow, tmp_path / "nothing_ran") == []
-    rows = [
-        {
-            "node": "anat_preproc_wf/n4",
-            "duration_s": "12.5",
-            "peak_memory_gb": "0.61",
-            "declared_memory_gb": "1",
-            "threads": "2",
-            "cpu_percent": "180",
-        }
-    ]
+    rows = [RESOURCE_ROW]
     path = write_resource_table(rows, tmp_path / "resources.tsv")
     assert read_resource_table(path) == rows
 
@@ -131,14 +132,7 @@ def test_fingerprint_ignores_derivatives(tiny_bids):
 def test_report_shows_the_newest_resource_table(tmp_path):
     from bids_dl.reports.participant import write_participant_report
 
-    row = {
-        "node": "anat_preproc_wf/n4",
-        "duration_s": "12.5",
-        "peak_memory_gb": "0.61",
-        "declared_memory_gb": "1.1",
-        "threads": "2",
-        "cpu_percent": "180",
-    }
+    row = RESOURCE_ROW
     log = tmp_path / "sub-01" / "log"
     write_resource_table([row], log / "20261127-100000_aaaa" / "resources.tsv")
     write_resource_table(
