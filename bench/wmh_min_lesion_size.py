@@ -67,6 +67,7 @@ def main() -> None:
     result = {
         "data": f"SIMULATED: WMH planted into label maps 17-18, {len(cases)} cases",
         "bundle": str(args.bundle),
+        "test_time_mirror_axes": card.inputs.get("test_time_mirror_axes", []),
         "mean_per_min_lesion_mm3": summary,
         "best_min_lesion_mm3": best,
     }

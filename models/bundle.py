@@ -42,7 +42,8 @@ class BundleError(ValueError):
 class ModelCard:
     """What a model is, what it expects, how it was made and how well it did.
 
-    ``inputs``: contrasts, voxel_size_mm, orientation, normalisation, window (voxels).
+    ``inputs``: contrasts, voxel_size_mm, orientation, normalisation, window (voxels); optional
+    postprocessing, min_lesion_mm3, test_time_mirror_axes (axes of the RAS model grid).
     ``outputs``: labels as {index: name}.
     """
 
@@ -112,6 +113,12 @@ def load_card(folder: str | os.PathLike) -> ModelCard:
         )
     if "labels" not in content["outputs"]:
         raise BundleError(f"{path}: the card's outputs name no labels")
+    mirror_axes = content["inputs"].get("test_time_mirror_axes", [])
+    if not isinstance(mirror_axes, list) or not set(mirror_axes) <= {0, 1, 2}:
+        raise BundleError(
+            f"{path}: inputs.test_time_mirror_axes must be a list of axes among 0, 1 and 2, "
+            f"not {mirror_axes!r}"
+        )
     return ModelCard(**content)
 
 

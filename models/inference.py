@@ -8,6 +8,7 @@ are their argmax there.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import nibabel as nb
@@ -99,12 +100,38 @@ def predict_probabilities(
     window: tuple[int, int, int] | None,
     overlap: float = 0.5,
     device: str = "cpu",
+    mirror_axes: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, D, H, W]`` of normalised input channels ``[channels, D, H, W]``.
 
     With a ``window``, overlapping windows are blended with Gaussian weights; without, the
-    whole volume goes through the network at once.
+    whole volume goes through the network at once. With ``mirror_axes`` (axes of the volume),
+    the probabilities are averaged over every combination of mirroring along them (test-time
+    augmentation as in nnU-Net: 2^k passes for k axes).
     """
+    passes = [
+        [axis + 1 for axis in axes]
+        for count in range(len(mirror_axes) + 1)
+        for axes in itertools.combinations(mirror_axes, count)
+    ]
+    total = None
+    for dims in passes:
+        mirrored = volume.flip(dims) if dims else volume
+        probabilities = _predict_volume(network, mirrored, n_classes, window, overlap, device)
+        probabilities = probabilities.flip(dims) if dims else probabilities
+        total = probabilities if total is None else total + probabilities
+    return total / len(passes)
+
+
+def _predict_volume(
+    network: torch.nn.Module,
+    volume: torch.Tensor,
+    n_classes: int,
+    window: tuple[int, int, int] | None,
+    overlap: float,
+    device: str,
+) -> torch.Tensor:
+    """Probabilities of one pass over the volume: whole, or in blended windows."""
     use_amp = device == "cuda"
     shape = tuple(volume.shape[1:])
     if window is None or all(s <= w for s, w in zip(shape, window, strict=True)):
@@ -295,7 +322,12 @@ def segment(
     labels = sorted(card.labels)
     network = network.to(device)
     probabilities = predict_probabilities(
-        network, torch.stack(volumes), len(labels), tuple(window) if window else None, device=device
+        network,
+        torch.stack(volumes),
+        len(labels),
+        tuple(window) if window else None,
+        device=device,
+        mirror_axes=tuple(card.inputs.get("test_time_mirror_axes", ())),
     )
     positions = None
     if groups:

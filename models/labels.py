@@ -64,13 +64,20 @@ CONTRAST_TISSUE_MEANS["T1ce"] = CONTRAST_TISSUE_MEANS["T1w"]
 
 #: Label values the lesion simulator plants into label maps (inside the brain range, unused by
 #: the SynthSeg label maps).
-LESION_VALUES = {"necrosis": 94, "non_enhancing": 95, "edema": 96, "enhancing": 97, "wmh": 98}
+LESION_VALUES = {
+    "necrosis": 94,
+    "non_enhancing": 95,
+    "edema": 96,
+    "enhancing": 97,
+    "wmh": 98,
+    "faint_edema": 93,
+}
 
 #: Tumour labels written in ``desc-tumor_dseg`` (BraTS convention, BraTS 2013's label 3
 #: "non-enhancing tumour" merged into 1) and the lesion values each one gathers.
 TUMOR_LABELS: dict[int, tuple[str, tuple[str, ...]]] = {
     1: ("necrotic and non-enhancing tumour core", ("necrosis", "non_enhancing")),
-    2: ("peritumoural edema", ("edema",)),
+    2: ("peritumoural edema", ("edema", "faint_edema")),
     4: ("enhancing tumour", ("enhancing",)),
 }
 

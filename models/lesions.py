@@ -4,7 +4,8 @@ skull-stripped, multi-contrast training images from them.
 Tumours: a core bounded by a noisy ellipsoidal distance ``f < 1`` around a white-matter centre,
 with a necrotic centre (``f`` below a random level), an enhancing rim where a smooth random field
 allows it (non-enhancing tumour elsewhere; some tumours do not enhance at all), and vasogenic
-edema (``f`` up to a random extent) that stays in white matter and deep grey nuclei.
+edema (``f`` up to a random extent) that stays in white matter and deep grey nuclei; in some
+tumours the edema's outer part is only faintly abnormal, as real edema fades into white matter.
 White-matter hyperintensities: periventricular caps and bands (white matter within a few mm of
 the lateral ventricles, broken up by a smooth field) and deep ovoid lesions. Every lesion class
 takes, in each contrast, a mean intensity drawn from its range (``LESION_INTENSITIES``) with
@@ -38,16 +39,17 @@ EDEMA_TISSUES = (2, 41, 10, 11, 12, 13, 17, 18, 26, 28, 49, 50, 51, 52, 53, 54, 
 #: Range of each lesion class's mean intensity per contrast, on the scale of the tissue tables
 #: (``CONTRAST_TISSUE_MEANS``: T1w WM 0.85, GM 0.55; FLAIR WM 0.45, GM 0.65; T2w CSF 0.95).
 #: Set so that, z-scored inside the brain, lesions land where the real BraTS cases put them
-#: (FLAIR edema z ~2, enhancing tumour on contrast T1 z ~2-5).
+#: (FLAIR edema z ~2, enhancing tumour on contrast T1 z ~2-5). Faint edema lies between white
+#: matter and edema.
 LESION_INTENSITIES: dict[str, dict[str, tuple[float, float]]] = {
     "FLAIR": {"necrosis": (0.2, 1.1), "non_enhancing": (0.75, 1.2), "edema": (0.8, 1.3),
-              "enhancing": (0.7, 1.2), "wmh": (0.8, 1.3)},
+              "enhancing": (0.7, 1.2), "wmh": (0.8, 1.3), "faint_edema": (0.55, 0.85)},
     "T1ce": {"necrosis": (0.05, 0.35), "non_enhancing": (0.35, 0.6), "edema": (0.45, 0.7),
-             "enhancing": (1.0, 1.6), "wmh": (0.55, 0.75)},
+             "enhancing": (1.0, 1.6), "wmh": (0.55, 0.75), "faint_edema": (0.6, 0.8)},
     "T1w": {"necrosis": (0.05, 0.35), "non_enhancing": (0.35, 0.6), "edema": (0.45, 0.7),
-            "enhancing": (0.45, 0.7), "wmh": (0.55, 0.75)},
+            "enhancing": (0.45, 0.7), "wmh": (0.55, 0.75), "faint_edema": (0.6, 0.8)},
     "T2w": {"necrosis": (0.8, 1.1), "non_enhancing": (0.65, 0.9), "edema": (0.7, 1.0),
-            "enhancing": (0.5, 0.75), "wmh": (0.7, 1.0)},
+            "enhancing": (0.5, 0.75), "wmh": (0.7, 1.0), "faint_edema": (0.45, 0.7)},
 }  # fmt: skip
 
 
@@ -63,6 +65,10 @@ class LesionParameters:
     non_enhancing_probability: float = 0.15
     enhancing_share: tuple[float, float] = (0.5, 1.0)
     edema_extent: tuple[float, float] = (1.05, 2.5)
+    #: chance that the edema's outer part is faint, and where that part starts (share of the
+    #: way from the core to the edema's edge)
+    faint_edema_probability: float = 0.0
+    faint_edema_start: tuple[float, float] = (0.2, 0.8)
     wmh_probability: float = 0.0
     periventricular_probability: float = 0.8
     periventricular_mm: tuple[float, float] = (2.0, 10.0)
@@ -128,10 +134,9 @@ def plant_tumor(
     brain = (labels >= low) & (labels <= high)
     core = (distance < 1) & brain
     edema_distance = distance + smooth_field(shape, 6, params.shape_noise, 1, generator)[0, 0]
+    edema_extent = float(uniform(*params.edema_extent, generator))
     edema = (
-        (edema_distance < float(uniform(*params.edema_extent, generator)))
-        & torch.isin(labels, torch.tensor(EDEMA_TISSUES))
-        & ~core
+        (edema_distance < edema_extent) & torch.isin(labels, torch.tensor(EDEMA_TISSUES)) & ~core
     )
     necrosis_level = 0.0
     if float(torch.rand((), generator=generator)) < params.necrosis_probability:
@@ -147,6 +152,11 @@ def plant_tumor(
         enhancing = rim & (patches <= torch.quantile(patches[rim], enhancing_share))
     out = labels.clone()
     out[edema] = LESION_VALUES["edema"]
+    if params.faint_edema_probability and (
+        float(torch.rand((), generator=generator)) < params.faint_edema_probability
+    ):
+        start = 1 + (edema_extent - 1) * float(uniform(*params.faint_edema_start, generator))
+        out[edema & (edema_distance >= start)] = LESION_VALUES["faint_edema"]
     out[core] = LESION_VALUES["non_enhancing"]
     out[core & (distance < necrosis_level)] = LESION_VALUES["necrosis"]
     out[enhancing] = LESION_VALUES["enhancing"]

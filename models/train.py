@@ -85,6 +85,9 @@ class TrainConfig:
     postprocessing: str = ""
     #: lesions smaller than this are dropped at inference (card ``inputs.min_lesion_mm3``)
     min_lesion_mm3: float = 0.0
+    #: model-grid axes mirrored at inference, predictions averaged (card
+    #: ``inputs.test_time_mirror_axes``; 0 is left-right)
+    test_time_mirror_axes: list[int] = field(default_factory=list)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -394,6 +397,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         inputs["postprocessing"] = config.postprocessing
     if config.min_lesion_mm3:
         inputs["min_lesion_mm3"] = config.min_lesion_mm3
+    if config.test_time_mirror_axes:
+        inputs["test_time_mirror_axes"] = list(config.test_time_mirror_axes)
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
     training = {

@@ -68,6 +68,32 @@ def test_simulated_tumours_are_nested_and_stay_in_the_brain():
     assert core[tuple(centre.round().long())]
 
 
+def test_faint_edema_surrounds_the_bright_edema_and_is_brighter_than_white_matter():
+    labels = _phantom()
+    params = LesionParameters(tumor_radius_mm=(8, 9), edema_extent=(2.4, 2.5),
+                              faint_edema_probability=1.0)  # fmt: skip
+    planted = plant_tumor(labels, 2.0, params, torch.Generator().manual_seed(3))
+    core_values = [LESION_VALUES[n] for n in ("necrosis", "non_enhancing", "enhancing")]
+    core, edema, faint = (torch.isin(planted, torch.tensor(v)) for v in (
+        core_values, [LESION_VALUES["edema"]], [LESION_VALUES["faint_edema"]]))  # fmt: skip
+    assert edema.any() and faint.any()
+    assert torch.isin(labels[faint], torch.tensor([2, 41])).all()
+    centre = core.nonzero().float().mean(0)
+
+    def mean_distance(mask):
+        return float((mask.nonzero().float() - centre).norm(dim=1).mean())
+
+    assert mean_distance(core) < mean_distance(edema) < mean_distance(faint)
+    flair = lesion_image(planted, "FLAIR", params, CLEAN, torch.Generator().manual_seed(0))
+    low, high = params.intensities["FLAIR"]["faint_edema"]
+    spread = 1 + 2 * params.heterogeneity  # the lesion texture scales intensities around 1
+    assert flair[planted == 2].mean() < flair[faint].mean()
+    assert low / spread <= flair[faint].mean() <= high * spread
+    without = LesionParameters(tumor_radius_mm=(8, 9), edema_extent=(2.4, 2.5))
+    plain = plant_tumor(labels, 2.0, without, torch.Generator().manual_seed(3))
+    assert not (plain == LESION_VALUES["faint_edema"]).any()  # off by default
+
+
 def test_lesion_intensities_follow_the_labels():
     """Enhancing tumour is the brightest on contrast T1, dark necrosis there; edema and WMH are
     brighter than white matter on FLAIR."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bids_dl.models.bundle import BundleError, ModelCard, load_bundle, save_bundle
-from bids_dl.models.inference import segment, to_native
+from bids_dl.models.inference import predict_probabilities, segment, to_native
 from bids_dl.models.metrics import dice
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.synthesis import (
@@ -81,6 +81,30 @@ def test_bundle_refuses_a_card_that_does_not_match(tmp_path):
     (tmp_path / "b" / "model.json").write_text(json.dumps(card))
     with pytest.raises(BundleError, match="card version 99"):
         load_bundle(tmp_path / "b")
+
+
+def test_bundle_refuses_unknown_mirror_axes(tmp_path):
+    save_bundle(tmp_path / "b", _card(), UNet3D(1, 2, features=(2, 4)))
+    card = json.loads((tmp_path / "b" / "model.json").read_text())
+    card["inputs"]["test_time_mirror_axes"] = [0, 3]
+    (tmp_path / "b" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="test_time_mirror_axes"):
+        load_bundle(tmp_path / "b")
+
+
+def test_mirroring_averages_the_mirrored_predictions():
+    """Mirror test-time augmentation: the mean of the plain pass and the pass on the mirrored
+    volume mirrored back; windows and whole volumes alike."""
+    torch.manual_seed(0)
+    network = UNet3D(2, 3, features=(2, 4)).eval()
+    volume = torch.randn(2, 24, 16, 16)
+    for window in (None, (16, 16, 16)):
+        plain = predict_probabilities(network, volume, 3, window)
+        mirrored = predict_probabilities(network, volume.flip([1]), 3, window).flip([1])
+        averaged = predict_probabilities(network, volume, 3, window, mirror_axes=(0,))
+        assert not torch.allclose(plain, mirrored, atol=1e-3)  # the network is not symmetric
+        torch.testing.assert_close(averaged, (plain + mirrored) / 2)
+        assert torch.allclose(averaged.sum(0), torch.ones(24, 16, 16), atol=1e-5)
 
 
 class ThresholdNet(torch.nn.Module):
