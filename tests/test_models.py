@@ -141,6 +141,19 @@ def test_inference_round_trip_on_an_oblique_anisotropic_image(window):
     assert dice(labels == 1, inside) > 0.9
 
 
+def test_segment_mirrors_when_the_card_asks():
+    image, _ = _sphere_image(np.diag([2.0, 2.0, 2.0, 1.0]))
+    mirroring = {"voxel_size_mm": 2.0, "window": None, "test_time_mirror_axes": [0]}
+    torch.manual_seed(0)
+    network = UNet3D(1, 2, features=(2, 4)).eval()
+    plain = segment(image, _card(), network)[1]
+    mirrored = segment(image, _card(inputs=mirroring), network)[1]
+    assert not np.allclose(plain, mirrored, atol=1e-4)
+    # a voxel-wise network on a mirror-symmetric image: mirroring changes nothing
+    plain = segment(image, _card(), ThresholdNet())[1]
+    np.testing.assert_allclose(segment(image, _card(inputs=mirroring), ThresholdNet())[1], plain)
+
+
 def _label_maps():
     rng = np.random.default_rng(0)
     maps = []
