@@ -340,6 +340,29 @@ def test_model_brain_mask_node_records_the_model(tmp_path):
     assert model == {"Name": "tiny", "Version": "0", "SHA256": weights_sha256(tmp_path / "b")}
 
 
+@pytest.mark.parametrize("interface", ["ModelBrainMask", "ModelSegmentation", "ModelLesions"])
+def test_a_changed_model_changes_the_node_hash(tmp_path, interface):
+    """nipype hashes files, not folders: new weights or a new card under the same bundle path
+    must re-run a node, not reuse a cached result from an older model."""
+    from bids_dl.workflows.interfaces import models
+
+    def node_hash(**inputs) -> str:
+        return getattr(models, interface)(**inputs).inputs.get_hashval("content")[1]
+
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "b", _card(), UNet3D(1, 2, features=(2, 4)))
+    before = node_hash(bundle=str(tmp_path / "b"))
+    save_bundle(tmp_path / "b", _card(), UNet3D(1, 2, features=(2, 4)))  # new weights
+    after_weights = node_hash(bundle=str(tmp_path / "b"))
+    save_bundle(tmp_path / "b", _card(version="1"), UNet3D(1, 2, features=(2, 4)))
+    interface_set_later = getattr(models, interface)()
+    interface_set_later.inputs.bundle = str(tmp_path / "b")
+    assert len({before, after_weights, node_hash(bundle=str(tmp_path / "b"))}) == 3
+    assert interface_set_later.inputs.get_hashval("content")[1] == node_hash(
+        bundle=str(tmp_path / "b")
+    )
+
+
 def test_axis_aligned_fast_path_matches_the_general_resampling():
     """The separable path (axis-aligned grids) and grid_sample (oblique) agree voxel for voxel."""
     generator = torch.Generator().manual_seed(0)

@@ -102,8 +102,15 @@ def model_structures(
 
 
 class _ModelRunInputSpec(TraitedSpec):
-    """Where a model runs; ``use_gpu`` is the flag nipype's MultiProc reads for GPU slots."""
+    """Which model and where it runs; ``use_gpu`` is the flag nipype's MultiProc reads for GPU
+    slots."""
 
+    bundle = Directory(exists=True, mandatory=True, desc="model bundle")
+    model_files = traits.List(
+        File(exists=True),
+        desc="the bundle's card and weights, set from ``bundle``: nipype hashes files but not "
+        "folders, so this makes a changed model re-run the node instead of reusing its cache",
+    )
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
     use_gpu = traits.Bool(
         False, usedefault=True, desc="a GPU node for nipype's MultiProc (one at a time)"
@@ -111,9 +118,24 @@ class _ModelRunInputSpec(TraitedSpec):
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 
+class _ModelInterface(SimpleInterface):
+    """An interface that runs a bundle; its card and weights are part of the node's hash."""
+
+    def __init__(self, **inputs):
+        super().__init__(**inputs)
+        self.inputs.on_trait_change(self._list_model_files, "bundle")
+        self._list_model_files()
+
+    def _list_model_files(self) -> None:
+        from bids_dl.models.bundle import CARD, WEIGHTS
+
+        if isdefined(self.inputs.bundle):
+            folder = Path(self.inputs.bundle)
+            self.inputs.model_files = [str(folder / CARD), str(folder / WEIGHTS)]
+
+
 class _ModelMaskInputSpec(_ModelRunInputSpec):
     in_file = File(exists=True, mandatory=True, desc="anatomical image, any contrast")
-    bundle = Directory(exists=True, mandatory=True, desc="model bundle")
 
 
 class _ModelMaskOutputSpec(TraitedSpec):
@@ -121,7 +143,7 @@ class _ModelMaskOutputSpec(TraitedSpec):
     model = traits.Dict(desc="name, version and sha256 of the model")
 
 
-class ModelBrainMask(SimpleInterface):
+class ModelBrainMask(_ModelInterface):
     """Deep-learning brain extraction with a bundle."""
 
     input_spec = _ModelMaskInputSpec
@@ -151,7 +173,7 @@ class _ModelSegmentationOutputSpec(TraitedSpec):
     model = traits.Dict(desc="name, version and sha256 of the model")
 
 
-class ModelSegmentation(SimpleInterface):
+class ModelSegmentation(_ModelInterface):
     """Deep-learning segmentation of brain structures (and tissues derived from them)."""
 
     input_spec = _ModelSegmentationInputSpec
@@ -235,7 +257,6 @@ def model_lesions(
 
 class _ModelLesionsInputSpec(_ModelRunInputSpec):
     task = traits.Enum("tumor", "wmh", mandatory=True)
-    bundle = Directory(exists=True, mandatory=True, desc="model bundle")
     t1w = File(exists=True, mandatory=True, desc="preprocessed T1w (the output grid)")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask on the T1w grid")
     flair = File(exists=True, desc="FLAIR on the T1w grid")
@@ -249,7 +270,7 @@ class _ModelLesionsOutputSpec(TraitedSpec):
     model = traits.Dict(desc="name, version and sha256 of the model")
 
 
-class ModelLesions(SimpleInterface):
+class ModelLesions(_ModelInterface):
     """Deep-learning tumour or white-matter-hyperintensity segmentation with a bundle."""
 
     input_spec = _ModelLesionsInputSpec
