@@ -131,7 +131,8 @@ class _ModelInterface(SimpleInterface):
 
         if isdefined(self.inputs.bundle):
             folder = Path(self.inputs.bundle)
-            self.inputs.model_files = [str(folder / CARD), str(folder / WEIGHTS)]
+            files = (folder / CARD, folder / WEIGHTS)  # a bad bundle fails when the node runs
+            self.inputs.model_files = [str(path) for path in files if path.is_file()]
 
 
 class _ModelMaskInputSpec(_ModelRunInputSpec):
