@@ -283,6 +283,27 @@ class Sampler:
         return torch.stack(images), torch.stack(targets)
 
 
+class MixedSampler(Sampler):
+    """Draws each sample from one of ``samplers``, chosen with probabilities ``weights``.
+
+    The samplers then share this sampler's generator, so one generator state (what a
+    checkpoint keeps) fixes the whole stream.
+    """
+
+    def __init__(self, samplers: list[Sampler], weights: list[float], seed: int = 0) -> None:
+        if len(samplers) != len(weights) or not samplers or min(weights) < 0 or not sum(weights):
+            raise ValueError("one non-negative weight per sampler, not all zero, is needed")
+        self.samplers = samplers
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(seed)
+        for sampler in samplers:
+            sampler.generator = self.generator
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        choice = int(torch.multinomial(self.weights, 1, generator=self.generator))
+        return self.samplers[choice].sample()
+
+
 def _rescale_in_mask(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Min-max to [0, 1] inside ``mask``, zero outside: non-negative input for ``corrupt``
     (real images may be z-scores) that keeps every hyperintensity."""

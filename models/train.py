@@ -30,7 +30,13 @@ from bids_dl.models.inference import model_grid, resample
 from bids_dl.models.labels import BRAIN_LABEL_RANGE, LESION_VALUES, STRUCTURES, TUMOR_LABELS
 from bids_dl.models.lesions import LesionParameters, LesionSynthesiser
 from bids_dl.models.metrics import dice
-from bids_dl.models.synthesis import LabelSynthesiser, PairedAugmenter, SynthesisParameters
+from bids_dl.models.synthesis import (
+    LabelSynthesiser,
+    MixedSampler,
+    PairedAugmenter,
+    Sampler,
+    SynthesisParameters,
+)
 
 TASKS = ("brain_mask", "structures", "tumor", "wmh")
 LESION_TASKS = ("tumor", "wmh")
@@ -88,6 +94,11 @@ class TrainConfig:
     #: model-grid axes mirrored at inference, predictions averaged (card
     #: ``inputs.test_time_mirror_axes``; 0 is left-right)
     test_time_mirror_axes: list[int] = field(default_factory=list)
+    #: lesion tasks with the bids source: share of training samples drawn from the lesion
+    #: simulator (label maps ``synthetic_subjects`` of ``label_maps``, settings ``lesions``)
+    #: instead, so that fine-tuning on a few real cases keeps what synthetic training taught
+    synthetic_share: float = 0.0
+    synthetic_subjects: list[str] = field(default_factory=list)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -116,13 +127,18 @@ def load_label_map(
     return torch.from_numpy(np.ascontiguousarray(labels))
 
 
-def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+def lookup_tables(
+    config: TrainConfig, source: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
     """Label value -> generation class, label value -> target index, and the target names.
 
-    For the ``bids`` source and the lesion tasks (whose images follow contrast tables) there
-    are no generation classes (None), and for ``brain_mask`` every non-zero label is brain.
+    ``source`` (default: the config's) decides how label values read: BraTS values for a
+    ``bids`` tumour source, the simulator's lesion values for a ``synthetic`` one. For the
+    ``bids`` source and the lesion tasks (whose images follow contrast tables) there are no
+    generation classes (None), and for ``brain_mask`` every non-zero label is brain.
     """
-    if config.source == "bids" or config.task in LESION_TASKS:
+    source = source or config.source
+    if source == "bids" or config.task in LESION_TASKS:
         generation, values = None, np.arange(1024)
         brain = values[values > 0]
     else:
@@ -148,7 +164,7 @@ def lookup_tables(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, dict
             {0: "background"} | {value: row[0] for value, row in STRUCTURES.items()},
         )
     if config.task == "tumor":
-        if config.source == "bids":  # BraTS values; 2013's 3 (non-enhancing) joins the core
+        if source == "bids":  # BraTS values; 2013's 3 (non-enhancing) joins the core
             target[[1, 3]], target[2], target[4] = 1, 2, 3
         else:
             for channel, (_, (_, members)) in enumerate(sorted(TUMOR_LABELS.items()), start=1):
@@ -266,40 +282,60 @@ def load_bids_pair(config: TrainConfig, subject: str) -> tuple[torch.Tensor, ...
     )
 
 
+def _sampler(
+    config: TrainConfig,
+    source: str,
+    subjects: list[str],
+    seed: int,
+    target: torch.Tensor,
+    generation: torch.Tensor | None,
+    params: SynthesisParameters,
+) -> Sampler:
+    """A sampler of ``subjects`` from ``source`` (real images or the synthesiser)."""
+    if source == "bids":
+        pairs = [load_bids_pair(config, s) for s in subjects]
+        return PairedAugmenter(pairs, target, config.sample_shape, params, seed)
+    if source != "synthetic":
+        raise ValueError(f"unknown source {source!r} (known: synthetic, bids)")
+    folder = Path(config.label_maps)
+    maps = [
+        load_label_map(
+            folder / f"training_seg_{s}.nii.gz", config.voxel_size_mm, config.brain_crop_margin
+        )
+        for s in subjects
+    ]
+    if config.task in LESION_TASKS:
+        return LesionSynthesiser(
+            maps, target, config.sample_shape, config.channels, config.task,
+            config.voxel_size_mm, params, LesionParameters(**config.lesions), seed,
+        )  # fmt: skip
+    return LabelSynthesiser(maps, generation, target, config.sample_shape, params, seed)
+
+
 def make_samplers(config: TrainConfig, target: torch.Tensor, generation: torch.Tensor | None):
-    """The training and validation samplers of the config's data source."""
+    """The training and validation samplers of the config's data source (training mixes in
+    simulated lesions when ``synthetic_share`` is set)."""
     params = SynthesisParameters(**config.synthesis)
-    samplers = []
-    for subjects, seed in (
-        (config.train_subjects, config.seed),
-        (config.validation_subjects, config.seed + 1),
-    ):
-        if config.source == "bids":
-            pairs = [load_bids_pair(config, s) for s in subjects]
-            samplers.append(PairedAugmenter(pairs, target, config.sample_shape, params, seed))
-        elif config.source == "synthetic":
-            folder = Path(config.label_maps)
-            maps = [
-                load_label_map(
-                    folder / f"training_seg_{s}.nii.gz",
-                    config.voxel_size_mm,
-                    config.brain_crop_margin,
-                )
-                for s in subjects
-            ]
-            if config.task in LESION_TASKS:
-                sampler = LesionSynthesiser(
-                    maps, target, config.sample_shape, config.channels, config.task,
-                    config.voxel_size_mm, params, LesionParameters(**config.lesions), seed,
-                )  # fmt: skip
-            else:
-                sampler = LabelSynthesiser(
-                    maps, generation, target, config.sample_shape, params, seed
-                )
-            samplers.append(sampler)
-        else:
-            raise ValueError(f"unknown source {config.source!r} (known: synthetic, bids)")
-    return samplers[0], samplers[1], params
+    training, validation = (
+        _sampler(config, config.source, subjects, seed, target, generation, params)
+        for subjects, seed in (
+            (config.train_subjects, config.seed),
+            (config.validation_subjects, config.seed + 1),
+        )
+    )
+    if config.synthetic_share:
+        if config.source != "bids" or config.task not in LESION_TASKS:
+            raise ValueError("synthetic_share mixes simulated lesions into a bids lesion source")
+        _, synthetic_target, _ = lookup_tables(config, "synthetic")
+        synthetic = _sampler(
+            config, "synthetic", config.synthetic_subjects, config.seed + 2,
+            synthetic_target, None, params,
+        )  # fmt: skip
+        training = MixedSampler(
+            [training, synthetic], [1 - config.synthetic_share, config.synthetic_share],
+            config.seed,
+        )  # fmt: skip
+    return training, validation, params
 
 
 def train(config: TrainConfig, output: Path, command: str = "") -> Path:

@@ -28,8 +28,8 @@ from bids_dl.models.metrics import (
 )
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.registry import shipped_bundles
-from bids_dl.models.synthesis import SynthesisParameters
-from bids_dl.models.train import TrainConfig, lookup_tables
+from bids_dl.models.synthesis import MixedSampler, PairedAugmenter, Sampler, SynthesisParameters
+from bids_dl.models.train import TrainConfig, lookup_tables, make_samplers
 from tests.conftest import run_cli
 
 #: No artefacts: intensities are the drawn means, so labels and intensities can be compared.
@@ -144,6 +144,83 @@ def test_channel_dropout_leaves_missing_contrasts_as_zeros():
     for _ in range(3):
         images, _ = synthesiser.sample()
         assert images[0].any() and not images[1].any()
+
+
+class _Constant(Sampler):
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.generator = torch.Generator()
+
+    def sample(self):
+        return torch.full((1, 2, 2, 2), self.value), torch.zeros((2, 2, 2), dtype=torch.long)
+
+
+def test_mixed_sampler_draws_from_each_source_in_proportion():
+    only_first = MixedSampler([_Constant(1.0), _Constant(2.0)], [1.0, 0.0], seed=0)
+    assert {float(only_first.sample()[0].max()) for _ in range(20)} == {1.0}
+    mixed = MixedSampler([_Constant(1.0), _Constant(2.0)], [0.25, 0.75], seed=0)
+    draws = [float(mixed.sample()[0].max()) for _ in range(400)]
+    assert 0.65 < draws.count(2.0) / len(draws) < 0.85
+    assert all(s.generator is mixed.generator for s in mixed.samplers)  # one checkpointed state
+    with pytest.raises(ValueError, match="non-negative weight"):
+        MixedSampler([_Constant(1.0)], [0.5, 0.5])
+
+
+def _real_tumour_case(folder, label: str) -> None:
+    """A BraTS-like case: FLAIR, contrast T1w, BraTS labels (4 enhancing, 3 non-enhancing)
+    and a brain mask, 2 mm."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    brain = np.zeros((30, 30, 30), np.uint8)
+    brain[3:-3, 3:-3, 3:-3] = 1
+    truth = np.zeros_like(brain)
+    truth[10:20, 10:20, 10:20] = 2
+    truth[13:17, 13:17, 13:17] = 4
+    truth[14:16, 14:16, 14:16] = 3
+    flair = (brain + (truth == 2)).astype(np.float32)
+    anat = folder / f"sub-{label}" / "anat"
+    derived = folder / "derivatives" / "labels" / f"sub-{label}" / "anat"
+    for path, data in (
+        (anat / f"sub-{label}_FLAIR.nii.gz", flair),
+        (anat / f"sub-{label}_ce-gadolinium_T1w.nii.gz", brain + 2.0 * (truth == 4)),
+        (derived / f"sub-{label}_desc-tumor_dseg.nii.gz", truth),
+        (derived / f"sub-{label}_desc-brain_mask.nii.gz", brain),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nb.save(nb.Nifti1Image(data, affine), path)
+
+
+def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
+    """Each source keeps its own label coding: BraTS values for the real case, the
+    simulator's lesion values for the synthetic maps (whose 2, 3 and 4 are tissues)."""
+    _real_tumour_case(tmp_path / "bids", "pat01")
+    (tmp_path / "maps").mkdir()
+    nb.save(nb.Nifti1Image(_phantom().numpy().astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])),
+            tmp_path / "maps" / "training_seg_01.nii.gz")  # fmt: skip
+    config = TrainConfig(
+        name="t", task="tumor", source="bids", bids_dir=str(tmp_path / "bids"),
+        labels_dir=str(tmp_path / "bids" / "derivatives" / "labels"),
+        train_subjects=["pat01"], validation_subjects=["pat01"], test_subjects=[],
+        voxel_size_mm=2.0, sample_shape=(16, 16, 16), channels=["FLAIR", "T1ce"],
+        brain_crop_margin=1, synthetic_share=0.5, label_maps=str(tmp_path / "maps"),
+        synthetic_subjects=["01"], lesions={"tumor_probability": 1.0},
+        synthesis={"translation_vox": 0.0},
+    )  # fmt: skip
+    generation, target, _ = lookup_tables(config)
+    training, validation, _ = make_samplers(config, target, generation)
+    real, synthetic = training.samplers
+    assert isinstance(real, PairedAugmenter) and isinstance(validation, PairedAugmenter)
+    assert isinstance(synthetic, LesionSynthesiser)
+    assert real.target_lut[[2, 3, 4]].tolist() == [2, 1, 3]
+    assert synthetic.target_lut[[2, 3, 4]].tolist() == [0, 0, 0]
+    assert synthetic.target_lut[LESION_VALUES["enhancing"]] == 3
+    images, targets = training.batch(6)
+    assert images.shape == (6, 2, 16, 16, 16) and int(targets.max()) <= 3
+    again, _ = make_samplers(config, target, generation)[0].batch(6)
+    assert torch.equal(images, again)
+    with pytest.raises(ValueError, match="synthetic_share"):
+        make_samplers(TrainConfig(**{**config.__dict__, "source": "synthetic",
+                                     "train_subjects": ["01"], "validation_subjects": ["01"]}),
+                      target, generation)  # fmt: skip
 
 
 def test_region_and_lesion_metrics_against_hand_computed_values():

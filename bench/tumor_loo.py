@@ -1,0 +1,123 @@
+"""Leave-one-out test of fine-tuning the tumour model on the real BraTS cases.
+
+For each case of the config's ``train_subjects``, fine-tune with the config's recipe on the
+other cases and test on the held-out one; beside it, on the same case, the model the
+fine-tuning starts from (``init_from``) and the crude threshold baseline. The mean over the
+folds estimates what fine-tuning on all the cases (the config itself) does on unseen cases.
+
+    python bench/brats_to_bids.py ../shared/data/brats2013_dev bench/brats_bids
+    python bench/tumor_loo.py models/configs/tumor_real_finetune.json runs/tumor_loo \
+        --results bench/results/tumor_loo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bids_dl.models.labels import TUMOR_REGIONS
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from eval_lesions import brats_cases, score_baseline, score_bundle  # noqa: E402
+
+CONTRASTS = ["FLAIR", "T1ce"]
+
+
+def fold_configs(config: dict, out: Path) -> dict[str, Path]:
+    """One config per held-out case (trained on the others, its own seed) in ``out/<case>``."""
+    cases = config["train_subjects"]
+    folds = {}
+    for index, case in enumerate(cases):
+        others = [c for c in cases if c != case]
+        fold = config | {
+            "train_subjects": others,
+            "validation_subjects": others,
+            "test_subjects": [case],
+            "seed": config["seed"] + index,
+        }
+        (out / case).mkdir(parents=True, exist_ok=True)
+        path = out / case / "config.json"
+        path.write_text(json.dumps(fold, indent=2) + "\n")
+        folds[case] = path
+    return folds
+
+
+def train_folds(folds: dict[str, Path], jobs: int) -> None:
+    """``bids_dl-train`` on every fold, ``jobs`` at a time (each resumes from its checkpoint)."""
+    trainer = str(Path(sys.executable).parent / "bids_dl-train")
+    waiting = list(folds.items())
+    running: list[tuple[str, subprocess.Popen]] = []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            case, config = waiting.pop(0)
+            log = (config.parent / "train.log").open("a")
+            command = [trainer, str(config), str(config.parent)]
+            running.append((case, subprocess.Popen(command, stdout=log, stderr=log)))
+        time.sleep(5)
+        for case, process in list(running):
+            if process.poll() is not None:
+                running.remove((case, process))
+                if process.returncode:
+                    raise RuntimeError(f"fold {case} failed; see {folds[case].parent}/train.log")
+
+
+def region_dice(summary: dict) -> dict[str, float]:
+    """Whole tumour, core and enhancing Dice of a one-case ``evaluate`` summary."""
+    return {region: round(summary["labels"][region]["dice_mean"], 4) for region in TUMOR_REGIONS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("out", type=Path, help="folder of the fold runs")
+    parser.add_argument("--results", type=Path, help="where results.json goes (default: out)")
+    parser.add_argument("--jobs", type=int, default=2, help="folds trained at once")
+    args = parser.parse_args()
+    config = json.loads(args.config.read_text())
+    folds = fold_configs(config, args.out)
+    train_folds(folds, args.jobs)
+    torch.set_num_threads(2)
+    brats = Path(config["bids_dir"])
+    rows = {}
+    for case, fold_config in folds.items():
+        real = brats_cases(brats, [case])
+        folder = fold_config.parent
+        rows[case] = {
+            "fine_tuned": region_dice(
+                score_bundle(folder / "bundle", real, CONTRASTS, folder / "eval")
+            ),
+            "start": region_dice(
+                score_bundle(Path(config["init_from"]), real, CONTRASTS, folder / "eval_start")
+            ),
+            "baseline": {r: v["dice"][0] for r, v in score_baseline(real, zscored=True).items()},
+        }
+    means = {
+        model: {
+            region: round(float(np.mean([row[model][region] for row in rows.values()])), 4)
+            for region in TUMOR_REGIONS
+        }
+        for model in ("fine_tuned", "start", "baseline")
+    }
+    results = {
+        "config": str(args.config),
+        "contrasts": CONTRASTS,
+        "note": "each case scored by the fold that did not train on it (leave-one-out)",
+        "per_case": rows,
+        "mean": means,
+    }
+    target = args.results or args.out
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(means, indent=2))
+
+
+if __name__ == "__main__":
+    main()
