@@ -357,9 +357,12 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     network = build_network(architecture)
+    earlier_stages = []
     if config.init_from:
-        _, pretrained = load_bundle(config.init_from)
-        if pretrained.state_dict().keys() != network.state_dict().keys():
+        pretrained_card, pretrained = load_bundle(config.init_from)
+        earlier_stages = training_stages(pretrained_card.training)
+        shapes = {name: tuple(t.shape) for name, t in network.state_dict().items()}
+        if {name: tuple(t.shape) for name, t in pretrained.state_dict().items()} != shapes:
             raise ValueError(f"init_from {config.init_from}: not the architecture of this config")
         network.load_state_dict(pretrained.state_dict())
     network = network.to(device)
@@ -444,6 +447,12 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         "data": (
             f"real images of {config.bids_dir} with the label maps of {config.labels_dir}, "
             "randomly deformed and corrupted"
+            + (
+                f"; {config.synthetic_share:.0%} of the samples simulated lesions in the label "
+                f"maps {', '.join(config.synthetic_subjects)} of {config.label_maps}"
+                if config.synthetic_share
+                else ""
+            )
             if config.source == "bids"
             else "synthetic images of random contrast from real label maps "
             f"({config.label_maps}), SynthSeg-style"
@@ -461,6 +470,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         ),
         "iterations_done": config.iterations,
     }
+    if config.init_from:
+        training["stages"] = [*earlier_stages, training_stages(training)[0]]
     card = ModelCard(
         name=config.name,
         version=config.version,
@@ -472,6 +483,21 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         metrics={"validation_dice_synthetic": best["validation_dice"]},
     )
     return save_bundle(output / "bundle", card, network.cpu())
+
+
+def training_stages(training: dict) -> list[dict]:
+    """A card's training as a list of stages (one per run, a fine-tuned model's earlier runs
+    first), so that a model trained in steps says how it was made."""
+    if "stages" in training:
+        return list(training["stages"])
+    config = training.get("config", {})
+    return [{
+        "command": training.get("command", ""),
+        "iterations": training.get("iterations_done"),
+        "seed": training.get("seed"),
+        "init_from": config.get("init_from", ""),
+        "data": training.get("data", ""),
+    }]  # fmt: skip
 
 
 @torch.no_grad()

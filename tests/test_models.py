@@ -482,7 +482,18 @@ def test_train_on_a_bids_dataset_with_labels_in_derivatives(tmp_path):
     card, network = load_bundle(tmp_path / "run" / "bundle")
     assert card.task == "structures" and card.inputs["contrasts"] == ["T1w"]
     assert "derivatives/labels" in card.training["data"] and network.head.out_channels == 33
-    config["train_subjects"] = ["03"]
+    config |= {"init_from": str(tmp_path / "run" / "bundle"), "iterations": 1}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "ft")])
+    assert result.exit_code == 0, result.output
+    stages = load_bundle(tmp_path / "ft" / "bundle")[0].training["stages"]
+    assert [s["iterations"] for s in stages] == [2, 1]  # the fine-tuned model keeps its history
+    assert stages[1]["init_from"] == config["init_from"]
+    config |= {"features": [4, 8]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "r3")])
+    assert result.exit_code != 0 and "not the architecture of this config" in result.output
+    config |= {"train_subjects": ["03"], "init_from": ""}
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "r2")])
     assert result.exit_code != 0 and "sub-03: need a T1w image" in result.output
