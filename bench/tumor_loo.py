@@ -7,7 +7,7 @@ folds estimates what fine-tuning on all the cases (the config itself) does on un
 
     python bench/brats_to_bids.py ../shared/data/brats2013_dev bench/brats_bids
     python bench/tumor_loo.py models/configs/tumor_real_finetune.json runs/tumor_loo \
-        --results bench/results/tumor_loo
+        --results bench/results/tumor_loo --card models/zoo/tumor
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bids_dl.models.bundle import CARD
 from bids_dl.models.labels import TUMOR_REGIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder of the fold runs")
     parser.add_argument("--results", type=Path, help="where results.json goes (default: out)")
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once")
+    parser.add_argument(
+        "--card", type=Path, help="bundle (trained on all the cases) whose card gets the results"
+    )
     args = parser.parse_args()
     config = json.loads(args.config.read_text())
     folds = fold_configs(config, args.out)
@@ -117,6 +121,11 @@ def main() -> None:
     target.mkdir(parents=True, exist_ok=True)
     (target / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(means, indent=2))
+    if args.card:
+        card_path = args.card / CARD
+        card = json.loads(card_path.read_text())
+        card["metrics"].setdefault("test", {})["real_brats_leave_one_out"] = results
+        card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
