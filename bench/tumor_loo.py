@@ -70,9 +70,14 @@ def train_folds(folds: dict[str, Path], jobs: int) -> None:
                     raise RuntimeError(f"fold {case} failed; see {folds[case].parent}/train.log")
 
 
-def region_dice(summary: dict) -> dict[str, float]:
-    """Whole tumour, core and enhancing Dice of a one-case ``evaluate`` summary."""
-    return {region: round(summary["labels"][region]["dice_mean"], 4) for region in TUMOR_REGIONS}
+def region_scores(summary: dict) -> dict[str, float]:
+    """Whole tumour, core and enhancing Dice and HD95 of a one-case ``evaluate`` summary."""
+    scores = {}
+    for region in TUMOR_REGIONS:
+        row = summary["labels"][region]
+        scores[region] = round(row["dice_mean"], 4)
+        scores[f"{region}_hd95_mm"] = round(row["hd95_mm_mean"], 1)
+    return scores
 
 
 def main() -> None:
@@ -82,10 +87,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="where results.json goes (default: out)")
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once")
     parser.add_argument(
+        "--override", type=json.loads, default={}, help='config keys to change (JSON), for '
+        'an ablation: \'{"synthetic_share": 0}\''
+    )  # fmt: skip
+    parser.add_argument(
         "--card", type=Path, help="bundle (trained on all the cases) whose card gets the results"
     )
     args = parser.parse_args()
-    config = json.loads(args.config.read_text())
+    config = json.loads(args.config.read_text()) | args.override
     folds = fold_configs(config, args.out)
     train_folds(folds, args.jobs)
     torch.set_num_threads(2)
@@ -95,23 +104,24 @@ def main() -> None:
         real = brats_cases(brats, [case])
         folder = fold_config.parent
         rows[case] = {
-            "fine_tuned": region_dice(
+            "fine_tuned": region_scores(
                 score_bundle(folder / "bundle", real, CONTRASTS, folder / "eval")
             ),
-            "start": region_dice(
+            "start": region_scores(
                 score_bundle(Path(config["init_from"]), real, CONTRASTS, folder / "eval_start")
             ),
             "baseline": {r: v["dice"][0] for r, v in score_baseline(real, zscored=True).items()},
         }
     means = {
         model: {
-            region: round(float(np.mean([row[model][region] for row in rows.values()])), 4)
-            for region in TUMOR_REGIONS
+            key: round(float(np.mean([row[model][key] for row in rows.values()])), 4)
+            for key in rows[next(iter(rows))][model]
         }
         for model in ("fine_tuned", "start", "baseline")
     }
     results = {
         "config": str(args.config),
+        "override": args.override,
         "contrasts": CONTRASTS,
         "note": "each case scored by the fold that did not train on it (leave-one-out)",
         "per_case": rows,
