@@ -326,6 +326,8 @@ def make_samplers(config: TrainConfig, target: torch.Tensor, generation: torch.T
     if config.synthetic_share:
         if config.source != "bids" or config.task not in LESION_TASKS:
             raise ValueError("synthetic_share mixes simulated lesions into a bids lesion source")
+        if not 0 < config.synthetic_share <= 1:
+            raise ValueError(f"synthetic_share {config.synthetic_share}: a share in (0, 1]")
         _, synthetic_target, _ = lookup_tables(config, "synthetic")
         synthetic = _sampler(
             config, "synthetic", config.synthetic_subjects, config.seed + 2,

@@ -221,6 +221,9 @@ def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
         make_samplers(TrainConfig(**{**config.__dict__, "source": "synthetic",
                                      "train_subjects": ["01"], "validation_subjects": ["01"]}),
                       target, generation)  # fmt: skip
+    with pytest.raises(ValueError, match=r"a share in \(0, 1\]"):
+        make_samplers(TrainConfig(**{**config.__dict__, "synthetic_share": 1.5}), target,
+                      generation)  # fmt: skip
 
 
 def test_region_and_lesion_metrics_against_hand_computed_values():
