@@ -356,9 +356,11 @@ def lesion_run(tmp_path_factory) -> dict:
         "--wmh-model", str(models["wmh"]),
     )  # fmt: skip
     group = run_cli(str(bids), str(output), "group")
-    names = {task: load_card(folder).name for task, folder in models.items()}
+    cards = {task: load_card(folder) for task, folder in models.items()}
+    names = {task: card.name for task, card in cards.items()}
+    versions = {task: card.version for task, card in cards.items()}
     return {"bids": bids, "output": output, "participant": participant, "group": group,
-            "names": names}  # fmt: skip
+            "names": names, "versions": versions}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -387,6 +389,8 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
     assert {"whole_tumor_mm3", "enhancing_tumor_mm3", "wmh_count", "wmh_mm3"} <= set(table.columns)
     report = (output / "sub-02.html").read_text()
     assert "sub-02_desc-tumor_FLAIR.png" in report and "Tumour segmentation" in report
+    # the methods name the model that ran, as its card does
+    assert f"{lesion_run['names']['tumor']} {lesion_run['versions']['tumor']}, a 3D U-Net" in report
     assert _validator_errors(output) == []
 
 

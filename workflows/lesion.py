@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_dl.models.bundle import load_card
 from bids_dl.workflows.interfaces.ants import CoregisterToT1w
 from bids_dl.workflows.interfaces.models import ModelLesions
 from bids_dl.workflows.resources import MEM_GB
@@ -106,11 +107,11 @@ def init_lesion_wf(
         workflow.connect([
             (node, outputnode, [("out_file", output), ("model", f"{task}_model")]),
         ])  # fmt: skip
-        sentences.append(descriptions[task])
+        card = load_card(bundle)
+        sentences.append(
+            f"{descriptions[task]} ({card.name} {card.version}, a 3D U-Net; its model card "
+            "gives the training data and the accuracy measured on simulated and real cases)."
+        )
     workflow.connect(merge_measures, "out", outputnode, "measures")
-    workflow.__postdesc__ = " ".join(
-        f"{s} (a 3D U-Net trained on simulated lesions; its model card gives the training data "
-        "and the accuracy measured on simulated and real cases)."
-        for s in sentences
-    )
+    workflow.__postdesc__ = " ".join(sentences)
     return workflow
