@@ -482,9 +482,18 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         inputs=inputs,
         outputs={"labels": {str(k): v for k, v in names.items()}},
         training=training,
-        metrics={"validation_dice_synthetic": best["validation_dice"]},
+        metrics={validation_metric_name(config): best["validation_dice"]},
     )
     return save_bundle(output / "bundle", card, network.cpu())
+
+
+def validation_metric_name(config: TrainConfig) -> str:
+    """The card's name for the validation Dice: what it was measured on, and a warning when
+    the validation cases were also trained on (then it is no validation)."""
+    kind = "synthetic" if config.source == "synthetic" else "real"
+    if set(config.validation_subjects) & set(config.train_subjects):
+        return f"dice_on_training_cases_{kind}"
+    return f"validation_dice_{kind}"
 
 
 def training_stages(training: dict) -> list[dict]:

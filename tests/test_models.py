@@ -489,6 +489,12 @@ def test_train_on_a_bids_dataset_with_labels_in_derivatives(tmp_path):
     stages = load_bundle(tmp_path / "ft" / "bundle")[0].training["stages"]
     assert [s["iterations"] for s in stages] == [2, 1]  # the fine-tuned model keeps its history
     assert stages[1]["init_from"] == config["init_from"]
+    config |= {"validation_subjects": ["01"]}  # validated on a training case: said so
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    assert set(load_bundle(tmp_path / "v" / "bundle")[0].metrics) == {"dice_on_training_cases_real"}
+    assert set(load_bundle(tmp_path / "ft" / "bundle")[0].metrics) == {"validation_dice_real"}
     config |= {"features": [4, 8]}
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(train_main, [str(tmp_path / "config.json"), str(tmp_path / "r3")])
