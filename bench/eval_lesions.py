@@ -193,6 +193,15 @@ def brain_extraction_check(brain_bundle: Path, cases: list[dict]) -> dict:
     return results
 
 
+def record_test_results(bundle: Path, results: dict) -> None:
+    """Merge ``results`` into the card's ``metrics.test``, keeping what other benchmarks
+    recorded there (``tumor_loo.py`` adds the leave-one-out real-case numbers)."""
+    card_path = bundle / CARD
+    card = json.loads(card_path.read_text())
+    card["metrics"].setdefault("test", {}).update(results)
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=["tumor", "wmh"])
@@ -254,10 +263,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(json.dumps(results, indent=2, default=str))
     if args.update_card:
-        card_path = args.bundle / CARD
-        card = json.loads(card_path.read_text())
-        card["metrics"]["test"] = results
-        card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+        record_test_results(args.bundle, results)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bids_dl.models.bundle import CARD
 from bids_dl.models.labels import TUMOR_REGIONS
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from eval_lesions import brats_cases, score_baseline, score_bundle  # noqa: E402
+from eval_lesions import (  # noqa: E402
+    brats_cases,
+    record_test_results,
+    score_baseline,
+    score_bundle,
+)
 
 CONTRASTS = ["FLAIR", "T1ce"]
 
@@ -132,10 +136,7 @@ def main() -> None:
     (target / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(means, indent=2))
     if args.card:
-        card_path = args.card / CARD
-        card = json.loads(card_path.read_text())
-        card["metrics"].setdefault("test", {})["real_brats_leave_one_out"] = results
-        card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        record_test_results(args.card, {"real_brats_leave_one_out": results})
 
 
 if __name__ == "__main__":
