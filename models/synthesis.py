@@ -304,6 +304,12 @@ class MixedSampler(Sampler):
         return self.samplers[choice].sample()
 
 
+def central_crop(volume: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The central ``shape`` of the last three axes of ``volume``."""
+    starts = [(n - w) // 2 for n, w in zip(volume.shape[-3:], shape, strict=True)]
+    return volume[(..., *(slice(a, a + w) for a, w in zip(starts, shape, strict=True)))]
+
+
 def _rescale_in_mask(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Min-max to [0, 1] inside ``mask``, zero outside: non-negative input for ``corrupt``
     (real images may be z-scores) that keeps every hyperintensity."""
@@ -321,7 +327,10 @@ class PairedAugmenter(Sampler):
     labels go through the same random deformation; then each channel gets the acquisition
     artefacts of ``corrupt`` (blur, bias, gamma, noise, low resolution). With a brain mask per
     pair, channels are normalised inside the (deformed) mask as lesion models expect; an
-    all-zero channel (a missing contrast) stays zero. For users who retrain on their own data.
+    all-zero channel (a missing contrast) stays zero. With a ``context_shape``, the pair is drawn
+    at that larger size, normalised there and cropped to its central ``out_shape``, so a window
+    sees about the intensity scale that normalising the whole brain gives at inference.
+    For users who retrain on their own data.
     """
 
     def __init__(
@@ -332,6 +341,7 @@ class PairedAugmenter(Sampler):
         out_shape: tuple[int, int, int],
         params: SynthesisParameters | None = None,
         seed: int = 0,
+        context_shape: tuple[int, int, int] | None = None,
     ) -> None:
         if not pairs:
             raise ValueError("at least one (image, labels) pair is needed")
@@ -348,26 +358,30 @@ class PairedAugmenter(Sampler):
             self.pairs.append((normalised, labels, mask))
         self.target_lut = target_lut.long()
         self.out_shape = out_shape
+        self.draw_shape = context_shape or out_shape
         self.params = params or SynthesisParameters()
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = int(torch.randint(0, len(self.pairs), (1,), generator=self.generator))
         channels, labels, mask = self.pairs[index]
-        grid = random_grid(tuple(labels.shape), self.out_shape, self.params, self.generator)
+        grid = random_grid(tuple(labels.shape), self.draw_shape, self.params, self.generator)
         labels = _warp(labels, grid, "nearest").round().long()
         if mask is not None:
             mask = _warp(mask, grid, "nearest") > 0.5
         images = []
         for channel in channels:
             if not channel.any():
-                images.append(torch.zeros(self.out_shape))
+                images.append(torch.zeros(self.draw_shape))
                 continue
             image = corrupt(
                 _warp(channel, grid, "bilinear"), self.params, self.generator, mask is None
             )
             images.append(normalise_in_mask(image, mask) if mask is not None else image)
-        return torch.stack(images), self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
+        target = self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
+        return central_crop(torch.stack(images), self.out_shape), central_crop(
+            target, self.out_shape
+        )
 
 
 class LabelSynthesiser(Sampler):

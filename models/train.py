@@ -99,12 +99,16 @@ class TrainConfig:
     #: instead, so that fine-tuning on a few real cases keeps what synthetic training taught
     synthetic_share: float = 0.0
     synthetic_subjects: list[str] = field(default_factory=list)
+    #: lesion tasks: draw each sample at this larger shape, normalise it inside its brain
+    #: mask there and train on its central ``sample_shape``; inference normalises over the
+    #: whole brain, a window alone over a tissue mix skewed by whatever it holds
+    normalisation_shape: tuple[int, int, int] | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
         content = json.loads(Path(path).read_text(encoding="utf-8"))
-        for key in ("sample_shape", "features"):
-            if key in content:
+        for key in ("sample_shape", "features", "normalisation_shape"):
+            if content.get(key) is not None:
                 content[key] = tuple(content[key])
         return cls(**content)
 
@@ -294,7 +298,9 @@ def _sampler(
     """A sampler of ``subjects`` from ``source`` (real images or the synthesiser)."""
     if source == "bids":
         pairs = [load_bids_pair(config, s) for s in subjects]
-        return PairedAugmenter(pairs, target, config.sample_shape, params, seed)
+        return PairedAugmenter(
+            pairs, target, config.sample_shape, params, seed, config.normalisation_shape
+        )
     if source != "synthetic":
         raise ValueError(f"unknown source {source!r} (known: synthetic, bids)")
     folder = Path(config.label_maps)
@@ -308,6 +314,7 @@ def _sampler(
         return LesionSynthesiser(
             maps, target, config.sample_shape, config.channels, config.task,
             config.voxel_size_mm, params, LesionParameters(**config.lesions), seed,
+            config.normalisation_shape,
         )  # fmt: skip
     return LabelSynthesiser(maps, generation, target, config.sample_shape, params, seed)
 

@@ -113,14 +113,16 @@ def test_lesion_intensities_follow_the_labels():
     assert mean(flair, "edema") > mean(flair, 2) and mean(flair, "wmh") > mean(flair, 2)
 
 
-def _synthesiser(seed: int, dropout=(0.0, 0.0)) -> LesionSynthesiser:
+def _synthesiser(
+    seed: int, dropout=(0.0, 0.0), shape=(32, 32, 32), context=None
+) -> LesionSynthesiser:
     config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
                          test_subjects=[])  # fmt: skip
     _, target, _ = lookup_tables(config)
     return LesionSynthesiser(
-        [_phantom()], target, (32, 32, 32), ["FLAIR", "T1ce"], "tumor", 2.0,
+        [_phantom()], target, shape, ["FLAIR", "T1ce"], "tumor", 2.0,
         SynthesisParameters(translation_vox=2.0),
-        LesionParameters(tumor_probability=1.0, channel_dropout=dropout), seed,
+        LesionParameters(tumor_probability=1.0, channel_dropout=dropout), seed, context,
     )  # fmt: skip
 
 
@@ -137,6 +139,17 @@ def test_lesion_synthesis_is_reproducible_and_targets_match_the_labels():
     assert (target > 0).any()
     assert float(images.abs().max()) <= 5  # z-scores inside the brain, clipped
     assert (images[:, target > 0] != 0).float().mean() > 0.9  # lesions are inside the mask
+
+
+def test_samples_normalised_in_a_larger_context_are_its_centre():
+    """With a context shape, a sample is the centre of the sample drawn (and normalised) at
+    that size: intensities keep the scale of the larger brain region, not the window's."""
+    whole_images, whole_target = _synthesiser(3).sample()
+    images, target = _synthesiser(3, shape=(16, 16, 16), context=(32, 32, 32)).sample()
+    assert images.shape == (2, 16, 16, 16) and target.shape == (16, 16, 16)
+    assert torch.equal(images, whole_images[:, 8:24, 8:24, 8:24])
+    assert torch.equal(target, whole_target[8:24, 8:24, 8:24])
+    assert abs(float(images[0][images[0] != 0].mean())) > 0.05  # not re-centred on the window
 
 
 def test_channel_dropout_leaves_missing_contrasts_as_zeros():
@@ -217,6 +230,10 @@ def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
     assert images.shape == (6, 2, 16, 16, 16) and int(targets.max()) <= 3
     again, _ = make_samplers(config, target, generation)[0].batch(6)
     assert torch.equal(images, again)
+    in_context = TrainConfig(**{**config.__dict__, "normalisation_shape": (24, 24, 24)})
+    training, validation, _ = make_samplers(in_context, target, generation)
+    assert {s.draw_shape for s in [*training.samplers, validation]} == {(24, 24, 24)}
+    assert validation.sample()[0].shape == (2, 16, 16, 16)
     with pytest.raises(ValueError, match="synthetic_share"):
         make_samplers(TrainConfig(**{**config.__dict__, "source": "synthetic",
                                      "train_subjects": ["01"], "validation_subjects": ["01"]}),
