@@ -71,12 +71,13 @@ LESION_VALUES = {
     "enhancing": 97,
     "wmh": 98,
     "faint_edema": 93,
+    "cystic_necrosis": 92,
 }
 
 #: Tumour labels written in ``desc-tumor_dseg`` (BraTS convention, BraTS 2013's label 3
 #: "non-enhancing tumour" merged into 1) and the lesion values each one gathers.
 TUMOR_LABELS: dict[int, tuple[str, tuple[str, ...]]] = {
-    1: ("necrotic and non-enhancing tumour core", ("necrosis", "non_enhancing")),
+    1: ("necrotic and non-enhancing tumour core", ("necrosis", "non_enhancing", "cystic_necrosis")),
     2: ("peritumoural edema", ("edema", "faint_edema")),
     4: ("enhancing tumour", ("enhancing",)),
 }

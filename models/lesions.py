@@ -2,7 +2,8 @@
 skull-stripped, multi-contrast training images from them.
 
 Tumours: a core bounded by a noisy ellipsoidal distance ``f < 1`` around a white-matter centre,
-with a necrotic centre (``f`` below a random level), an enhancing rim where a smooth random field
+with a necrotic centre (``f`` below a random level; in some tumours fluid-filled, as dark as
+CSF on FLAIR), an enhancing rim where a smooth random field
 allows it (non-enhancing tumour elsewhere; some tumours do not enhance at all), and vasogenic
 edema (``f`` up to a random extent) that stays in white matter and deep grey nuclei; in some
 tumours the edema's outer part is only faintly abnormal, as real edema fades into white matter.
@@ -41,16 +42,21 @@ EDEMA_TISSUES = (2, 41, 10, 11, 12, 13, 17, 18, 26, 28, 49, 50, 51, 52, 53, 54, 
 #: (``CONTRAST_TISSUE_MEANS``: T1w WM 0.85, GM 0.55; FLAIR WM 0.45, GM 0.65; T2w CSF 0.95).
 #: Set so that, z-scored inside the brain, lesions land where the real BraTS cases put them
 #: (FLAIR edema z ~2, enhancing tumour on contrast T1 z ~2-5). Faint edema lies between white
-#: matter and edema.
+#: matter and edema. Cystic (fluid-filled) necrosis is as dark as CSF on FLAIR (CSF 0.06) and
+#: T1w, and bright on T2w.
 LESION_INTENSITIES: dict[str, dict[str, tuple[float, float]]] = {
     "FLAIR": {"necrosis": (0.2, 1.1), "non_enhancing": (0.75, 1.2), "edema": (0.8, 1.3),
-              "enhancing": (0.7, 1.2), "wmh": (0.8, 1.3), "faint_edema": (0.55, 0.85)},
+              "enhancing": (0.7, 1.2), "wmh": (0.8, 1.3), "faint_edema": (0.55, 0.85),
+              "cystic_necrosis": (0.03, 0.2)},
     "T1ce": {"necrosis": (0.05, 0.35), "non_enhancing": (0.35, 0.6), "edema": (0.45, 0.7),
-             "enhancing": (1.0, 1.6), "wmh": (0.55, 0.75), "faint_edema": (0.6, 0.8)},
+             "enhancing": (1.0, 1.6), "wmh": (0.55, 0.75), "faint_edema": (0.6, 0.8),
+             "cystic_necrosis": (0.05, 0.25)},
     "T1w": {"necrosis": (0.05, 0.35), "non_enhancing": (0.35, 0.6), "edema": (0.45, 0.7),
-            "enhancing": (0.45, 0.7), "wmh": (0.55, 0.75), "faint_edema": (0.6, 0.8)},
+            "enhancing": (0.45, 0.7), "wmh": (0.55, 0.75), "faint_edema": (0.6, 0.8),
+            "cystic_necrosis": (0.05, 0.25)},
     "T2w": {"necrosis": (0.8, 1.1), "non_enhancing": (0.65, 0.9), "edema": (0.7, 1.0),
-            "enhancing": (0.5, 0.75), "wmh": (0.7, 1.0), "faint_edema": (0.45, 0.7)},
+            "enhancing": (0.5, 0.75), "wmh": (0.7, 1.0), "faint_edema": (0.45, 0.7),
+            "cystic_necrosis": (0.85, 1.1)},
 }  # fmt: skip
 
 
@@ -63,6 +69,8 @@ class LesionParameters:
     shape_noise: float = 0.25
     necrosis_probability: float = 0.6
     necrosis_level: tuple[float, float] = (0.3, 0.8)
+    #: chance that a tumour's necrosis is fluid-filled (CSF-like intensities)
+    cystic_necrosis_probability: float = 0.0
     non_enhancing_probability: float = 0.15
     enhancing_share: tuple[float, float] = (0.5, 1.0)
     edema_extent: tuple[float, float] = (1.05, 2.5)
@@ -139,9 +147,13 @@ def plant_tumor(
     edema = (
         (edema_distance < edema_extent) & torch.isin(labels, torch.tensor(EDEMA_TISSUES)) & ~core
     )
-    necrosis_level = 0.0
+    necrosis_level, necrosis = 0.0, LESION_VALUES["necrosis"]
     if float(torch.rand((), generator=generator)) < params.necrosis_probability:
         necrosis_level = float(uniform(*params.necrosis_level, generator))
+        if params.cystic_necrosis_probability and (
+            float(torch.rand((), generator=generator)) < params.cystic_necrosis_probability
+        ):
+            necrosis = LESION_VALUES["cystic_necrosis"]
     enhancing_share = 0.0
     if float(torch.rand((), generator=generator)) >= params.non_enhancing_probability:
         enhancing_share = float(uniform(*params.enhancing_share, generator))
@@ -159,7 +171,7 @@ def plant_tumor(
         start = 1 + (edema_extent - 1) * float(uniform(*params.faint_edema_start, generator))
         out[edema & (edema_distance >= start)] = LESION_VALUES["faint_edema"]
     out[core] = LESION_VALUES["non_enhancing"]
-    out[core & (distance < necrosis_level)] = LESION_VALUES["necrosis"]
+    out[core & (distance < necrosis_level)] = necrosis
     out[enhancing] = LESION_VALUES["enhancing"]
     return out
 

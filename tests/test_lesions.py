@@ -94,6 +94,28 @@ def test_faint_edema_surrounds_the_bright_edema_and_is_brighter_than_white_matte
     assert not (plain == LESION_VALUES["faint_edema"]).any()  # off by default
 
 
+def test_cystic_necrosis_is_dark_like_csf_on_flair_bright_on_t2w_and_counts_as_core():
+    params = LesionParameters(tumor_radius_mm=(12, 14), necrosis_probability=1.0,
+                              cystic_necrosis_probability=1.0)  # fmt: skip
+    planted = plant_tumor(_phantom(), 2.0, params, torch.Generator().manual_seed(3))
+    cyst = planted == LESION_VALUES["cystic_necrosis"]
+    assert cyst.any() and not (planted == LESION_VALUES["necrosis"]).any()
+    images = {
+        contrast: lesion_image(planted, contrast, params, CLEAN, torch.Generator().manual_seed(0))
+        for contrast in ("FLAIR", "T2w")
+    }
+    white_matter = planted == 2
+    assert images["FLAIR"][cyst].mean() < 0.5 * images["FLAIR"][white_matter].mean()
+    assert images["T2w"][cyst].mean() > images["T2w"][white_matter].mean()
+    config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
+                         test_subjects=[])  # fmt: skip
+    _, target, _ = lookup_tables(config)
+    assert target[LESION_VALUES["cystic_necrosis"]] == target[LESION_VALUES["necrosis"]] == 1
+    plain = plant_tumor(_phantom(), 2.0, LesionParameters(tumor_radius_mm=(12, 14),
+                        necrosis_probability=1.0), torch.Generator().manual_seed(3))  # fmt: skip
+    assert not (plain == LESION_VALUES["cystic_necrosis"]).any()  # off by default
+
+
 def test_lesion_intensities_follow_the_labels():
     """Enhancing tumour is the brightest on contrast T1, dark necrosis there; edema and WMH are
     brighter than white matter on FLAIR."""
