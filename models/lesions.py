@@ -4,7 +4,9 @@ skull-stripped, multi-contrast training images from them.
 Tumours: a core bounded by a noisy ellipsoidal distance ``f < 1`` around a white-matter centre,
 with a necrotic centre (``f`` below a random level; in some tumours fluid-filled, as dark as
 CSF on FLAIR), an enhancing rim where a smooth random field
-allows it (non-enhancing tumour elsewhere; some tumours do not enhance at all), and vasogenic
+allows it (non-enhancing tumour elsewhere; some tumours do not enhance at all), in some
+tumours patches of non-enhancing tumour just outside the rim (where BraTS annotators put it,
+beside the enhancing tumour rather than inside it), and vasogenic
 edema (``f`` up to a random extent) that stays in white matter and deep grey nuclei; in some
 tumours the edema's outer part is only faintly abnormal, as real edema fades into white matter.
 White-matter hyperintensities: periventricular caps and bands (white matter within a few mm of
@@ -72,6 +74,11 @@ class LesionParameters:
     #: chance that a tumour's necrosis is fluid-filled (CSF-like intensities)
     cystic_necrosis_probability: float = 0.0
     non_enhancing_probability: float = 0.15
+    #: chance that a tumour has non-enhancing tumour outside its core, in patches covering a
+    #: share of a shell of the given thickness (in units of the core's radius)
+    peripheral_non_enhancing_probability: float = 0.0
+    peripheral_non_enhancing_thickness: tuple[float, float] = (0.1, 0.4)
+    peripheral_non_enhancing_share: tuple[float, float] = (0.3, 0.8)
     enhancing_share: tuple[float, float] = (0.5, 1.0)
     edema_extent: tuple[float, float] = (1.05, 2.5)
     #: chance that the edema's outer part is faint, and where that part starts (share of the
@@ -144,9 +151,8 @@ def plant_tumor(
     core = (distance < 1) & brain
     edema_distance = distance + smooth_field(shape, 6, params.shape_noise, 1, generator)[0, 0]
     edema_extent = float(uniform(*params.edema_extent, generator))
-    edema = (
-        (edema_distance < edema_extent) & torch.isin(labels, torch.tensor(EDEMA_TISSUES)) & ~core
-    )
+    edema_tissue = torch.isin(labels, torch.tensor(EDEMA_TISSUES))
+    edema = (edema_distance < edema_extent) & edema_tissue & ~core
     necrosis_level, necrosis = 0.0, LESION_VALUES["necrosis"]
     if float(torch.rand((), generator=generator)) < params.necrosis_probability:
         necrosis_level = float(uniform(*params.necrosis_level, generator))
@@ -170,10 +176,35 @@ def plant_tumor(
     ):
         start = 1 + (edema_extent - 1) * float(uniform(*params.faint_edema_start, generator))
         out[edema & (edema_distance >= start)] = LESION_VALUES["faint_edema"]
+    out[_peripheral_non_enhancing(distance, edema_tissue, params, generator)] = LESION_VALUES[
+        "non_enhancing"
+    ]
     out[core] = LESION_VALUES["non_enhancing"]
     out[core & (distance < necrosis_level)] = necrosis
     out[enhancing] = LESION_VALUES["enhancing"]
     return out
+
+
+def _peripheral_non_enhancing(
+    distance: torch.Tensor,
+    tissue: torch.Tensor,
+    params: LesionParameters,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Patches of a shell just outside the core (``1 <= distance < 1 + thickness``) in
+    ``tissue``; empty for most tumours (``peripheral_non_enhancing_probability``)."""
+    shell = torch.zeros_like(tissue)
+    if not params.peripheral_non_enhancing_probability or (
+        float(torch.rand((), generator=generator)) >= params.peripheral_non_enhancing_probability
+    ):
+        return shell
+    thickness = float(uniform(*params.peripheral_non_enhancing_thickness, generator))
+    share = float(uniform(*params.peripheral_non_enhancing_share, generator))
+    shell = (distance >= 1) & (distance < 1 + thickness) & tissue
+    if not shell.any():
+        return shell
+    patches = smooth_field(tuple(distance.shape), 4, 1.0, 1, generator)[0, 0]
+    return shell & (patches <= torch.quantile(patches[shell], share))
 
 
 def _dilate(mask: torch.Tensor, voxels: int) -> torch.Tensor:

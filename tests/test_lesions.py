@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
 from bids_dl.models.bundle import ModelCard, load_card, save_bundle
@@ -114,6 +115,35 @@ def test_cystic_necrosis_is_dark_like_csf_on_flair_bright_on_t2w_and_counts_as_c
     plain = plant_tumor(_phantom(), 2.0, LesionParameters(tumor_radius_mm=(12, 14),
                         necrosis_probability=1.0), torch.Generator().manual_seed(3))  # fmt: skip
     assert not (plain == LESION_VALUES["cystic_necrosis"]).any()  # off by default
+
+
+def test_peripheral_non_enhancing_tumour_lies_outside_the_enhancing_rim_in_edema_tissue():
+    """With every rim voxel enhancing, the only non-enhancing tumour is the peripheral kind:
+    outside the core, next to it, in white matter, and absent unless asked for."""
+    fully_enhancing = dict(tumor_radius_mm=(10, 11), necrosis_probability=1.0,
+                           non_enhancing_probability=0.0, enhancing_share=(1.0, 1.0))  # fmt: skip
+    params = LesionParameters(
+        peripheral_non_enhancing_probability=1.0,
+        peripheral_non_enhancing_thickness=(0.3, 0.4),
+        **fully_enhancing,
+    )
+    labels = _phantom()
+    planted = plant_tumor(labels, 2.0, params, torch.Generator().manual_seed(3))
+    outside = planted == LESION_VALUES["non_enhancing"]
+    core = torch.isin(
+        planted, torch.tensor([LESION_VALUES["necrosis"], LESION_VALUES["enhancing"]])
+    )
+    assert outside.any() and core.any()
+    assert torch.isin(labels[outside], torch.tensor([2, 41])).all()
+    near_core = F.max_pool3d(core[None, None].float(), 9, stride=1, padding=4)[0, 0] > 0
+    assert near_core[outside].all()  # within 4 voxels (8 mm, 0.4 of an 11 mm radius) of the core
+    centre = core.nonzero().float().mean(0)
+    radius = {name: float((mask.nonzero().float() - centre).norm(dim=1).mean())
+              for name, mask in (("core", core), ("outside", outside))}  # fmt: skip
+    assert radius["outside"] > radius["core"]
+    plain = plant_tumor(labels, 2.0, LesionParameters(**fully_enhancing),
+                        torch.Generator().manual_seed(3))  # fmt: skip
+    assert not (plain == LESION_VALUES["non_enhancing"]).any()  # off by default
 
 
 def test_lesion_intensities_follow_the_labels():
