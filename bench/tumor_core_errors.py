@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from bids_dl.models.bundle import load_bundle
 from bids_dl.models.inference import postprocess, segment
+from bids_dl.models.metrics import dice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_lesions import brats_cases  # noqa: E402
@@ -72,9 +73,8 @@ def core_errors(bundle: Path, case: dict) -> dict:
     enhancing_distance = ndimage.distance_transform_edt(truth != ENHANCING, sampling=zooms)
     enclosed = ndimage.binary_fill_holes(np.isin(truth, (1, ENHANCING)))
     context = (truth, predicted, zscores, enhancing_distance, enclosed)
-    overlap = 2 * (true_core & predicted_core).sum() / (true_core.sum() + predicted_core.sum())
     return {
-        "tumor_core_dice": round(float(overlap), 4),
+        "tumor_core_dice": round(dice(predicted_core, true_core), 4),
         "false_positive_core": describe(predicted_core & ~true_core, *context),
         "false_negative_core": describe(true_core & ~predicted_core, *context),
     }

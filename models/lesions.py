@@ -168,7 +168,7 @@ def plant_tumor(
     rim = core & (distance >= necrosis_level)
     enhancing = torch.zeros_like(rim)
     if enhancing_share > 0 and rim.any():
-        enhancing = rim & (patches <= torch.quantile(patches[rim], enhancing_share))
+        enhancing = _patches_of(rim, patches, enhancing_share)
     out = labels.clone()
     out[edema] = LESION_VALUES["edema"]
     if params.faint_edema_probability and (
@@ -204,7 +204,13 @@ def _peripheral_non_enhancing(
     if not shell.any():
         return shell
     patches = smooth_field(tuple(distance.shape), 4, 1.0, 1, generator)[0, 0]
-    return shell & (patches <= torch.quantile(patches[shell], share))
+    return _patches_of(shell, patches, share)
+
+
+def _patches_of(region: torch.Tensor, field: torch.Tensor, share: float) -> torch.Tensor:
+    """Contiguous patches covering ``share`` of ``region``: where a smooth ``field`` is below
+    its ``share`` quantile inside the region."""
+    return region & (field <= torch.quantile(field[region], share))
 
 
 def _dilate(mask: torch.Tensor, voxels: int) -> torch.Tensor:
