@@ -338,8 +338,35 @@ def segment(
     index, native = to_native(
         probabilities, affine, reference.shape[:3], reference.affine, positions
     )
+    nested = card.inputs.get("nested_regions")
+    if nested:
+        if groups:
+            raise ValueError(f"{card.name}: nested_regions decoding needs every class")
+        index = decode_nested_regions(
+            native, [[labels.index(v) for v in region] for region in nested]
+        )
     dtype = np.uint8 if max(labels) < 256 else np.uint16
     return np.asarray(labels, dtype=dtype)[index], native
+
+
+def decode_nested_regions(probabilities: np.ndarray, regions: list[list[int]]) -> np.ndarray:
+    """Class index per voxel from nested regions (outer to inner, class positions), as
+    region-based BraTS models decode: a voxel belongs to a region when the summed probability of
+    its classes exceeds 0.5 and it lies in the enclosing region; it takes the most probable
+    class of its innermost region that no inner region holds (the inner region's classes when
+    none is left, e.g. enhancing tumour).
+
+    The whole tumour is then everything that is more likely tumour than not, where the argmax
+    over classes leaves out voxels whose tumour probability is split between classes.
+    """
+    index = np.zeros(probabilities.shape[1:], dtype=np.int16)
+    inside = np.ones(probabilities.shape[1:], dtype=bool)
+    for position, region in enumerate(regions):
+        inside &= probabilities[region].sum(0) > 0.5
+        inner = set(regions[position + 1]) if position + 1 < len(regions) else set()
+        own = [c for c in region if c not in inner] or region
+        index[inside] = np.asarray(own, dtype=np.int16)[probabilities[own][:, inside].argmax(0)]
+    return index
 
 
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:

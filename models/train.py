@@ -27,7 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from bids_dl.models.bundle import ModelCard, build_network, load_bundle, save_bundle
 from bids_dl.models.inference import model_grid, resample
-from bids_dl.models.labels import BRAIN_LABEL_RANGE, LESION_VALUES, STRUCTURES, TUMOR_LABELS
+from bids_dl.models.labels import (
+    BRAIN_LABEL_RANGE,
+    LESION_VALUES,
+    STRUCTURES,
+    TUMOR_LABELS,
+    TUMOR_REGIONS,
+)
 from bids_dl.models.lesions import LesionParameters, LesionSynthesiser
 from bids_dl.models.metrics import dice
 from bids_dl.models.synthesis import (
@@ -103,6 +109,10 @@ class TrainConfig:
     #: mask there and train on its central ``sample_shape``; inference normalises over the
     #: whole brain, a window alone over a tissue mix skewed by whatever it holds
     normalisation_shape: tuple[int, int, int] | None = None
+    #: tumour task: soft Dice over the BraTS regions (whole tumour, core, enhancing; sums of
+    #: class probabilities) instead of over the classes, and decoding by those nested regions
+    #: at inference (card ``inputs.nested_regions``, ``inference.decode_nested_regions``)
+    brats_regions: bool = False
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -184,15 +194,37 @@ def lookup_tables(
     raise ValueError(f"unknown task {config.task!r} (known: {', '.join(TASKS)})")
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes."""
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, regions: list[list[int]] | None = None
+) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes, or over ``regions`` (lists of class
+    indices, e.g. the BraTS whole tumour, core and enhancing tumour) whose probabilities are
+    the sums of their classes' (what region-based BraTS models optimise)."""
     probabilities = torch.softmax(logits, dim=1)
     one_hot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    if regions:
+        background = torch.zeros_like(probabilities[:, :1])  # dropped below, as class 0 is
+        probabilities = torch.cat(
+            [background, *(probabilities[:, r].sum(1, keepdim=True) for r in regions)], dim=1
+        )
+        one_hot = torch.cat(
+            [background, *(one_hot[:, r].sum(1, keepdim=True) for r in regions)], dim=1
+        )
     dims = (0, 2, 3, 4)
     intersection = (probabilities * one_hot).sum(dims)
     total = probabilities.sum(dims) + one_hot.sum(dims)
     dice = (2 * intersection + 1e-5) / (total + 1e-5)
     return 1 - dice[1:].mean()
+
+
+def brats_region_classes(config: TrainConfig, names: dict[int, str]) -> list[list[int]] | None:
+    """The BraTS regions as lists of class indices when the config asks for them, else None."""
+    if not config.brats_regions:
+        return None
+    if config.task != "tumor":
+        raise ValueError(f"brats_regions is for the tumor task, not {config.task!r}")
+    values = sorted(names)
+    return [[values.index(v) for v in members] for members in TUMOR_REGIONS.values()]
 
 
 def _save_checkpoint(folder: Path, network, optimizer, iteration: int, generator_state) -> None:
@@ -389,6 +421,7 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     if start == 0:
         log.write_text("iteration\tloss\tvalidation_dice\tseconds\n")
     best = {"validation_dice": None}
+    dice_regions = brats_region_classes(config, names)
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         network.train()
@@ -397,7 +430,7 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         # bfloat16 on a GPU: mixed precision without a gradient scaler
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = network(images).float()
-        loss = soft_dice_loss(logits, targets) + F.cross_entropy(logits, targets)
+        loss = soft_dice_loss(logits, targets, dice_regions) + F.cross_entropy(logits, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -447,6 +480,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         inputs["min_lesion_mm3"] = config.min_lesion_mm3
     if config.test_time_mirror_axes:
         inputs["test_time_mirror_axes"] = list(config.test_time_mirror_axes)
+    if dice_regions:
+        inputs["nested_regions"] = [list(values) for values in TUMOR_REGIONS.values()]
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
     training = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nb
@@ -12,7 +13,11 @@ import torch
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
 from bids_dl.models.bundle import ModelCard, load_card, save_bundle
-from bids_dl.models.inference import postprocess, remove_small_components
+from bids_dl.models.inference import (
+    decode_nested_regions,
+    postprocess,
+    remove_small_components,
+)
 from bids_dl.models.labels import LESION_VALUES, TUMOR_REGIONS
 from bids_dl.models.lesions import (
     LesionParameters,
@@ -30,7 +35,13 @@ from bids_dl.models.metrics import (
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.registry import shipped_bundles
 from bids_dl.models.synthesis import MixedSampler, PairedAugmenter, Sampler, SynthesisParameters
-from bids_dl.models.train import TrainConfig, lookup_tables, make_samplers
+from bids_dl.models.train import (
+    TrainConfig,
+    brats_region_classes,
+    lookup_tables,
+    make_samplers,
+    soft_dice_loss,
+)
 from tests.conftest import run_cli
 
 #: No artefacts: intensities are the drawn means, so labels and intensities can be compared.
@@ -503,3 +514,35 @@ def test_postprocessing_keeps_the_largest_tumour_or_drops_small_lesions():
     assert np.count_nonzero(postprocess(labels, card(min_lesion_mm3=8), voxel_mm3=2.0)) == 68
     with pytest.raises(ValueError, match="unknown post-processing"):
         postprocess(labels, card(postprocessing="bogus"))
+
+
+def test_nested_region_decoding_against_hand_worked_voxels():
+    # classes: background, core (necrosis), edema, enhancing; regions WT > TC > ET
+    regions = [[1, 2, 3], [1, 3], [3]]
+    voxels = np.array([
+        [0.60, 0.10, 0.20, 0.10],  # tumour 0.40: background
+        [0.40, 0.35, 0.25, 0.00],  # tumour 0.60, core 0.35: edema, though argmax is background
+        [0.30, 0.20, 0.20, 0.30],  # tumour 0.70, core 0.50 (not > 0.5): edema
+        [0.10, 0.35, 0.30, 0.25],  # core 0.60, enhancing 0.25: core (necrosis)
+        [0.00, 0.30, 0.00, 0.70],  # enhancing 0.70: enhancing
+    ], dtype=np.float32).T.reshape(4, 5, 1, 1)  # fmt: skip
+    assert decode_nested_regions(voxels, regions).ravel().tolist() == [0, 2, 2, 1, 3]
+    assert voxels.argmax(0).ravel().tolist() == [0, 0, 0, 1, 3]
+
+
+def test_region_dice_loss_scores_the_brats_regions():
+    config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
+                         test_subjects=[], brats_regions=True)  # fmt: skip
+    _, _, names = lookup_tables(config)
+    regions = brats_region_classes(config, names)
+    assert regions == [[1, 2, 3], [1, 3], [3]]
+    assert brats_region_classes(dataclasses.replace(config, brats_regions=False), names) is None
+    target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
+    target[0, 0] = 1  # four core voxels
+    logits = torch.full((1, 4, 2, 2, 2), -50.0)
+    logits[0, 0][target[0] == 0] = 50
+    logits[0, 3][target[0] == 1] = 50  # all called enhancing: right whole tumour and core
+    # Dice of the regions: WT 1, TC 1, ET 0 -> loss 1/3; of the classes: core 0, edema 1
+    # (absent from both, smoothed), enhancing 0 -> loss 2/3
+    assert soft_dice_loss(logits, target, regions).item() == pytest.approx(1 / 3, abs=1e-3)
+    assert soft_dice_loss(logits, target).item() == pytest.approx(2 / 3, abs=1e-3)

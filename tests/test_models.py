@@ -154,6 +154,30 @@ def test_segment_mirrors_when_the_card_asks():
     np.testing.assert_allclose(segment(image, _card(inputs=mirroring), ThresholdNet())[1], plain)
 
 
+class SplitTumourNet(torch.nn.Module):
+    """Inside the bright sphere: background 0.4, two tumour classes 0.27 and 0.33 (so the
+    argmax says background, the tumour as a whole 0.6); outside: background."""
+
+    divisor = 4
+
+    def forward(self, x):
+        inside = (x > 0.5).float()
+        tumour = torch.log(torch.tensor([0.4, 0.27, 0.33])).view(1, 3, 1, 1, 1)
+        outside = torch.tensor([10.0, 0.0, 0.0]).view(1, 3, 1, 1, 1)
+        return inside * tumour + (1 - inside) * outside
+
+
+def test_segment_decodes_nested_regions_when_the_card_asks():
+    image, inside = _sphere_image(np.diag([2.0, 2.0, 2.0, 1.0]))
+    labels = {"outputs": {"labels": {"0": "bg", "1": "a", "2": "b"}}}
+    plain = segment(image, _card(**labels), SplitTumourNet())[0]
+    assert not plain.any()
+    regions = {"voxel_size_mm": 2.0, "window": None, "nested_regions": [[1, 2]]}
+    decoded = segment(image, _card(inputs=regions, **labels), SplitTumourNet())[0]
+    assert dice(decoded > 0, inside) > 0.95
+    assert set(np.unique(decoded[inside])) == {2}
+
+
 def _label_maps():
     rng = np.random.default_rng(0)
     maps = []
