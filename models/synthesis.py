@@ -44,6 +44,10 @@ class SynthesisParameters:
     #: (``CONTRAST_TISSUE_MEANS``) instead of fully random means; the rest of the head stays random
     contrast_prior_probability: float = 0.0
     contrast_prior_jitter: float = 0.08
+    #: chance of mirroring each axis of a sample (nnU-Net's mirroring augmentation), so that
+    #: test-time mirroring along any axis (card ``test_time_mirror_axes``) stays in the training
+    #: distribution; 0 (the default) draws nothing, keeping earlier configs' draws
+    mirror_probability: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +67,11 @@ def _affine_matrix(params: SynthesisParameters, generator: torch.Generator) -> t
     rz = torch.stack([cos[2], -sin[2], zero, sin[2], cos[2], zero, zero, zero, one]).view(3, 3)
     scale = torch.diag(1 + uniform(-1, 1, generator, (3,)) * params.scale)
     shear = torch.eye(3) + uniform(-1, 1, generator, (3, 3)) * params.shear * (1 - torch.eye(3))
-    return torch.cat([rz @ ry @ rx @ shear @ scale, torch.zeros(3, 1)], dim=1)
+    matrix = rz @ ry @ rx @ shear @ scale
+    if params.mirror_probability > 0:
+        mirrored = torch.rand(3, generator=generator) < params.mirror_probability
+        matrix = matrix @ torch.diag(torch.where(mirrored, -1.0, 1.0))
+    return torch.cat([matrix, torch.zeros(3, 1)], dim=1)
 
 
 def smooth_field(

@@ -19,6 +19,7 @@ from bids_dl.models.networks import UNet3D
 from bids_dl.models.synthesis import (
     LabelSynthesiser,
     SynthesisParameters,
+    deform_labels,
     normalise_intensities,
     synthesise_test_image,
 )
@@ -215,6 +216,19 @@ def test_targets_follow_the_labels():
     _, sampled = synthesiser.sample()
     # with no deformation the target is the lookup of one of the label maps, voxel for voxel
     assert any(torch.equal(sampled, target[labels]) for labels in maps)
+
+
+def test_mirroring_augmentation_flips_every_axis_when_certain():
+    labels = _label_maps()[0]
+    labels[2:5, 3:9, 1:4] = 5  # an asymmetric block
+    still = dict(rotation_deg=0, scale=0, shear=0, translation_vox=0, nonlinear_std_vox=0)
+
+    def draw(probability: float) -> torch.Tensor:
+        params = SynthesisParameters(**still, mirror_probability=probability)
+        return deform_labels(labels, (24, 24, 24), params, torch.Generator().manual_seed(3))
+
+    assert torch.equal(draw(0.0), labels)
+    assert torch.equal(draw(1.0), labels.flip(0, 1, 2))
 
 
 def test_dice_against_hand_computed_values():
