@@ -110,9 +110,11 @@ class TrainConfig:
     #: whole brain, a window alone over a tissue mix skewed by whatever it holds
     normalisation_shape: tuple[int, int, int] | None = None
     #: tumour task: soft Dice over the BraTS regions (whole tumour, core, enhancing; sums of
-    #: class probabilities) instead of over the classes, and decoding by those nested regions
-    #: at inference (card ``inputs.nested_regions``, ``inference.decode_nested_regions``)
-    brats_regions: bool = False
+    #: class probabilities) instead of over the classes
+    brats_region_loss: bool = False
+    #: tumour task: labels decoded by those nested regions at inference instead of the argmax
+    #: (card ``inputs.nested_regions``, ``inference.decode_nested_regions``)
+    brats_region_decoding: bool = False
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -217,12 +219,10 @@ def soft_dice_loss(
     return 1 - dice[1:].mean()
 
 
-def brats_region_classes(config: TrainConfig, names: dict[int, str]) -> list[list[int]] | None:
-    """The BraTS regions as lists of class indices when the config asks for them, else None."""
-    if not config.brats_regions:
-        return None
+def brats_region_classes(config: TrainConfig, names: dict[int, str]) -> list[list[int]]:
+    """The BraTS regions as lists of class indices (tumour task)."""
     if config.task != "tumor":
-        raise ValueError(f"brats_regions is for the tumor task, not {config.task!r}")
+        raise ValueError(f"BraTS regions are for the tumor task, not {config.task!r}")
     values = sorted(names)
     return [[values.index(v) for v in members] for members in TUMOR_REGIONS.values()]
 
@@ -421,7 +421,7 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     if start == 0:
         log.write_text("iteration\tloss\tvalidation_dice\tseconds\n")
     best = {"validation_dice": None}
-    dice_regions = brats_region_classes(config, names)
+    dice_regions = brats_region_classes(config, names) if config.brats_region_loss else None
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         network.train()
@@ -480,7 +480,8 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         inputs["min_lesion_mm3"] = config.min_lesion_mm3
     if config.test_time_mirror_axes:
         inputs["test_time_mirror_axes"] = list(config.test_time_mirror_axes)
-    if dice_regions:
+    if config.brats_region_decoding:
+        brats_region_classes(config, names)  # refuses other tasks
         inputs["nested_regions"] = [list(values) for values in TUMOR_REGIONS.values()]
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm

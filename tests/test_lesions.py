@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
-from bids_dl.models.bundle import ModelCard, load_card, save_bundle
+from bids_dl.models.bundle import ModelCard, load_bundle, load_card, save_bundle
 from bids_dl.models.inference import (
     decode_nested_regions,
     postprocess,
@@ -41,6 +41,7 @@ from bids_dl.models.train import (
     lookup_tables,
     make_samplers,
     soft_dice_loss,
+    train,
 )
 from tests.conftest import run_cli
 
@@ -307,6 +308,22 @@ def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
                       generation)  # fmt: skip
 
 
+def test_tumour_training_with_brats_regions_writes_their_decoding_into_the_card(tmp_path):
+    _real_tumour_case(tmp_path / "bids", "pat01")
+    config = TrainConfig(
+        name="t", task="tumor", source="bids", bids_dir=str(tmp_path / "bids"),
+        labels_dir=str(tmp_path / "bids" / "derivatives" / "labels"),
+        train_subjects=["pat01"], validation_subjects=["pat01"], test_subjects=[],
+        voxel_size_mm=2.0, sample_shape=(16, 16, 16), channels=["FLAIR", "T1ce"],
+        brain_crop_margin=1, features=(2, 4), iterations=2, validation_every=2,
+        validation_samples=1, brats_region_loss=True, brats_region_decoding=True,
+    )  # fmt: skip
+    card, _ = load_bundle(train(config, tmp_path / "run"))
+    assert card.inputs["nested_regions"] == [[1, 2, 4], [1, 4], [4]]
+    plain = dataclasses.replace(config, brats_region_decoding=False)
+    assert "nested_regions" not in load_bundle(train(plain, tmp_path / "plain"))[0].inputs
+
+
 def test_region_and_lesion_metrics_against_hand_computed_values():
     reference = np.zeros((20, 20, 20), np.uint8)
     reference[2:8, 2:8, 2:8] = 2  # edema 216 voxels
@@ -532,11 +549,12 @@ def test_nested_region_decoding_against_hand_worked_voxels():
 
 def test_region_dice_loss_scores_the_brats_regions():
     config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
-                         test_subjects=[], brats_regions=True)  # fmt: skip
+                         test_subjects=[])  # fmt: skip
     _, _, names = lookup_tables(config)
     regions = brats_region_classes(config, names)
     assert regions == [[1, 2, 3], [1, 3], [3]]
-    assert brats_region_classes(dataclasses.replace(config, brats_regions=False), names) is None
+    with pytest.raises(ValueError, match="tumor task"):
+        brats_region_classes(dataclasses.replace(config, task="wmh"), names)
     target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
     target[0, 0] = 1  # four core voxels
     logits = torch.full((1, 4, 2, 2, 2), -50.0)
