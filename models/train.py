@@ -421,7 +421,10 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     if start == 0:
         log.write_text("iteration\tloss\tvalidation_dice\tseconds\n")
     best = {"validation_dice": None}
-    dice_regions = brats_region_classes(config, names) if config.brats_region_loss else None
+    regions = None
+    if config.brats_region_loss or config.brats_region_decoding:
+        regions = brats_region_classes(config, names)  # refuses other tasks before training
+    dice_regions = regions if config.brats_region_loss else None
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         network.train()
@@ -481,7 +484,6 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     if config.test_time_mirror_axes:
         inputs["test_time_mirror_axes"] = list(config.test_time_mirror_axes)
     if config.brats_region_decoding:
-        brats_region_classes(config, names)  # refuses other tasks
         inputs["nested_regions"] = [list(values) for values in TUMOR_REGIONS.values()]
     if config.brain_crop_margin is not None:
         inputs["brain_crop_margin_mm"] = config.brain_crop_margin * config.voxel_size_mm
