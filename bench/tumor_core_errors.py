@@ -62,8 +62,8 @@ def core_errors(bundle: Path, case: dict) -> dict:
     inputs = [images.get(contrast) for contrast in card.inputs["contrasts"]]
     mask = np.asarray(nb.load(str(case["mask"])).dataobj) > 0
     truth = np.rint(nb.load(str(case["truth"])).get_fdata()).astype(np.int64)
-    predicted, _ = segment(inputs, card, network, mask=mask)
-    predicted = postprocess(predicted, card).astype(np.int64)
+    predicted, probabilities = segment(inputs, card, network, mask=mask)
+    predicted = postprocess(predicted, card, probabilities=probabilities).astype(np.int64)
     zooms = images["FLAIR"].header.get_zooms()[:3]
     zscores = {
         name: zscore_in_mask(image.get_fdata(dtype=np.float32), mask)

@@ -83,12 +83,12 @@ def evaluate(
         if card.task == "tumor":
             reference[reference == 3] = 1
         mask = np.asarray(nb.load(str(case.mask)).dataobj) > 0 if case.mask else None
-        prediction, _ = segment(
+        prediction, probabilities = segment(
             images if len(images) > 1 else image, card, network, device=device, mask=mask
         )
         if mask is not None and card.inputs.get("needs_brain_mask"):
             prediction[~mask] = 0  # as the pipeline does: lesions only inside the brain
-        prediction = postprocess(prediction, card, voxel_volume_mm3(image))
+        prediction = postprocess(prediction, card, voxel_volume_mm3(image), probabilities)
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")

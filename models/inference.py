@@ -369,35 +369,81 @@ def decode_nested_regions(probabilities: np.ndarray, regions: list[list[int]]) -
     return index
 
 
-def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+def _components(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of the foreground."""
+    return ndimage.label(labels > 0, np.ones((3, 3, 3), dtype=bool))
+
+
+def keep_largest_component(labels: np.ndarray, **_) -> np.ndarray:
     """Labels with every foreground voxel outside the largest 26-connected component cleared."""
-    components, count = ndimage.label(labels > 0, np.ones((3, 3, 3), dtype=bool))
+    components, count = _components(labels)
     if count < 2:
         return labels
     largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
     return np.where(components == largest, labels, 0).astype(labels.dtype)
 
 
+#: Components smaller than this cannot win ``keep_most_confident_component`` (unless all are).
+CONFIDENT_COMPONENT_MIN_MM3 = 1000.0
+
+
+def keep_most_confident_component(
+    labels: np.ndarray, foreground_probability: np.ndarray | None = None, voxel_mm3: float = 1.0
+) -> np.ndarray:
+    """Labels of the 26-connected component with the highest mean foreground probability.
+
+    False tumour (on enhancing vessels, the posterior fossa, CSF) comes as separate components
+    that can outgrow a small tumour but are less certain; components under
+    ``CONFIDENT_COMPONENT_MIN_MM3`` only count when nothing larger is found, so a few confident
+    voxels cannot win.
+    """
+    if foreground_probability is None:
+        raise ValueError("the most-confident-component step needs the model's probabilities")
+    components, count = _components(labels)
+    if count < 2:
+        return labels
+    index = np.arange(1, count + 1)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    confidence = ndimage.mean(foreground_probability, components, index)
+    eligible = sizes * voxel_mm3 >= CONFIDENT_COMPONENT_MIN_MM3
+    if not eligible.any():
+        eligible[:] = True
+    chosen = index[eligible][int(np.argmax(np.asarray(confidence)[eligible]))]
+    return np.where(components == chosen, labels, 0).astype(labels.dtype)
+
+
 def remove_small_components(labels: np.ndarray, min_voxels: float) -> np.ndarray:
     """Labels with every 26-connected foreground component under ``min_voxels`` cleared."""
-    components, _ = ndimage.label(labels > 0, np.ones((3, 3, 3), dtype=bool))
+    components, _ = _components(labels)
     small = np.bincount(components.ravel()) < min_voxels
     small[0] = False
     return np.where(small[components], 0, labels).astype(labels.dtype)
 
 
 #: Label post-processing a card may ask for (``inputs.postprocessing``).
-POSTPROCESSING = {"largest_component": keep_largest_component}
+POSTPROCESSING = {
+    "largest_component": keep_largest_component,
+    "most_confident_component": keep_most_confident_component,
+}
 
 
-def postprocess(labels: np.ndarray, card: ModelCard, voxel_mm3: float = 1.0) -> np.ndarray:
+def postprocess(
+    labels: np.ndarray,
+    card: ModelCard,
+    voxel_mm3: float = 1.0,
+    probabilities: np.ndarray | None = None,
+) -> np.ndarray:
     """Apply the card's post-processing: a named step (``inputs.postprocessing``) and the
-    removal of lesions under ``inputs.min_lesion_mm3`` (``voxel_mm3``: one voxel's volume)."""
+    removal of lesions under ``inputs.min_lesion_mm3`` (``voxel_mm3``: one voxel's volume).
+    ``probabilities`` (``segment``'s, background first) feed the steps that weigh confidence."""
     name = card.inputs.get("postprocessing")
     if name:
         if name not in POSTPROCESSING:
             raise ValueError(f"{card.name}: unknown post-processing {name!r}")
-        labels = POSTPROCESSING[name](labels)
+        foreground = None if probabilities is None else 1 - probabilities[0]
+        labels = POSTPROCESSING[name](
+            labels, foreground_probability=foreground, voxel_mm3=voxel_mm3
+        )
     min_lesion_mm3 = float(card.inputs.get("min_lesion_mm3") or 0)
     if min_lesion_mm3 > 0:
         labels = remove_small_components(labels, min_lesion_mm3 / voxel_mm3)

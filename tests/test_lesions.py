@@ -533,6 +533,35 @@ def test_postprocessing_keeps_the_largest_tumour_or_drops_small_lesions():
         postprocess(labels, card(postprocessing="bogus"))
 
 
+def test_most_confident_component_beats_a_larger_but_less_certain_one():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:14, 2:14, 2:14] = 2  # 1728 voxels: a large false component
+    labels[20:28, 20:28, 20:28] = 1  # 512 voxels: the tumour
+    labels[17, 2, 2] = 4  # one very confident voxel
+    background = np.ones(labels.shape, np.float32)
+    background[labels > 0] = 0.3  # foreground probability 0.7 ...
+    background[20:28, 20:28, 20:28] = 0.1  # ... 0.9 in the tumour
+    background[17, 2, 2] = 0.0  # ... and 1.0 in the single voxel
+    probabilities = np.stack([background, 1 - background])
+
+    def card(step: str) -> ModelCard:
+        return ModelCard("m", "1", "tumor", {}, {"postprocessing": step}, {"labels": {}})
+
+    largest = postprocess(labels, card("largest_component"), 1.0, probabilities)
+    assert np.count_nonzero(largest) == 1728
+    # 2 mm^3 voxels: the tumour (1024 mm^3) is eligible, the single voxel (2 mm^3) is not
+    kept = postprocess(labels, card("most_confident_component"), 2.0, probabilities)
+    assert np.count_nonzero(kept) == 512 and kept[24, 24, 24] == 1
+    # 1 mm^3 voxels: only the false component reaches 1000 mm^3
+    kept = postprocess(labels, card("most_confident_component"), 1.0, probabilities)
+    assert np.count_nonzero(kept) == 1728
+    # nothing reaches the floor: the most confident of all, the single voxel, is kept
+    kept = postprocess(labels, card("most_confident_component"), 0.1, probabilities)
+    assert np.count_nonzero(kept) == 1 and kept[17, 2, 2] == 4
+    with pytest.raises(ValueError, match="needs the model's probabilities"):
+        postprocess(labels, card("most_confident_component"))
+
+
 def test_nested_region_decoding_against_hand_worked_voxels():
     # classes: background, core (necrosis), edema, enhancing; regions WT > TC > ET
     regions = [[1, 2, 3], [1, 3], [3]]

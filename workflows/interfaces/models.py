@@ -246,10 +246,10 @@ def model_lesions(
     reference = nb.load(t1w)
     images = [nb.load(available[c]) if available.get(c) else None for c in wanted]
     mask = np.asarray(nb.load(brain_mask).dataobj) > 0
-    labels, _ = segment(images, card, network, device=resolve_device(device), mask=mask)
+    labels, probabilities = segment(images, card, network, device=resolve_device(device), mask=mask)
     labels[~mask] = 0
     voxel_mm3 = voxel_volume_mm3(reference)
-    labels = postprocess(labels, card, voxel_mm3)
+    labels = postprocess(labels, card, voxel_mm3, probabilities)
     if task == "wmh":
         labels = (labels > 0).astype(np.uint8)
     save_image(labels.astype(np.uint8), reference.affine, out_file)
