@@ -4,9 +4,11 @@ largest-component step: where false tumour lies, how large and how probable it i
     python bench/tumor_false_components.py models/zoo/tumor --names seg20_tumor0
     python bench/tumor_false_components.py FOLD_BUNDLE --brats bench/brats_bids --names pat0003
 
-Prints one line per component of at least ``--min-cm3``: its volume, voxels per BraTS label,
-overlap with the true tumour, mean tumour probability and the label-map structures under it
-(SynthSeg label values), with the same simulated heads as ``eval_lesions.py``; with
+Prints, per case, the whole-tumour Dice that keeping the largest or the most confident
+component gives (1 mm images), then one line per component of at least ``--min-cm3``: its
+volume, voxels per BraTS label, overlap with the true tumour, mean tumour probability and the
+label-map structures under it (SynthSeg label values), with the same simulated heads as
+``eval_lesions.py`` (``--names seg17_tumor2``: the third tumour planted in map 17); with
 ``--brats``, real BraTS cases (no structures known: the distance to the true tumour instead).
 ``--save DIR`` keeps each case's labels, tumour probability and truth (``CASE.npz``), to try
 component rules without running the model again.
@@ -25,7 +27,8 @@ import torch
 from scipy import ndimage
 
 from bids_dl.models.bundle import load_bundle
-from bids_dl.models.inference import segment
+from bids_dl.models.inference import POSTPROCESSING, segment
+from bids_dl.models.metrics import dice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_lesions import brats_cases, simulated_cases  # noqa: E402
@@ -99,7 +102,15 @@ def main() -> None:
             labels, probabilities = segment(images, card, network, mask=mask)
             labels[~mask] = 0  # as the pipeline and evaluate do
             truth = np.asarray(nb.load(str(case["truth"])).dataobj) > 0
-            print(f"{case['name']}: true tumour {truth.sum() / 1000:.1f} cm^3")
+            foreground = probabilities[1:].sum(0)
+            kept = {
+                name: POSTPROCESSING[name](labels, foreground_probability=foreground) > 0
+                for name in ("largest_component", "most_confident_component")
+            }
+            print(
+                f"{case['name']}: true tumour {truth.sum() / 1000:.1f} cm^3; whole-tumour Dice "
+                + ", ".join(f"{name} {dice(found, truth):.3f}" for name, found in kept.items())
+            )
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(
