@@ -46,8 +46,14 @@ class SubjectInputs:
 
     @property
     def t1w(self) -> str:
-        """The T1w that is processed: the first in BIDS order when there are several."""
-        return self.files["t1w"][0]
+        """The T1-weighted image that is processed: the first plain T1w in BIDS order or,
+        in a session without one (BraTS-style FLAIR + ce-T1w), the first contrast-enhanced T1w."""
+        return (self.files.get("t1w") or self.files["t1ce"])[0]
+
+    @property
+    def reference_is_contrast_enhanced(self) -> bool:
+        """Whether the processed T1-weighted image is the contrast-enhanced one (no plain T1w)."""
+        return not self.files.get("t1w")
 
     def first(self, kind: str) -> str | None:
         """The first file of an input kind (``flair``, ``t1ce``, ``t2w``), or None."""
@@ -160,8 +166,8 @@ def collect_inputs(
 ) -> dict[str, SubjectInputs]:
     """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
-    Raises :class:`InputError` for unknown participants, a participant without a T1w, and a
-    T1w that cannot be read as one 3D volume.
+    Raises :class:`InputError` for unknown participants, a participant without any T1w (plain
+    or contrast-enhanced), and an image that cannot be read as one 3D volume.
     """
     from bids.layout import Query
 
@@ -189,9 +195,15 @@ def collect_inputs(
     subjects = {}
     for label in labels:
         files = {kind: sorted(found[label].get(kind, [])) for kind in DEFAULT_QUERIES}
-        if not files["t1w"]:
+        if not files["t1w"] and not files["t1ce"]:
             sessions = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
-            raise InputError(f"sub-{label} has no T1w image{sessions}")
+            raise InputError(f"sub-{label} has no T1w image (plain or contrast-enhanced){sessions}")
+        if not files["t1w"]:
+            LOGGER.warning(
+                "sub-%s has no T1w without contrast; processing its contrast-enhanced T1w %s "
+                "in its place (anatomical measures from it are less reliable)",
+                label, files["t1ce"][0],
+            )  # fmt: skip
         if len(files["t1w"]) > 1:
             LOGGER.warning(
                 "sub-%s has %d T1w images; processing %s", label, len(files["t1w"]), files["t1w"][0]

@@ -105,6 +105,21 @@ def test_subject_without_t1w(tiny_bids, tmp_path):
     assert_input_error(run_participant(tiny_bids, tmp_path), "sub-02 has no T1w")
 
 
+def test_a_contrast_enhanced_t1w_stands_in_for_a_missing_t1w(tiny_bids, tmp_path, caplog):
+    """BraTS-style sessions (FLAIR + ce-T1w, no plain T1w) are processed from the ce-T1w."""
+    from bids_dl.inputs import collect_inputs
+
+    anat = tiny_bids / "sub-02" / "anat"
+    (anat / "sub-02_T1w.nii.gz").rename(anat / "sub-02_ce-gadolinium_T1w.nii.gz")
+    (anat / "sub-02_T1w.json").unlink()
+    subjects = collect_inputs(tiny_bids, ["02"], [], {}, tmp_path / "db")
+    assert subjects["02"].t1w.endswith("sub-02_ce-gadolinium_T1w.nii.gz")
+    assert subjects["02"].reference_is_contrast_enhanced
+    assert "contrast-enhanced T1w" in caplog.text
+    plain = collect_inputs(tiny_bids, ["01"], [], {}, tmp_path / "db")["01"]
+    assert not plain.reference_is_contrast_enhanced and plain.t1w.endswith("sub-01_T1w.nii.gz")
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import nibabel as nb
 import numpy as np
@@ -432,6 +433,27 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
             "tumor", str(bundle), str(paths["t1w"]), str(paths["mask"]), str(out),
             {"FLAIR": None, "T1ce": None, "T2w": None}, device="cpu",
         )  # fmt: skip
+    # a session whose only T1-weighted image is contrast-enhanced: it fills the T1ce channel
+    measures, _ = model_lesions(
+        "tumor", str(bundle), str(paths["t1w"]), str(paths["mask"]), str(out),
+        {"FLAIR": None, "T1ce": None, "T2w": None}, device="cpu", reference_contrast="T1ce",
+    )  # fmt: skip
+    assert "whole_tumor_mm3" in measures
+
+
+def _copy_without_plain_t1w(bids, source: str, target: str) -> None:
+    """A BraTS-style participant: ``source``'s images (ce-T1w, FLAIR, T2w) without its T1w."""
+    shutil.copytree(bids / f"sub-{source}", bids / f"sub-{target}")
+    for path in sorted((bids / f"sub-{target}").rglob("*.*")):
+        renamed = path.with_name(path.name.replace(f"sub-{source}", f"sub-{target}"))
+        if renamed.name.startswith(f"sub-{target}_T1w."):
+            path.unlink()
+        else:
+            path.rename(renamed)
+    table = bids / "participants.tsv"
+    rows = table.read_text().splitlines()
+    copied = next(r for r in rows if r.startswith(f"sub-{source}\t"))
+    table.write_text("\n".join([*rows, copied.replace(source, target, 1)]) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +465,7 @@ def lesion_run(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("lesions")
     bids = base / "bids"
     write_sample_dataset(bids, n_subjects=1, voxel_mm=2.0, seed=3, lesions=True)
+    _copy_without_plain_t1w(bids, "02", "04")
     models = {}
     for task, contrasts in (("tumor", ["FLAIR", "T1ce", "T1w", "T2w"]), ("wmh", ["FLAIR", "T1w"])):
         shipped = shipped_bundles().get(task)
@@ -450,7 +473,7 @@ def lesion_run(tmp_path_factory) -> dict:
     output = base / "out"
     participant = run_cli(
         str(bids), str(output), "participant", "-w", str(base / "work"), "--participant-label",
-        "02", "03", "--sloppy", "--nprocs", "2", "--tumor-model", str(models["tumor"]),
+        "02", "03", "04", "--sloppy", "--nprocs", "2", "--tumor-model", str(models["tumor"]),
         "--wmh-model", str(models["wmh"]),
     )  # fmt: skip
     group = run_cli(str(bids), str(output), "group")
@@ -510,6 +533,26 @@ def test_the_shipped_lesion_models_find_the_simulated_lesions(lesion_run):
         assert np.allclose(found.affine, truth.affine, atol=1e-3)
         score = dice(np.asarray(found.dataobj) > 0, np.asarray(truth.dataobj) > 0)
         assert score >= floor, (name, score)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("tumor" not in shipped_bundles(), reason="no tumour model in models/zoo")
+def test_a_session_without_a_plain_t1w_is_segmented_from_its_ce_t1w(lesion_run):
+    """sub-04 is sub-02 without its T1w: everything is derived from the ce-T1w (names keep
+    its ``ce-`` entity) and the tumour is found (0.87 whole-tumour Dice when written)."""
+    from bids_dl.models.metrics import dice
+
+    anat = lesion_run["output"] / "sub-04" / "anat"
+    found = nb.load(anat / "sub-04_ce-gadolinium_desc-tumor_dseg.nii.gz")
+    assert (anat / "sub-04_ce-gadolinium_desc-preproc_T1w.nii.gz").is_file()
+    truth_dir = lesion_run["bids"] / "derivatives" / "sample-truth" / "sub-02" / "anat"
+    truth = nb.as_closest_canonical(nb.load(truth_dir / "sub-02_desc-tumor_dseg.nii.gz"))
+    assert np.allclose(found.affine, truth.affine, atol=1e-3)
+    assert dice(np.asarray(found.dataobj) > 0, np.asarray(truth.dataobj) > 0) >= 0.75
+    sidecar = json.loads((anat / "sub-04_ce-gadolinium_desc-tumor_dseg.json").read_text())
+    assert not any(source.endswith("sub-04_T1w.nii.gz") for source in sidecar["Sources"])
+    report = (lesion_run["output"] / "sub-04.html").read_text()
+    assert "the participant has no T1w without contrast" in report
 
 
 def test_postprocessing_keeps_the_largest_tumour_or_drops_small_lesions():

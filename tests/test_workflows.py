@@ -122,3 +122,29 @@ def test_model_bundles_reach_the_participant_graph(config, tiny_bids, tmp_path):
     ):
         assert prefix + step in names
     assert prefix + "anat_preproc_wf.segmentation_wf.tissues" not in names
+
+
+def test_a_contrast_enhanced_reference_is_not_registered_to_itself(config, tiny_bids, tmp_path):
+    """Without a plain T1w, the ce-T1w is the reference: only the FLAIR is coregistered, the
+    tumour model gets the reference as its T1ce channel, and the methods say so."""
+    from tests.test_lesions import _lesion_bundle
+
+    anat = tiny_bids / "sub-01" / "anat"
+    config.workflow.tumor_bundle = str(
+        _lesion_bundle(tmp_path / "tumor", "tumor", ["FLAIR", "T1ce", "T1w", "T2w"])
+    )
+    subject = SubjectInputs(
+        "01",
+        {"t1ce": [str(anat / "sub-01_T1w.nii.gz")], "flair": [str(anat / "sub-01_T1w.nii.gz")]},
+        analyses=["anat", "tumor"],
+    )
+    workflow = init_bids_dl_wf(config, {"01": subject})
+    names = set(workflow.list_node_names())
+    prefix = "single_subject_01_wf.lesion_wf."
+    assert prefix + "coregister_flair" in names and prefix + "coregister_t1ce" not in names
+    tumour = workflow.get_node(prefix + "tumor_model")
+    assert tumour.inputs.reference_contrast == "T1ce"
+    paragraphs, _ = methods_text(workflow.get_node("single_subject_01_wf"))
+    assert "contrast-enhanced T1w image (the participant has no T1w without contrast)" in " ".join(
+        paragraphs
+    )

@@ -47,10 +47,15 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         the participant's T1w (set from ``inputs``)
     """
     workflow = pe.Workflow(name=f"single_subject_{inputs.label}_wf")
+    reference = (
+        "contrast-enhanced T1w image (the participant has no T1w without contrast)"
+        if inputs.reference_is_contrast_enhanced
+        else "T1w image"
+    )
     workflow.__desc__ = (
         f"Results included in this report were generated with bids_dl, a BIDS-App built on "
-        f"Nipype [@nipype]. The participant's T1w image ({Path(inputs.t1w).name}) was processed "
-        "as follows."
+        f"Nipype [@nipype]. The participant's {reference} ({Path(inputs.t1w).name}) was "
+        "processed as follows."
     )
     output_dir = str(config.execution.output_dir)
     bids_dir = str(config.execution.bids_dir)
@@ -111,9 +116,14 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
     ])  # fmt: skip
     lesion_tasks = [a for a in inputs.analyses if a in ("tumor", "wmh")]
     if lesion_tasks:
-        contrasts = [c for c in LESION_CONTRASTS if inputs.first(c)]
+        # a contrast-enhanced reference is already on the output grid: not registered again
+        contrasts = [
+            c for c in LESION_CONTRASTS
+            if inputs.first(c) and not (c == "t1ce" and inputs.reference_is_contrast_enhanced)
+        ]  # fmt: skip
         lesion_wf = init_lesion_wf(
             contrasts=contrasts,
+            reference_contrast="T1ce" if inputs.reference_is_contrast_enhanced else "T1w",
             tumor_bundle=config.workflow.tumor_bundle if "tumor" in lesion_tasks else None,
             wmh_bundle=config.workflow.wmh_bundle if "wmh" in lesion_tasks else None,
             omp_nthreads=omp_nthreads,

@@ -18,6 +18,7 @@ CONTRAST_NAMES = {"flair": "FLAIR", "t1ce": "contrast-enhanced T1w", "t2w": "T2w
 def init_lesion_wf(
     *,
     contrasts: list[str],
+    reference_contrast: str = "T1w",
     tumor_bundle: str | None,
     wmh_bundle: str | None,
     omp_nthreads: int,
@@ -30,6 +31,9 @@ def init_lesion_wf(
     ----------
     contrasts
         which of ``flair``, ``t1ce``, ``t2w`` the subject has (each gets a rigid registration)
+    reference_contrast
+        the model channel the preprocessed reference fills: ``T1w``, or ``T1ce`` for a
+        session whose only T1-weighted image is contrast-enhanced (its T1w channel stays empty)
     tumor_bundle, wmh_bundle
         model bundles of the analyses to run (None: not run)
 
@@ -92,7 +96,13 @@ def init_lesion_wf(
     sentences = []
     for position, (task, bundle) in enumerate(analyses, start=1):
         node = pe.Node(
-            ModelLesions(task=task, bundle=bundle, device=device, num_threads=omp_nthreads),
+            ModelLesions(
+                task=task,
+                bundle=bundle,
+                reference_contrast=reference_contrast,
+                device=device,
+                num_threads=omp_nthreads,
+            ),  # fmt: skip
             name=f"{task}_model",
             n_procs=omp_nthreads,
             mem_gb=MEM_GB["lesion_model"],

@@ -224,13 +224,16 @@ def model_lesions(
     contrasts: dict[str, str | None],
     device: str = "auto",
     num_threads: int = 1,
+    reference_contrast: str = "T1w",
 ) -> tuple[dict, dict]:
     """Tumour labels (BraTS values) or a WMH mask from a lesion bundle, on the T1w grid.
 
     ``contrasts`` maps FLAIR, T1ce and T2w to files already on the T1w grid (None when the
-    subject has none); the T1w itself fills the model's T1w channel. Contrasts the model has no
-    channel for are ignored, missing ones are fed as zeros (the models were trained with
-    channel dropout). Labels outside the brain mask are cleared.
+    subject has none); the preprocessed reference ``t1w`` fills the model's
+    ``reference_contrast`` channel (T1w, or T1ce when the session's only T1-weighted image is
+    contrast-enhanced). Contrasts the model has no channel for are ignored, missing ones are
+    fed as zeros (the models were trained with channel dropout). Labels outside the brain mask
+    are cleared.
 
     Returns the measures (volumes, lesion count) and the model's identity.
     """
@@ -238,7 +241,7 @@ def model_lesions(
     from bids_dl.models.metrics import voxel_volume_mm3
 
     card, network = _load_model(bundle, task, num_threads)
-    available = {"T1w": t1w, **contrasts}
+    available = {**contrasts, reference_contrast: t1w}
     wanted = card.inputs["contrasts"]
     essential = {"tumor": ("FLAIR", "T1ce"), "wmh": ("FLAIR",)}[task]
     if not any(available.get(c) for c in essential if c in wanted):
@@ -263,6 +266,9 @@ class _ModelLesionsInputSpec(_ModelRunInputSpec):
     flair = File(exists=True, desc="FLAIR on the T1w grid")
     t1ce = File(exists=True, desc="contrast-enhanced T1w on the T1w grid")
     t2w = File(exists=True, desc="T2w on the T1w grid")
+    reference_contrast = traits.Enum(
+        "T1w", "T1ce", usedefault=True, desc="the model channel the reference ``t1w`` fills"
+    )
 
 
 class _ModelLesionsOutputSpec(TraitedSpec):
@@ -292,6 +298,7 @@ class ModelLesions(_ModelInterface):
             contrasts,
             self.inputs.device,
             self.inputs.num_threads,
+            self.inputs.reference_contrast,
         )
         self._results["out_file"] = out_file
         return runtime
