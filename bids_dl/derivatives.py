@@ -85,8 +85,16 @@ def derivative_path(
 
 
 def bids_uri(path: str | os.PathLike, root: str | os.PathLike, dataset: str = "") -> str:
-    """BIDS URI of ``path`` inside the dataset ``root`` (``bids:raw:sub-01/anat/...``)."""
-    return f"bids:{dataset}:{Path(path).resolve().relative_to(Path(root).resolve()).as_posix()}"
+    """BIDS URI of ``path`` inside the dataset ``root`` (``bids:raw:sub-01/anat/...``).
+
+    A file that is a symbolic link (DataLad/git-annex datasets, links to shared storage) is
+    named where it lies in the dataset, not where it points; folders may be links (a root
+    given through one).
+    """
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if not path.is_relative_to(root):
+        path, root = Path(os.path.realpath(path.parent)) / path.name, root.resolve()
+    return f"bids:{dataset}:{path.relative_to(root).as_posix()}"
 
 
 def write_file_atomic(path: Path, write: Callable[[Path], None]) -> Path:

@@ -46,6 +46,24 @@ def test_bids_uri(tmp_path):
     assert d.bids_uri(target, tmp_path, "raw") == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
 
 
+def test_bids_uri_names_a_linked_file_where_it_lies(tmp_path):
+    """Files linked to storage outside the dataset (DataLad, shared data), and a dataset root
+    reached through a link, keep their place in the dataset."""
+    storage, dataset = tmp_path / "storage", tmp_path / "dataset"
+    (storage).mkdir()
+    (storage / "image.nii.gz").write_bytes(b"")
+    (dataset / "sub-01" / "anat").mkdir(parents=True)
+    linked = dataset / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    linked.symlink_to(storage / "image.nii.gz")
+    expected = "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    assert d.bids_uri(linked, dataset, "raw") == expected
+    (tmp_path / "dataset_link").symlink_to(dataset)
+    assert d.bids_uri(linked, tmp_path / "dataset_link", "raw") == expected
+    assert d.bids_uri(tmp_path / "dataset_link" / linked.relative_to(dataset), dataset, "raw") == (
+        expected
+    )
+
+
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "table.tsv"
     d.write_text_atomic("old\n", target)
