@@ -115,7 +115,7 @@ def main() -> None:
                 args.save.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(
                     args.save / f"{case['name']}.npz", labels=labels, truth=truth,
-                    tumour_probability=probabilities[1:].sum(0).astype(np.float16),
+                    tumour_probability=foreground.astype(np.float16),
                 )  # fmt: skip
             print("\n".join(describe_components(labels, probabilities, truth, structures,
                                                 args.min_cm3 * 1000)))  # fmt: skip
