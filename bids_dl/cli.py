@@ -152,6 +152,15 @@ def _setup_logging(verbose: int) -> None:
     help="Where deep-learning nodes run: auto uses CUDA when present.",
 )
 @click.option(
+    "--skull-strip-t1w",
+    type=click.Choice(["auto", "force", "skip"]),
+    default="auto",
+    show_default=True,
+    help="Brain extraction of the T1w: auto skips it for images that are already "
+    "skull-stripped (one constant value on every face, a brain-sized rest), force always runs "
+    "it, skip never does (the mask is then the voxels that differ from the background).",
+)
+@click.option(
     "--brain-extraction-model",
     default="auto",
     show_default=True,
@@ -228,6 +237,7 @@ def _prepare(options: dict):
         collect_inputs,
         load_filters,
         plan_analyses,
+        plan_skull_stripping,
         strip_prefix,
         validate_dataset,
     )
@@ -275,6 +285,7 @@ def _prepare(options: dict):
             device=options["device"],
             sloppy=options["sloppy"],
             random_seed=options["random_seed"],
+            skull_strip_t1w=options["skull_strip_t1w"],
             brain_extraction_bundle=_model_bundle(
                 options["brain_extraction_model"],
                 "--brain-extraction-model",
@@ -313,6 +324,7 @@ def _prepare(options: dict):
         config.execution.analyses_requested,
         {"tumor": config.workflow.tumor_bundle, "wmh": config.workflow.wmh_bundle},
     )
+    plan_skull_stripping(subjects, config.workflow.skull_strip_t1w)
     return config, subjects
 
 
@@ -516,9 +528,14 @@ def _print_plan(config, subjects) -> None:
     click.echo(f"  analyses: {', '.join(execution.analyses)}")
     click.echo(f"  plugin:   {json.dumps(config.nipype.plugin_settings())}")
     for label, inputs in subjects.items():
-        click.echo(f"  sub-{label}: T1w {Path(inputs.t1w).relative_to(execution.bids_dir)}")
+        reference = "ce-T1w" if inputs.reference_is_contrast_enhanced else "T1w"
+        stripped = " (already skull-stripped)" if inputs.skull_stripped else ""
+        click.echo(
+            f"  sub-{label}: {reference} "
+            f"{Path(inputs.t1w).relative_to(execution.bids_dir)}{stripped}"
+        )
         for kind, files in inputs.files.items():
-            if kind != "t1w" and files:
+            if files and files[0] != inputs.t1w:
                 click.echo(f"           {kind}: {Path(files[0]).relative_to(execution.bids_dir)}")
         click.echo(f"           runs: {', '.join(inputs.analyses)}")
 

@@ -80,6 +80,8 @@ class WorkflowSettings:
     sloppy: bool = False
     #: ANTs' random seed (``ANTS_RANDOM_SEED``), None for ANTs' own
     random_seed: int | None = None
+    #: ``--skull-strip-t1w``: auto (detect already skull-stripped T1w images), force or skip
+    skull_strip_t1w: str = "auto"
     #: folder of the brain-mask bundle, or None for the classical template baseline
     brain_extraction_bundle: str | None = None
     #: folder of the structures bundle, or None for the classical Atropos tissues

@@ -245,20 +245,27 @@ def write_tumor_lookup(output_dir: str | os.PathLike) -> Path:
     return _write_lookup(rows, Path(output_dir) / "desc-tumor_dseg.tsv")
 
 
+#: Why the tissue measures of a participant can be n/a.
+_TISSUES_NOT_MEASURED = (
+    "; n/a when the tissues are Atropos classes of a contrast-enhanced T1w (the participant "
+    "has no plain T1w): they take enhancing vessels and tumour for white matter"
+)
 #: Data dictionary of the measures table (BIDS-style JSON sidecar).
 MEASURES_DICTIONARY = {
     "participant_id": {"Description": "BIDS participant label"},
     "brain_mask_mm3": {"Description": "volume of the brain mask", "Units": "mm^3"},
     "gm_mm3": {
-        "Description": "grey-matter volume (sum of the GM probability map)",
+        "Description": "grey-matter volume (sum of the GM probability map)" + _TISSUES_NOT_MEASURED,
         "Units": "mm^3",
     },
     "wm_mm3": {
-        "Description": "white-matter volume (sum of the WM probability map)",
+        "Description": "white-matter volume (sum of the WM probability map)"
+        + _TISSUES_NOT_MEASURED,
         "Units": "mm^3",
     },
     "csf_mm3": {
-        "Description": "CSF volume inside the brain mask (sum of the CSF map)",
+        "Description": "CSF volume inside the brain mask (sum of the CSF map)"
+        + _TISSUES_NOT_MEASURED,
         "Units": "mm^3",
     },
     "template_correlation": {
@@ -267,11 +274,11 @@ MEASURES_DICTIONARY = {
     },
     "template_dice_gm": {
         "Description": "Dice of the subject's GM labels in template space with the template GM "
-        "map thresholded at 0.5 (registration and segmentation quality)"
+        "map thresholded at 0.5 (registration and segmentation quality)" + _TISSUES_NOT_MEASURED
     },
     "template_dice_wm": {
         "Description": "Dice of the subject's WM labels in template space with the template WM "
-        "map thresholded at 0.5"
+        "map thresholded at 0.5" + _TISSUES_NOT_MEASURED
     },
 }
 

@@ -48,3 +48,44 @@ def save_image(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     image.set_sform(affine, code=1)
     nb.save(image, str(path))
     return Path(path)
+
+
+#: The largest brain (mL) an already skull-stripped image is taken to hold: adult brain masks
+#: hold 1.0-1.8 L, a whole head with scalp and skull 3-5 L.
+STRIPPED_BRAIN_MAX_ML = 2500.0
+
+
+def face_voxels(data: np.ndarray) -> np.ndarray:
+    """The values on the six faces of a volume (where a head image shows air or scalp)."""
+    return np.concatenate([
+        data[[0, -1]].ravel(), data[:, [0, -1]].ravel(), data[:, :, [0, -1]].ravel()
+    ])  # fmt: skip
+
+
+def constant_background(data: np.ndarray) -> float | None:
+    """The value every face voxel holds, or None when they differ (noise: a raw head image).
+
+    Skull stripping leaves one value around the brain: 0, or what a later normalisation made
+    of it (the z-scored BraTS images hold a negative constant there).
+    """
+    faces = face_voxels(data)
+    return float(faces[0]) if np.all(faces == faces[0]) else None
+
+
+def finite_data(image: nb.Nifti1Image) -> np.ndarray:
+    """The image as float32 with non-finite values set to 0 (as ``conform`` does)."""
+    data = image.get_fdata(dtype=np.float32)
+    data[~np.isfinite(data)] = 0
+    return data
+
+
+def is_skull_stripped(path: str | Path) -> bool:
+    """Whether an image already shows the brain alone: a constant background all around and,
+    inside it, no more than a brain's volume (sMRIPrep's test looks at the faces only)."""
+    image = load_3d_image(path)
+    data = finite_data(image)
+    background = constant_background(data)
+    if background is None:
+        return False
+    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000
+    return bool(0 < np.count_nonzero(data != background) * voxel_ml <= STRIPPED_BRAIN_MAX_ML)

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bids_dl.images import ImageError, load_3d_image
+from bids_dl.images import STRIPPED_BRAIN_MAX_ML, ImageError, is_skull_stripped, load_3d_image
 
 LOGGER = logging.getLogger("bids_dl.inputs")
 
@@ -43,6 +43,8 @@ class SubjectInputs:
     files: dict[str, list[str]] = field(default_factory=dict)
 
     analyses: list[str] = field(default_factory=lambda: ["anat"])
+    #: the T1w is already skull-stripped: its background gives the brain mask
+    skull_stripped: bool = False
 
     @property
     def t1w(self) -> str:
@@ -216,6 +218,30 @@ def collect_inputs(
                     raise InputError(f"sub-{label}: {error}") from error
         subjects[label] = SubjectInputs(label=label, files=files)
     return subjects
+
+
+def plan_skull_stripping(subjects: dict[str, SubjectInputs], mode: str) -> None:
+    """Decide, per subject, whether the brain is extracted (``SubjectInputs.skull_stripped``).
+
+    As fMRIPrep's ``--skull-strip-t1w``: ``force`` extracts the brain from every T1w, ``skip``
+    takes every T1w as already skull-stripped and ``auto`` checks each one
+    (:func:`bids_dl.images.is_skull_stripped`). Extracting a brain from an image that is one
+    already fails (a brain-extraction model is trained on heads).
+    """
+    for subject in subjects.values():
+        subject.skull_stripped = mode != "force" and is_skull_stripped(subject.t1w)
+        if mode == "skip" and not subject.skull_stripped:
+            raise InputError(
+                f"--skull-strip-t1w skip: sub-{subject.label}'s {Path(subject.t1w).name} is not "
+                "skull-stripped (the voxels on its faces are not one constant value, or the "
+                f"rest is larger than a brain, {STRIPPED_BRAIN_MAX_ML:.0f} mL); use auto or force"
+            )
+        if mode == "auto" and subject.skull_stripped:
+            LOGGER.warning(
+                "sub-%s: %s is already skull-stripped; its brain mask is the voxels that differ "
+                "from its background (--skull-strip-t1w force extracts the brain anyway)",
+                subject.label, subject.t1w,
+            )  # fmt: skip
 
 
 def plan_analyses(

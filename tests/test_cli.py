@@ -120,6 +120,22 @@ def test_a_contrast_enhanced_t1w_stands_in_for_a_missing_t1w(tiny_bids, tmp_path
     assert not plain.reference_is_contrast_enhanced and plain.t1w.endswith("sub-01_T1w.nii.gz")
 
 
+def test_skull_stripped_t1w_images_are_detected_and_skip_refuses_a_head(tiny_bids, tmp_path):
+    """As fMRIPrep's --skull-strip-t1w: auto looks at each T1w, force and skip decide."""
+    stripped = np.full((20, 20, 20), -1.5, np.float32)  # a z-scored brain's background
+    stripped[5:15, 4:16, 6:14] = np.random.default_rng(0).normal(1.0, 0.2, (10, 12, 8))
+    nb.save(nb.Nifti1Image(stripped, np.diag([2, 2, 2, 1])),
+            tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")  # fmt: skip
+    auto = run_participant(tiny_bids, tmp_path, "--dry-run")
+    assert auto.exit_code == 0, auto.output
+    assert "sub-01_T1w.nii.gz (already skull-stripped)" in auto.output
+    assert "sub-02_T1w.nii.gz (already" not in auto.output
+    force = run_participant(tiny_bids, tmp_path, "--dry-run", "--skull-strip-t1w", "force")
+    assert "already skull-stripped" not in force.output
+    skip = run_participant(tiny_bids, tmp_path, "--dry-run", "--skull-strip-t1w", "skip")
+    assert_input_error(skip, "--skull-strip-t1w skip", "sub-02_T1w.nii.gz is not skull-stripped")
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
 

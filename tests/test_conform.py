@@ -1,4 +1,5 @@
-"""Conforming: RAS+ on the native grid for any orientation, voxel size and bad values."""
+"""Conforming: RAS+ on the native grid for any orientation, voxel size and bad values; telling
+already skull-stripped images from heads."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_dl.images import ImageError, load_3d_image
+from bids_dl.images import ImageError, is_skull_stripped, load_3d_image
 from bids_dl.workflows.interfaces.conform import conform_image
+from bids_dl.workflows.interfaces.images import brain_mask_from_background
 
 
 def _oblique_affine(zooms=(1.0, 1.2, 3.0)) -> np.ndarray:
@@ -62,3 +64,47 @@ def test_singular_orientation_is_refused(tmp_path):
     nb.Nifti1Image(np.ones((4, 4, 4), np.float32), None, header).to_filename(tmp_path / "a.nii.gz")
     with pytest.raises(ImageError, match="singular"):
         load_3d_image(tmp_path / "a.nii.gz")
+
+
+def _brain_in_background(background: float, radius_mm: float) -> nb.Nifti1Image:
+    """A ball of noisy tissue (2 mm voxels) in one constant background value."""
+    grid = np.indices((100, 100, 100)) - 49.5
+    inside = np.sqrt((grid**2).sum(axis=0)) * 2.0 < radius_mm
+    data = np.full(inside.shape, background, np.float32)
+    data[inside] = np.random.default_rng(0).normal(1.0, 0.3, inside.sum())
+    return nb.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "background, radius_mm, noise, stripped",
+    [
+        (0.0, 70, 0.0, True),  # a 1.4 L brain on zeros
+        (-2.5, 70, 0.0, True),  # z-scored after stripping, as the BraTS cases
+        (np.nan, 70, 0.0, True),  # NaN around the brain
+        (0.0, 90, 0.0, False),  # 3 L: a whole head on zeros
+        (0.0, 70, 0.01, False),  # noise in the background: a raw image
+    ],
+)
+def test_skull_stripped_images_are_told_from_heads(
+    tmp_path, background, radius_mm, noise, stripped
+):
+    image = _brain_in_background(background, radius_mm)
+    data = image.get_fdata(dtype=np.float32)
+    data += np.abs(np.random.default_rng(1).normal(0, noise, data.shape)).astype(np.float32)
+    nb.save(nb.Nifti1Image(data, image.affine), tmp_path / "t1w.nii.gz")
+    assert is_skull_stripped(tmp_path / "t1w.nii.gz") is stripped
+
+
+def test_the_mask_of_a_stripped_image_is_its_non_background_voxels(tmp_path):
+    image = _brain_in_background(-2.5, 70)
+    data = image.get_fdata(dtype=np.float32)
+    brain = data != -2.5
+    data[50, 50, 50] = -2.5  # a voxel inside the brain that happens to equal the background
+    data[3, 3, 3] = 1.0  # a speck outside it
+    nb.save(nb.Nifti1Image(data, image.affine), tmp_path / "t1w.nii.gz")
+    mask = brain_mask_from_background(str(tmp_path / "t1w.nii.gz"), str(tmp_path / "mask.nii.gz"))
+    assert np.array_equal(nb.load(mask).get_fdata() > 0, brain)
+    with pytest.raises(ValueError, match="not skull-stripped"):
+        nb.save(nb.Nifti1Image(data + 0.01 * np.indices(data.shape)[0], image.affine),
+                tmp_path / "head.nii.gz")  # fmt: skip
+        brain_mask_from_background(str(tmp_path / "head.nii.gz"), str(tmp_path / "m.nii.gz"))

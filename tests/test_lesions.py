@@ -441,15 +441,23 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
     assert "whole_tumor_mm3" in measures
 
 
-def _copy_without_plain_t1w(bids, source: str, target: str) -> None:
-    """A BraTS-style participant: ``source``'s images (ce-T1w, FLAIR, T2w) without its T1w."""
+def _copy_as_brats(bids, source: str, target: str) -> None:
+    """A BraTS-style participant: ``source``'s images (ce-T1w, FLAIR, T2w) without its T1w,
+    skull-stripped with the true brain mask and z-scored inside it, as the BraTS cases are."""
     shutil.copytree(bids / f"sub-{source}", bids / f"sub-{target}")
+    truth = bids / "derivatives" / "sample-truth" / f"sub-{source}" / "anat"
+    brain = nb.load(truth / f"sub-{source}_desc-brain_mask.nii.gz").get_fdata() > 0
     for path in sorted((bids / f"sub-{target}").rglob("*.*")):
         renamed = path.with_name(path.name.replace(f"sub-{source}", f"sub-{target}"))
         if renamed.name.startswith(f"sub-{target}_T1w."):
             path.unlink()
-        else:
-            path.rename(renamed)
+            continue
+        path.rename(renamed)
+        if renamed.name.endswith(".nii.gz"):
+            image = nb.load(renamed)
+            data = image.get_fdata() * brain
+            zscored = (data - data[brain].mean()) / data[brain].std()
+            nb.save(nb.Nifti1Image(zscored.astype(np.float32), image.affine), renamed)
     table = bids / "participants.tsv"
     rows = table.read_text().splitlines()
     copied = next(r for r in rows if r.startswith(f"sub-{source}\t"))
@@ -465,7 +473,7 @@ def lesion_run(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("lesions")
     bids = base / "bids"
     write_sample_dataset(bids, n_subjects=1, voxel_mm=2.0, seed=3, lesions=True)
-    _copy_without_plain_t1w(bids, "02", "04")
+    _copy_as_brats(bids, "02", "04")
     models = {}
     for task, contrasts in (("tumor", ["FLAIR", "T1ce", "T1w", "T2w"]), ("wmh", ["FLAIR", "T1w"])):
         shipped = shipped_bundles().get(task)
@@ -537,12 +545,20 @@ def test_the_shipped_lesion_models_find_the_simulated_lesions(lesion_run):
 
 @pytest.mark.slow
 @pytest.mark.skipif("tumor" not in shipped_bundles(), reason="no tumour model in models/zoo")
-def test_a_session_without_a_plain_t1w_is_segmented_from_its_ce_t1w(lesion_run):
-    """sub-04 is sub-02 without its T1w: everything is derived from the ce-T1w (names keep
-    its ``ce-`` entity) and the tumour is found (0.87 whole-tumour Dice when written)."""
+def test_a_brats_style_session_is_segmented_from_its_skull_stripped_ce_t1w(lesion_run):
+    """sub-04 is sub-02 without its T1w, skull-stripped and z-scored as BraTS cases are:
+    everything is derived from the ce-T1w (names keep its ``ce-`` entity), its brain mask is
+    its non-background voxels (Dice 1.000 with the true brain when written), and the tumour is
+    found (whole tumour / core / enhancing 0.838 / 0.959 / 0.959 when written)."""
     from bids_dl.models.metrics import dice
 
     anat = lesion_run["output"] / "sub-04" / "anat"
+    truth_brain = nb.as_closest_canonical(
+        nb.load(lesion_run["bids"] / "derivatives" / "sample-truth" / "sub-02" / "anat"
+                / "sub-02_desc-brain_mask.nii.gz")
+    )  # fmt: skip
+    brain = nb.load(anat / "sub-04_ce-gadolinium_desc-brain_mask.nii.gz")
+    assert dice(np.asarray(brain.dataobj) > 0, np.asarray(truth_brain.dataobj) > 0) > 0.99
     found = nb.load(anat / "sub-04_ce-gadolinium_desc-tumor_dseg.nii.gz")
     assert (anat / "sub-04_ce-gadolinium_desc-preproc_T1w.nii.gz").is_file()
     truth_dir = lesion_run["bids"] / "derivatives" / "sample-truth" / "sub-02" / "anat"
@@ -553,6 +569,10 @@ def test_a_session_without_a_plain_t1w_is_segmented_from_its_ce_t1w(lesion_run):
     assert not any(source.endswith("sub-04_T1w.nii.gz") for source in sidecar["Sources"])
     report = (lesion_run["output"] / "sub-04.html").read_text()
     assert "the participant has no T1w without contrast" in report
+    assert "already skull-stripped" in report
+    measures = pd.read_csv(anat / "sub-04_ce-gadolinium_desc-anat_measures.tsv", sep="\t")
+    assert measures[["gm_mm3", "wm_mm3", "template_dice_gm"]].isna().all(axis=None)
+    assert measures["brain_mask_mm3"].notna().all() and measures["whole_tumor_mm3"].gt(0).all()
 
 
 def test_postprocessing_keeps_the_largest_tumour_or_drops_small_lesions():

@@ -85,6 +85,19 @@ def test_brain_extraction_methods_share_one_interface(tmp_path, bundle):
     assert expected_node in workflow.list_node_names()
 
 
+def test_a_skull_stripped_t1w_gets_its_mask_from_its_background():
+    """No extraction model or template runs; the mask comes from the image before N4."""
+    workflow = init_anat_preproc_wf(
+        template_dir="/tmp/t", omp_nthreads=1, brain_extraction_bundle="/models/brain_mask",
+        skull_stripped=True,
+    )  # fmt: skip
+    extraction = workflow.get_node("brain_extraction_wf")
+    assert extraction.list_node_names() == ["background_mask", "inputnode", "outputnode"]
+    sources = {edge[0].name for edge in workflow._graph.in_edges(extraction)}
+    assert sources == {"conform"}
+    assert "already skull-stripped" in extraction.__desc__
+
+
 def test_methods_follow_the_graph(config, tiny_bids):
     paragraphs, references = methods_text(init_anat_preproc_wf(template_dir="/t", omp_nthreads=1))
     text = " ".join(paragraphs)

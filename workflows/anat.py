@@ -16,7 +16,7 @@ from bids_dl.workflows.interfaces.ants import (
     TemplateRegistration,
 )
 from bids_dl.workflows.interfaces.conform import Conform
-from bids_dl.workflows.interfaces.images import ApplyBrainMask
+from bids_dl.workflows.interfaces.images import ApplyBrainMask, BrainMaskFromBackground
 from bids_dl.workflows.interfaces.models import ModelBrainMask, ModelSegmentation
 from bids_dl.workflows.resources import MEM_GB
 
@@ -26,6 +26,7 @@ def init_brain_extraction_wf(
     template_dir: str,
     omp_nthreads: int,
     bundle: str | None = None,
+    skull_stripped: bool = False,
     device: str = "auto",
     name: str = "brain_extraction_wf",
 ):
@@ -36,11 +37,15 @@ def init_brain_extraction_wf(
     bundle
         folder of a ``brain_mask`` model bundle; ``None`` selects the classical baseline
         (the template's brain mask carried onto the subject by registration)
+    skull_stripped
+        the image is already skull-stripped: its mask is the voxels that differ from its
+        constant background, and no extraction runs (``bundle`` is not used)
 
     Inputs
     ------
     in_file
-        bias-corrected anatomical image (whole head)
+        bias-corrected anatomical image (whole head), or the conformed image when
+        ``skull_stripped`` (bias correction changes a background that is not 0)
 
     Outputs
     -------
@@ -52,7 +57,17 @@ def init_brain_extraction_wf(
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["brain_mask", "model"]), name="outputnode")
-    if bundle is not None:
+    if skull_stripped:
+        workflow.__desc__ = (
+            "The T1w was already skull-stripped (one constant value all around the brain); its "
+            "brain mask was the voxels that differ from that background (the largest connected "
+            "piece, holes filled), and no brain extraction was run."
+        )
+        masking = pe.Node(
+            BrainMaskFromBackground(), name="background_mask", mem_gb=MEM_GB["skull_strip"]
+        )
+        outputnode.inputs.model = {}
+    elif bundle is not None:
         workflow.__desc__ = (
             "A brain mask was predicted by a 3D U-Net trained by bids_dl on images of random "
             "contrast synthesised from real label maps [@synthseg; @synthstrip] "
@@ -170,10 +185,13 @@ def init_anat_preproc_wf(
     sloppy: bool = False,
     brain_extraction_bundle: str | None = None,
     segmentation_bundle: str | None = None,
+    skull_stripped: bool = False,
     device: str = "auto",
     name: str = "anat_preproc_wf",
 ):
     """Preprocess one T1w and register it to the MNI152NLin2009aSym template.
+
+    ``skull_stripped``: the T1w is already skull-stripped (its background gives the mask).
 
     Inputs
     ------
@@ -232,6 +250,7 @@ def init_anat_preproc_wf(
         template_dir=template_dir,
         omp_nthreads=omp_nthreads,
         bundle=brain_extraction_bundle,
+        skull_stripped=skull_stripped,
         device=device,
     )
     segmentation_wf = init_segmentation_wf(
@@ -257,7 +276,9 @@ def init_anat_preproc_wf(
     workflow.connect([
         (inputnode, conform, [("t1w", "in_file")]),
         (conform, n4, [("out_file", "in_file")]),
-        (n4, brain_extraction_wf, [("out_file", "inputnode.in_file")]),
+        (conform if skull_stripped else n4, brain_extraction_wf, [
+            ("out_file", "inputnode.in_file"),
+        ]),
         (n4, skull_strip, [("out_file", "in_file")]),
         (brain_extraction_wf, skull_strip, [("outputnode.brain_mask", "mask_file")]),
         (skull_strip, registration, [("out_file", "in_file")]),

@@ -70,11 +70,16 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         sloppy=config.workflow.sloppy,
         brain_extraction_bundle=config.workflow.brain_extraction_bundle,
         segmentation_bundle=config.workflow.segmentation_bundle,
+        skull_stripped=inputs.skull_stripped,
         device=config.workflow.device,
     )
     structures = config.workflow.segmentation_bundle is not None
     measures = pe.Node(
-        AnatomicalMeasures(subject_label=inputs.label, template_dir=template_dir),
+        AnatomicalMeasures(
+            subject_label=inputs.label,
+            template_dir=template_dir,
+            tissues_from_contrast_enhanced=inputs.reference_is_contrast_enhanced and not structures,
+        ),
         name="anat_measures",
         mem_gb=MEM_GB["measures"],
     )

@@ -9,7 +9,7 @@ import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
 from scipy import ndimage
 
-from bids_dl.images import save_image
+from bids_dl.images import constant_background, finite_data, save_image
 
 
 def largest_component_filled(mask: np.ndarray) -> np.ndarray:
@@ -52,4 +52,37 @@ class ApplyBrainMask(SimpleInterface):
         self._results["out_file"] = apply_brain_mask(
             self.inputs.in_file, self.inputs.mask_file, out_file
         )
+        return runtime
+
+
+def brain_mask_from_background(in_file: str, out_file: str) -> str:
+    """The brain of an already skull-stripped image: the voxels that differ from its constant
+    background, as one piece with its holes filled."""
+    image = nb.load(in_file)
+    data = finite_data(image)
+    background = constant_background(data)
+    if background is None:
+        raise ValueError(f"{in_file} is not skull-stripped: its faces are not one constant value")
+    mask = largest_component_filled(data != background)
+    save_image(mask.astype(np.uint8), image.affine, out_file)
+    return out_file
+
+
+class _BackgroundMaskInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="an already skull-stripped image")
+
+
+class _BackgroundMaskOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="binary brain mask on the same grid")
+
+
+class BrainMaskFromBackground(SimpleInterface):
+    """Brain mask of an image that is already skull-stripped (``--skull-strip-t1w``)."""
+
+    input_spec = _BackgroundMaskInputSpec
+    output_spec = _BackgroundMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / "brain_mask.nii.gz")
+        self._results["out_file"] = brain_mask_from_background(self.inputs.in_file, out_file)
         return runtime

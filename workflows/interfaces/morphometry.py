@@ -20,6 +20,9 @@ from nipype.interfaces.base import (
 from bids_dl.models.metrics import dice, voxel_volume_mm3
 from bids_dl.templates import TemplateFiles
 
+#: The measures that come from the tissue classes (written n/a where those are not valid).
+TISSUE_MEASURES = ("gm_mm3", "wm_mm3", "csf_mm3", "template_dice_gm", "template_dice_wm")
+
 
 def tissue_volumes(probseg_files: dict[str, str], mask_file: str) -> dict[str, float]:
     """Tissue volumes in mm^3: the sum of each probability map times the voxel volume."""
@@ -91,6 +94,12 @@ class _MeasuresInputSpec(TraitedSpec):
     extra_measures = InputMultiObject(
         traits.Dict(), desc="measures of other analyses (lesion volumes, counts) to add"
     )
+    tissues_from_contrast_enhanced = traits.Bool(
+        False,
+        usedefault=True,
+        desc="the tissues are Atropos intensity classes of a contrast-enhanced T1w, which take "
+        "enhancing vessels and tumour for white matter: their measures are written n/a",
+    )
 
 
 class _MeasuresOutputSpec(TraitedSpec):
@@ -118,6 +127,8 @@ class AnatomicalMeasures(SimpleInterface):
         if isdefined(self.inputs.aseg):
             measures.update(structure_volumes(self.inputs.aseg))
         measures.update(registration_quality(self.inputs.std_t1w, self.inputs.std_dseg, template))
+        if self.inputs.tissues_from_contrast_enhanced:
+            measures.update(dict.fromkeys(TISSUE_MEASURES, "n/a"))
         if isdefined(self.inputs.extra_measures):
             for extra in self.inputs.extra_measures:
                 measures.update(extra)
