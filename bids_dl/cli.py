@@ -157,7 +157,7 @@ def _setup_logging(verbose: int) -> None:
     default="auto",
     show_default=True,
     help="Brain extraction of the T1w: auto skips it for images that are already "
-    "skull-stripped (one constant value on every face, a brain-sized rest), force always runs "
+    "skull-stripped (one value on most of its faces, a brain-sized rest), force always runs "
     "it, skip never does (the mask is then the voxels that differ from the background).",
 )
 @click.option(

@@ -53,6 +53,8 @@ def save_image(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
 #: The largest brain (mL) an already skull-stripped image is taken to hold: adult brain masks
 #: hold 1.0-1.8 L, a whole head with scalp and skull 3-5 L.
 STRIPPED_BRAIN_MAX_ML = 2500.0
+#: The smallest share of face voxels that must hold the background value.
+STRIPPED_FACE_SHARE = 0.5
 
 
 def face_voxels(data: np.ndarray) -> np.ndarray:
@@ -62,14 +64,17 @@ def face_voxels(data: np.ndarray) -> np.ndarray:
     ])  # fmt: skip
 
 
-def constant_background(data: np.ndarray) -> float | None:
-    """The value every face voxel holds, or None when they differ (noise: a raw head image).
+def face_background(data: np.ndarray) -> tuple[float, float]:
+    """The most frequent value on the faces of a volume, and the share of face voxels holding it.
 
     Skull stripping leaves one value around the brain: 0, or what a later normalisation made
-    of it (the z-scored BraTS images hold a negative constant there).
+    of it (the z-scored BraTS images hold a negative constant there); the brain may touch a
+    face where the field of view is tight (3 voxels in BraTS pat0006). A raw head image has
+    noise there instead.
     """
-    faces = face_voxels(data)
-    return float(faces[0]) if np.all(faces == faces[0]) else None
+    values, counts = np.unique(face_voxels(data), return_counts=True)
+    most = int(np.argmax(counts))
+    return float(values[most]), float(counts[most] / counts.sum())
 
 
 def finite_data(image: nb.Nifti1Image) -> np.ndarray:
@@ -80,12 +85,13 @@ def finite_data(image: nb.Nifti1Image) -> np.ndarray:
 
 
 def is_skull_stripped(path: str | Path) -> bool:
-    """Whether an image already shows the brain alone: a constant background all around and,
-    inside it, no more than a brain's volume (sMRIPrep's test looks at the faces only)."""
+    """Whether an image already shows the brain alone: most of its faces hold one value and,
+    apart from that background, no more than a brain's volume remains (sMRIPrep's test looks
+    at the faces only, which a zero-padded head also passes)."""
     image = load_3d_image(path)
     data = finite_data(image)
-    background = constant_background(data)
-    if background is None:
+    background, share = face_background(data)
+    if share < STRIPPED_FACE_SHARE:
         return False
     voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000
     return bool(0 < np.count_nonzero(data != background) * voxel_ml <= STRIPPED_BRAIN_MAX_ML)

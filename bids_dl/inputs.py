@@ -233,7 +233,7 @@ def plan_skull_stripping(subjects: dict[str, SubjectInputs], mode: str) -> None:
         if mode == "skip" and not subject.skull_stripped:
             raise InputError(
                 f"--skull-strip-t1w skip: sub-{subject.label}'s {Path(subject.t1w).name} is not "
-                "skull-stripped (the voxels on its faces are not one constant value, or the "
+                "skull-stripped (most voxels on its faces do not share one value, or the "
                 f"rest is larger than a brain, {STRIPPED_BRAIN_MAX_ML:.0f} mL); use auto or force"
             )
         if mode == "auto" and subject.skull_stripped:

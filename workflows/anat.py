@@ -59,7 +59,7 @@ def init_brain_extraction_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=["brain_mask", "model"]), name="outputnode")
     if skull_stripped:
         workflow.__desc__ = (
-            "The T1w was already skull-stripped (one constant value all around the brain); its "
+            "The T1w was already skull-stripped (one background value around the brain); its "
             "brain mask was the voxels that differ from that background (the largest connected "
             "piece, holes filled), and no brain extraction was run."
         )

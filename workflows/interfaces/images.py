@@ -9,7 +9,7 @@ import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
 from scipy import ndimage
 
-from bids_dl.images import constant_background, finite_data, save_image
+from bids_dl.images import face_background, finite_data, save_image
 
 
 def largest_component_filled(mask: np.ndarray) -> np.ndarray:
@@ -56,13 +56,11 @@ class ApplyBrainMask(SimpleInterface):
 
 
 def brain_mask_from_background(in_file: str, out_file: str) -> str:
-    """The brain of an already skull-stripped image: the voxels that differ from its constant
-    background, as one piece with its holes filled."""
+    """The brain of an already skull-stripped image: the voxels that differ from its
+    background (the most frequent value on its faces), as one piece with its holes filled."""
     image = nb.load(in_file)
     data = finite_data(image)
-    background = constant_background(data)
-    if background is None:
-        raise ValueError(f"{in_file} is not skull-stripped: its faces are not one constant value")
+    background, _ = face_background(data)
     mask = largest_component_filled(data != background)
     save_image(mask.astype(np.uint8), image.affine, out_file)
     return out_file
