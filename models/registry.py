@@ -29,7 +29,10 @@ def find_bundle(name_or_path: str) -> Path:
 
 
 def describe(folder: Path) -> str:
-    """One line: name, version, task and the card's headline metrics."""
+    """One line: name, version, task and the card's headline (its measured accuracy in words),
+    or else its single-number metrics."""
     card: ModelCard = load_card(folder)
-    metrics = ", ".join(f"{k}={v}" for k, v in card.metrics.items() if not isinstance(v, dict))
+    metrics = card.metrics.get("headline") or ", ".join(
+        f"{k}={v}" for k, v in card.metrics.items() if not isinstance(v, dict)
+    )
     return f"{folder.name}: {card.name} {card.version} ({card.task}) {metrics}"

@@ -57,6 +57,21 @@ def test_bundle_round_trip(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_the_bundle_list_shows_the_headline_or_else_the_plain_metrics(tmp_path):
+    from dataclasses import replace
+
+    from bids_dl.models.registry import describe
+
+    network = UNet3D(1, 2, features=(2, 4))
+    save_bundle(
+        tmp_path / "plain", replace(_card(), metrics={"dice": 0.5, "test": {"x": 1}}), network
+    )
+    assert describe(tmp_path / "plain").endswith("dice=0.5")
+    metrics = {"headline": "REAL test Dice 0.8", "dice": 0.5}
+    save_bundle(tmp_path / "headline", replace(_card(), metrics=metrics), network)
+    assert describe(tmp_path / "headline").endswith("REAL test Dice 0.8")
+
+
 def test_bundle_refuses_a_pickle(tmp_path):
     folder = tmp_path / "b"
     folder.mkdir()
