@@ -203,7 +203,7 @@ def collect_inputs(
         if not files["t1w"]:
             LOGGER.warning(
                 "sub-%s has no T1w without contrast; processing its contrast-enhanced T1w %s "
-                "in its place (anatomical measures from it are less reliable)",
+                "in its place (Atropos tissue volumes from it are written n/a)",
                 label, files["t1ce"][0],
             )  # fmt: skip
         if len(files["t1w"]) > 1:
