@@ -1,5 +1,5 @@
 """Conforming: RAS+ on the native grid for any orientation, voxel size and bad values; telling
-already skull-stripped images from heads."""
+already skull-stripped (and z-scored) images from heads, and showing them."""
 
 from __future__ import annotations
 
@@ -107,3 +107,13 @@ def test_the_mask_of_a_stripped_image_is_its_non_background_voxels(tmp_path):
     nb.save(nb.Nifti1Image(data, image.affine), tmp_path / "t1w.nii.gz")
     mask = brain_mask_from_background(str(tmp_path / "t1w.nii.gz"), str(tmp_path / "mask.nii.gz"))
     assert np.array_equal(nb.load(mask).get_fdata() > 0, brain)
+
+
+def test_figures_window_a_z_scored_image_from_its_background():
+    from bids_dl.reports.figures import display_range
+
+    image = _brain_in_background(-2.5, 70)
+    data = image.get_fdata(dtype=np.float32)
+    vmin, vmax = display_range(data, data != -2.5)
+    assert vmin == -2.5  # the brain (around 1.0, some of it negative) is not cut off at 0
+    assert 1.5 < vmax < 2.2  # the 99.5th percentile of N(1, 0.3)

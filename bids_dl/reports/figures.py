@@ -32,6 +32,14 @@ def _cut_coords(image: nb.Nifti1Image, mask: np.ndarray, axis: int, count: int) 
     return list(nb.affines.apply_affine(image.affine, voxel)[:, axis])
 
 
+def display_range(data: np.ndarray, extent: np.ndarray) -> tuple[float, float | None]:
+    """Grey-level window: from the darkest 1% of the image (the background: 0 in a raw head, a
+    negative constant in a z-scored BraTS image, where a window from 0 showed the brain black)
+    to the 99.5th percentile inside ``extent`` (the part the figure is about)."""
+    vmax = float(np.percentile(data[extent], 99.5)) if extent.any() else None
+    return float(np.percentile(data, 1)), vmax
+
+
 def _mosaic(
     anat_file: str | Path,
     out_file: str | Path,
@@ -43,7 +51,7 @@ def _mosaic(
     data = anat.get_fdata(dtype=np.float32)
     mask = extent_mask if extent_mask is not None else data > np.percentile(data, 60)
     figure = plt.figure(figsize=(12, 2.2 * len(MOSAIC_ROWS)), facecolor="black")
-    vmax = float(np.percentile(data[mask], 99.5)) if mask.any() else None
+    vmin, vmax = display_range(data, mask)
     for row, (mode, count) in enumerate(MOSAIC_ROWS):
         axes = figure.add_axes((0, 1 - (row + 1) / len(MOSAIC_ROWS), 1, 1 / len(MOSAIC_ROWS)))
         display = plotting.plot_anat(
@@ -52,7 +60,7 @@ def _mosaic(
             cut_coords=_cut_coords(anat, mask, "xyz".index(mode), count),
             axes=axes,
             figure=figure,
-            vmin=0,
+            vmin=vmin,
             vmax=vmax,
             annotate=row == 0,
             draw_cross=False,
