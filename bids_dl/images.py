@@ -84,14 +84,21 @@ def finite_data(image: nb.Nifti1Image) -> np.ndarray:
     return data
 
 
-def is_skull_stripped(path: str | Path) -> bool:
-    """Whether an image already shows the brain alone: most of its faces hold one value and,
-    apart from that background, no more than a brain's volume remains (sMRIPrep's test looks
-    at the faces only, which a zero-padded head also passes)."""
+def foreground_ml(path: str | Path) -> float | None:
+    """The volume (mL) of what differs from the image's background, or None when it has no
+    background: fewer than ``STRIPPED_FACE_SHARE`` of its face voxels share one value."""
     image = load_3d_image(path)
     data = finite_data(image)
     background, share = face_background(data)
     if share < STRIPPED_FACE_SHARE:
-        return False
+        return None
     voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000
-    return bool(0 < np.count_nonzero(data != background) * voxel_ml <= STRIPPED_BRAIN_MAX_ML)
+    return float(np.count_nonzero(data != background) * voxel_ml)
+
+
+def is_skull_stripped(path: str | Path) -> bool:
+    """Whether an image already shows the brain alone: most of its faces hold one value and,
+    apart from that background, no more than a brain's volume remains (sMRIPrep's test looks
+    at the faces only, which a zero-padded head also passes)."""
+    volume = foreground_ml(path)
+    return volume is not None and 0 < volume <= STRIPPED_BRAIN_MAX_ML

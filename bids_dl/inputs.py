@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bids_dl.images import STRIPPED_BRAIN_MAX_ML, ImageError, is_skull_stripped, load_3d_image
+from bids_dl.images import ImageError, foreground_ml, is_skull_stripped, load_3d_image
 
 LOGGER = logging.getLogger("bids_dl.inputs")
 
@@ -223,19 +223,24 @@ def collect_inputs(
 def plan_skull_stripping(subjects: dict[str, SubjectInputs], mode: str) -> None:
     """Decide, per subject, whether the brain is extracted (``SubjectInputs.skull_stripped``).
 
-    As fMRIPrep's ``--skull-strip-t1w``: ``force`` extracts the brain from every T1w, ``skip``
-    takes every T1w as already skull-stripped and ``auto`` checks each one
-    (:func:`bids_dl.images.is_skull_stripped`). Extracting a brain from an image that is one
-    already fails (a brain-extraction model is trained on heads).
+    As fMRIPrep's ``--skull-strip-t1w``: ``force`` extracts the brain from every T1w, ``auto``
+    checks each one (:func:`bids_dl.images.is_skull_stripped`) and ``skip`` takes every T1w as
+    already skull-stripped, whatever its size, as long as it has a background to tell the brain
+    from. Extracting a brain from an image that is one already fails (a brain-extraction model
+    is trained on heads).
     """
     for subject in subjects.values():
-        subject.skull_stripped = mode != "force" and is_skull_stripped(subject.t1w)
-        if mode == "skip" and not subject.skull_stripped:
-            raise InputError(
-                f"--skull-strip-t1w skip: sub-{subject.label}'s {Path(subject.t1w).name} is not "
-                "skull-stripped (most voxels on its faces do not share one value, or the "
-                f"rest is larger than a brain, {STRIPPED_BRAIN_MAX_ML:.0f} mL); use auto or force"
-            )
+        if mode == "skip":
+            volume = foreground_ml(subject.t1w)
+            if not volume:
+                raise InputError(
+                    f"--skull-strip-t1w skip: sub-{subject.label}'s {Path(subject.t1w).name} is "
+                    "not skull-stripped (most voxels on its faces do not share one background "
+                    "value); use auto or force"
+                )
+        subject.skull_stripped = mode == "skip" or (
+            mode == "auto" and is_skull_stripped(subject.t1w)
+        )
         if mode == "auto" and subject.skull_stripped:
             LOGGER.warning(
                 "sub-%s: %s is already skull-stripped; its brain mask is the voxels that differ "

@@ -134,6 +134,15 @@ def test_skull_stripped_t1w_images_are_detected_and_skip_refuses_a_head(tiny_bid
     assert "already skull-stripped" not in force.output
     skip = run_participant(tiny_bids, tmp_path, "--dry-run", "--skull-strip-t1w", "skip")
     assert_input_error(skip, "--skull-strip-t1w skip", "sub-02_T1w.nii.gz is not skull-stripped")
+    large = np.zeros((40, 40, 40), np.float32)  # 3 L on a zero background: auto takes it for
+    large[2:38, 2:38, 2:38] = 1.0  # a head, skip for a (large) stripped brain, as told
+    nb.save(nb.Nifti1Image(large, np.diag([4, 4, 4, 1])),
+            tiny_bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz")  # fmt: skip
+    auto = run_participant(tiny_bids, tmp_path, "--dry-run")
+    assert "sub-02_T1w.nii.gz (already" not in auto.output
+    skip = run_participant(tiny_bids, tmp_path, "--dry-run", "--skull-strip-t1w", "skip")
+    assert skip.exit_code == 0, skip.output
+    assert "sub-02_T1w.nii.gz (already skull-stripped)" in skip.output
 
 
 def _truncate(path: Path) -> None:
