@@ -39,7 +39,8 @@ def init_brain_extraction_wf(
         (the template's brain mask carried onto the subject by registration)
     skull_stripped
         the image is already skull-stripped: its mask is the voxels that differ from its
-        constant background, and no extraction runs (``bundle`` is not used)
+        background (the most frequent value on its faces), and no extraction runs (``bundle``
+        is not used)
 
     Inputs
     ------
