@@ -11,7 +11,6 @@ tumour, and the share of them inside the hole-filled true enhancing + necrosis r
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from bids_dl.models.metrics import dice
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_lesions import brats_cases  # noqa: E402
 from lesion_baseline import zscore_in_mask  # noqa: E402
+from tumor_loo import held_out_cases, parse_run_arguments  # noqa: E402
 
 CORE_LABELS = (1, 3, 4)
 ENHANCING = 4
@@ -81,14 +81,8 @@ def core_errors(bundle: Path, case: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a tumor_loo.py output (one bundle per case)")
-    parser.add_argument("--brats", type=Path, default=Path("bench/brats_bids"))
-    parser.add_argument("--results", type=Path, help="folder for core_errors.json")
-    args = parser.parse_args()
-    folds = sorted(p.parent.parent.name for p in args.run.glob("*/bundle/model.json"))
-    if not folds:
-        sys.exit(f"no fold bundles (<case>/bundle) under {args.run}")
+    args = parse_run_arguments(__doc__.splitlines()[0])
+    folds = held_out_cases(args.run)
     report = {case["name"]: core_errors(args.run / case["name"] / "bundle", case)
               for case in brats_cases(args.brats, folds)}  # fmt: skip
     text = json.dumps({"run": str(args.run), "per_case": report}, indent=1) + "\n"

@@ -74,6 +74,24 @@ def train_folds(folds: dict[str, Path], jobs: int) -> None:
                     raise RuntimeError(f"fold {case} failed; see {folds[case].parent}/train.log")
 
 
+def parse_run_arguments(description: str) -> argparse.Namespace:
+    """Arguments of the scripts that read a finished leave-one-out run: the run folder, the
+    BraTS cases (``brats_to_bids.py``) and where results go."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run", type=Path, help="a tumor_loo.py output (one bundle per case)")
+    parser.add_argument("--brats", type=Path, default=Path("bench/brats_bids"))
+    parser.add_argument("--results", type=Path, help="folder for the results")
+    return parser.parse_args()
+
+
+def held_out_cases(run: Path) -> list[str]:
+    """The cases of a leave-one-out run whose fold has a trained bundle (``run/<case>/bundle``)."""
+    folds = sorted(p.parent.parent.name for p in run.glob("*/bundle/model.json"))
+    if not folds:
+        sys.exit(f"no fold bundles (<case>/bundle) under {run}")
+    return folds
+
+
 def region_scores(summary: dict) -> dict[str, float]:
     """Whole tumour, core and enhancing Dice and HD95 of a one-case ``evaluate`` summary."""
     scores = {}

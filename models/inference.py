@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import nibabel as nb
 import numpy as np
@@ -349,10 +350,15 @@ def segment(
     return np.asarray(labels, dtype=dtype)[index], native
 
 
-def decode_nested_regions(probabilities: np.ndarray, regions: list[list[int]]) -> np.ndarray:
+def decode_nested_regions(
+    probabilities: np.ndarray,
+    regions: list[list[int]],
+    thresholds: Sequence[float] | None = None,
+) -> np.ndarray:
     """Class index per voxel from nested regions (outer to inner, class positions), as
     region-based BraTS models decode: a voxel belongs to a region when the summed probability of
-    its classes exceeds 0.5 and it lies in the enclosing region; it takes the most probable
+    its classes exceeds its threshold (0.5 unless ``thresholds`` gives one per region) and it
+    lies in the enclosing region; it takes the most probable
     class of its innermost region that no inner region holds (the inner region's classes when
     none is left, e.g. enhancing tumour).
 
@@ -361,8 +367,9 @@ def decode_nested_regions(probabilities: np.ndarray, regions: list[list[int]]) -
     """
     index = np.zeros(probabilities.shape[1:], dtype=np.int16)
     inside = np.ones(probabilities.shape[1:], dtype=bool)
-    for position, region in enumerate(regions):
-        inside &= probabilities[region].sum(0) > 0.5
+    thresholds = [0.5] * len(regions) if thresholds is None else thresholds
+    for position, (region, threshold) in enumerate(zip(regions, thresholds, strict=True)):
+        inside &= probabilities[region].sum(0) > threshold
         inner = set(regions[position + 1]) if position + 1 < len(regions) else set()
         own = [c for c in region if c not in inner] or region
         index[inside] = np.asarray(own, dtype=np.int16)[probabilities[own][:, inside].argmax(0)]

@@ -637,6 +637,9 @@ def test_nested_region_decoding_against_hand_worked_voxels():
     ], dtype=np.float32).T.reshape(4, 5, 1, 1)  # fmt: skip
     assert decode_nested_regions(voxels, regions).ravel().tolist() == [0, 2, 2, 1, 3]
     assert voxels.argmax(0).ravel().tolist() == [0, 0, 0, 1, 3]
+    # lower whole-tumour and core thresholds: the first voxel is edema, the third core
+    lowered = decode_nested_regions(voxels, regions, thresholds=(0.35, 0.45, 0.5))
+    assert lowered.ravel().tolist() == [2, 2, 1, 1, 3]
 
 
 def test_region_dice_loss_scores_the_brats_regions():
