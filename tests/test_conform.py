@@ -117,3 +117,29 @@ def test_figures_window_a_z_scored_image_from_its_background():
     vmin, vmax = display_range(data, data != -2.5)
     assert vmin == -2.5  # the brain (around 1.0, some of it negative) is not cut off at 0
     assert 1.5 < vmax < 2.2  # the 99.5th percentile of N(1, 0.3)
+
+
+def test_coregistration_figure_draws_the_t1w_outline_and_its_intensity_edge(tmp_path):
+    """Red brain outline and the cyan edge between the T1w's two intensity classes (here the
+    inner ball and its shell), both from the T1w, over the contrast."""
+    import matplotlib.image
+
+    from bids_dl.reports.figures import plot_coregistration
+
+    radius = np.sqrt(((np.indices((48, 48, 48)) - 23.5) ** 2).sum(axis=0))  # 2 mm voxels
+    t1w = np.where(radius < 8, 1.0, np.where(radius < 16, 0.6, 0.0)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    flair = np.where(radius < 16, 1.2 - t1w, 0.0)
+    for name, data in (("t1w", t1w), ("flair", flair), ("mask", (radius < 16) * 1.0)):
+        nb.save(nb.Nifti1Image(data.astype(np.float32), affine), tmp_path / f"{name}.nii.gz")
+    out = plot_coregistration(
+        *(str(tmp_path / f"{n}.nii.gz") for n in ("flair", "t1w", "mask")),
+        str(tmp_path / "coreg.png"),
+    )
+    pixels = matplotlib.image.imread(out)[..., :3]
+
+    def count(colour: str) -> int:
+        rgb = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        return int((np.abs(pixels - rgb).max(axis=-1) < 0.2).sum())
+
+    assert count("#ff3030") > 200 and count("#00e0ff") > 200

@@ -518,6 +518,17 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
     assert {"whole_tumor_mm3", "enhancing_tumor_mm3", "wmh_count", "wmh_mm3"} <= set(table.columns)
     report = (output / "sub-02.html").read_text()
     assert "sub-02_desc-tumor_FLAIR.png" in report and "Tumour segmentation" in report
+
+    # each registered contrast gets a coregistration figure, named after its raw file; a
+    # BraTS-style session's ce-T1w is the reference, so only its FLAIR is registered
+    def coregistration_figures(subject: str) -> list[str]:
+        return sorted(p.name for p in (output / f"sub-{subject}" / "figures").glob("*desc-coreg*"))
+
+    figures = ["sub-02_ce-gadolinium_desc-coreg_T1w.png", "sub-02_desc-coreg_FLAIR.png",
+               "sub-02_desc-coreg_T2w.png"]  # fmt: skip
+    assert coregistration_figures("02") == figures
+    assert all(figure in report for figure in figures) and "Coregistration" in report
+    assert coregistration_figures("04") == [f"sub-04_desc-coreg_{s}.png" for s in ("FLAIR", "T2w")]
     # the methods name the model that ran, as its card does
     assert f"{lesion_run['names']['tumor']} {lesion_run['versions']['tumor']}, a 3D U-Net" in report
     assert _validator_errors(output) == []

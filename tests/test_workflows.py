@@ -155,6 +155,8 @@ def test_a_contrast_enhanced_reference_is_not_registered_to_itself(config, tiny_
     names = set(workflow.list_node_names())
     prefix = "single_subject_01_wf.lesion_wf."
     assert prefix + "coregister_flair" in names and prefix + "coregister_t1ce" not in names
+    figures = "single_subject_01_wf.lesion_outputs_wf.coreg_{}_figure"
+    assert figures.format("flair") in names and figures.format("t1ce") not in names
     tumour = workflow.get_node(prefix + "tumor_model")
     assert tumour.inputs.reference_contrast == "T1ce"
     paragraphs, _ = methods_text(workflow.get_node("single_subject_01_wf"))

@@ -140,9 +140,9 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
             output_dir=output_dir,
             bids_dir=bids_dir,
             tasks=lesion_tasks,
-            contrast_files=[inputs.first(c) for c in contrasts],
+            contrast_files={c: inputs.first(c) for c in contrasts},
         )
-        fields = ["flair_t1w"] if "flair" in contrasts else []
+        fields = [f"{c}_t1w" for c in contrasts]
         for task, outputs in (("tumor", ["tumor_dseg", "tumor_model"]),
                               ("wmh", ["wmh_mask", "wmh_model"])):  # fmt: skip
             fields += outputs if task in lesion_tasks else []
@@ -155,6 +155,7 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
             (inputnode, lesion_outputs_wf, [("t1w", "inputnode.source_file")]),
             (anat_preproc_wf, lesion_outputs_wf, [
                 ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                ("outputnode.brain_mask", "inputnode.brain_mask"),
             ]),
             (lesion_wf, lesion_outputs_wf, [
                 (f"outputnode.{f}", f"inputnode.{f}") for f in fields

@@ -46,8 +46,8 @@ def init_lesion_wf(
 
     Outputs
     -------
-    flair_t1w
-        the FLAIR on the T1w grid (for the report; undefined without a FLAIR)
+    flair_t1w, t1ce_t1w, t2w_t1w
+        each registered contrast on the T1w grid (for the report; undefined when absent)
     tumor_dseg, tumor_model, wmh_mask, wmh_model
         labels and model identities of the analyses that ran
     measures
@@ -64,7 +64,10 @@ def init_lesion_wf(
     )
     outputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["flair_t1w", "tumor_dseg", "tumor_model", "wmh_mask", "wmh_model", "measures"]
+            fields=[
+                *(f"{c}_t1w" for c in LESION_CONTRASTS),
+                *("tumor_dseg", "tumor_model", "wmh_mask", "wmh_model", "measures"),
+            ]
         ),
         name="outputnode",
     )
@@ -79,9 +82,8 @@ def init_lesion_wf(
         workflow.connect([
             (inputnode, node, [(contrast, "in_file"), ("t1w_preproc", "reference")]),
         ])  # fmt: skip
+        workflow.connect(node, "out_file", outputnode, f"{contrast}_t1w")
         coregistered[contrast] = node
-    if "flair" in coregistered:
-        workflow.connect(coregistered["flair"], "out_file", outputnode, "flair_t1w")
 
     analyses = [(task, bundle) for task, bundle in (("tumor", tumor_bundle), ("wmh", wmh_bundle))
                 if bundle is not None]  # fmt: skip

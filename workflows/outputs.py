@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -11,11 +9,16 @@ from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.interfaces.bids import DerivativesDataSink
 from bids_dl.workflows.interfaces.reports import (
     BrainMaskFigure,
+    CoregistrationFigure,
     LabelsFigure,
     LesionsFigure,
     RegistrationFigure,
 )
+from bids_dl.workflows.lesion import LESION_CONTRASTS
 from bids_dl.workflows.resources import MEM_GB
+
+#: BIDS suffix of each contrast a lesion workflow registers to the T1w.
+CONTRAST_SUFFIXES = {"flair": "FLAIR", "t1ce": "T1w", "t2w": "T2w"}
 
 ANAT_OUTPUT_FIELDS = [
     "source_file", "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "aseg",
@@ -223,26 +226,52 @@ def init_lesion_outputs_wf(
     output_dir: str,
     bids_dir: str,
     tasks: list[str],
-    contrast_files: list[str],
+    contrast_files: dict[str, str],
     name: str = "lesion_outputs_wf",
 ):
     """Save the lesion labels (``desc-tumor_dseg``, ``desc-wmh_mask``) and draw their figures
-    (over the T1w, and over the FLAIR when there is one). ``contrast_files`` (the raw FLAIR,
-    contrast-enhanced T1w, T2w used) join the T1w in the sidecars' ``Sources``.
+    (over the T1w, and over the FLAIR when there is one), and one coregistration figure per
+    registered contrast (``sub-X_desc-coreg_FLAIR.png``, named after the contrast's raw file).
+    ``contrast_files`` (``flair``/``t1ce``/``t2w`` -> the raw file registered to the T1w) join
+    the T1w in the sidecars' ``Sources``.
 
     Inputs
     ------
     source_file
         the raw T1w (names derive from it)
-    t1w_preproc, flair_t1w
-        the images the figures are drawn on (both on the labels' grid)
+    t1w_preproc, brain_mask, flair_t1w, t1ce_t1w, t2w_t1w
+        the images the figures are drawn on (all on the labels' grid)
     tumor_dseg, tumor_model, wmh_mask, wmh_model
         outputs of :func:`~bids_dl.workflows.lesion.init_lesion_wf` for ``tasks``
     """
     workflow = pe.Workflow(name=name)
-    fields = ["source_file", "t1w_preproc", "flair_t1w", "tumor_dseg", "tumor_model", "wmh_mask",
-              "wmh_model"]  # fmt: skip
+    fields = ["source_file", "t1w_preproc", "brain_mask", *(f"{c}_t1w" for c in LESION_CONTRASTS),
+              "tumor_dseg", "tumor_model", "wmh_mask", "wmh_model"]  # fmt: skip
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    for contrast, raw_file in contrast_files.items():
+        figure = pe.Node(
+            CoregistrationFigure(), name=f"coreg_{contrast}_figure", mem_gb=MEM_GB["figure"]
+        )
+        figure_sink = pe.Node(
+            DerivativesDataSink(
+                base_directory=output_dir,
+                bids_dir=bids_dir,
+                source_file=raw_file,
+                suffix=CONTRAST_SUFFIXES[contrast],
+                datatype="figures",
+                extension=".png",
+                entities={"desc": "coreg"},
+                sidecar=False,
+            ),
+            name=f"ds_coreg_{contrast}_figure",
+            run_without_submitting=True,
+            mem_gb=MEM_GB["light"],
+        )
+        workflow.connect([
+            (inputnode, figure, [(f"{contrast}_t1w", "moving"), ("t1w_preproc", "reference"),
+                                 ("brain_mask", "brain_mask")]),
+            (figure, figure_sink, [("out_file", "in_file")]),
+        ])  # fmt: skip
     outputs = {
         "tumor": ("tumor_dseg", "dseg", {"Description": "glioma sub-regions (BraTS labels), "
                                          "see desc-tumor_dseg.tsv"}),
@@ -258,7 +287,7 @@ def init_lesion_outputs_wf(
                 suffix=suffix,
                 entities={"desc": task},
                 metadata=metadata,
-                extra_sources=contrast_files,
+                extra_sources=list(contrast_files.values()),
             ),
             name=f"ds_{task}",
             run_without_submitting=True,
@@ -269,7 +298,7 @@ def init_lesion_outputs_wf(
                                (f"{task}_model", "model")]),
         ])  # fmt: skip
         backgrounds = [("T1w", "t1w_preproc")] if task == "tumor" else []
-        if any(Path(f).name.split(".")[0].endswith("_FLAIR") for f in contrast_files):
+        if "flair" in contrast_files:
             backgrounds.append(("FLAIR", "flair_t1w"))
         for anat_suffix, anat_field in backgrounds:
             figure = pe.Node(

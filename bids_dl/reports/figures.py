@@ -14,6 +14,7 @@ import nibabel as nb  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from nilearn import plotting  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from bids_dl.derivatives import TISSUE_LOOKUP  # noqa: E402
 
@@ -103,6 +104,44 @@ def plot_registration(
             display.add_contours(str(path), levels=[0.5], colors=[color], linewidths=0.7)
 
     return _mosaic(std_file, out_file, mask, decorate, "T1w in template space, template contours")
+
+
+def two_class_level(values: np.ndarray, iterations: int = 100) -> float:
+    """Intensity that splits ``values`` in two classes (Ridler and Calvard's isodata: midway
+    between the means below and above it); inside a T1w brain it parts CSF from tissue."""
+    level = float(values.mean())
+    for _ in range(iterations):
+        below, above = values[values <= level], values[values > level]
+        if below.size == 0 or above.size == 0:
+            break
+        updated = float(below.mean() + above.mean()) / 2
+        if np.isclose(updated, level):
+            break
+        level = updated
+    return level
+
+
+def plot_coregistration(
+    moving_file: str, reference_file: str, mask_file: str, out_file: str
+) -> Path:
+    """Another contrast resampled onto the T1w, with the T1w's brain outline (red) and its
+    main intensity edge inside the brain (cyan: the lightly smoothed T1w at a two-class level,
+    which traces ventricles and sulci) on top: where the registration is off, the contrast's
+    anatomy slides out of the lines."""
+    mask_image, mask = _canonical_mask(mask_file)
+    reference = nb.as_closest_canonical(nb.load(str(reference_file)))
+    zooms = reference.header.get_zooms()[:3]
+    smoothed = ndimage.gaussian_filter(
+        reference.get_fdata(dtype=np.float32), sigma=[1.0 / z for z in zooms]
+    )
+    level = two_class_level(smoothed[mask] if mask.any() else smoothed.ravel())
+    boundary = nb.Nifti1Image(np.where(mask, smoothed, smoothed.min()), reference.affine)
+
+    def decorate(display):
+        display.add_contours(mask_image, levels=[0.5], colors=["#ff3030"], linewidths=1.0)
+        display.add_contours(boundary, levels=[level], colors=["#00e0ff"], linewidths=0.8)
+
+    return _mosaic(moving_file, out_file, mask, decorate, "registered to the T1w: T1w contours")
 
 
 def plot_tissues(anat_file: str, dseg_file: str, mask_file: str, out_file: str) -> Path:

@@ -12,7 +12,7 @@ from bids_dl import __version__
 from bids_dl.derivatives import write_text_atomic
 
 #: The figures of the report, in display order: (desc entity, title, caption); each is drawn
-#: over the T1w (``_T1w.png``) and some also over the FLAIR (``_FLAIR.png``).
+#: over the T1w (``_T1w.png``), some also or only over the FLAIR or T2w (``_FLAIR.png``...).
 ANAT_FIGURES = (
     ("brain", "Brain mask", "Contour of the brain mask (red) on the bias-corrected T1w."),
     (
@@ -28,6 +28,13 @@ ANAT_FIGURES = (
         "The structure segmentation in FreeSurfer's colours (cortex red, white matter white, "
         "ventricles purple, thalamus green, caudate light blue, putamen pink, hippocampus "
         "yellow...); names and colours are in desc-aseg_dseg.tsv.",
+    ),
+    (
+        "coreg",
+        "Coregistration",
+        "Each other contrast (FLAIR, contrast-enhanced T1w, T2w) after rigid registration to the "
+        "T1w, with the T1w's brain outline (red) and its ventricle and sulcal edges (cyan) on "
+        "top: the anatomy should follow the lines.",
     ),
     (
         "tumor",
@@ -91,7 +98,7 @@ def write_participant_report(
     for desc, title, caption in ANAT_FIGURES:
         found = [
             p
-            for suffix in ("T1w", "FLAIR")
+            for suffix in ("T1w", "FLAIR", "T2w")
             for p in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_{suffix}.png"))
         ]
         for path in found:  # fmt: skip

@@ -90,6 +90,26 @@ class LabelsFigure(_FigureInterface):
         )
 
 
+class _CoregistrationInputSpec(TraitedSpec):
+    moving = File(exists=True, mandatory=True, desc="another contrast on the T1w grid")
+    reference = File(exists=True, mandatory=True, desc="the preprocessed T1w")
+    brain_mask = File(exists=True, mandatory=True)
+
+
+class CoregistrationFigure(_FigureInterface):
+    """A contrast registered to the T1w, under the T1w's brain outline and intensity edges."""
+
+    input_spec = _CoregistrationInputSpec
+    figure_name = "coregistration.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_coregistration
+
+        plot_coregistration(
+            self.inputs.moving, self.inputs.reference, self.inputs.brain_mask, out_file
+        )
+
+
 class _LesionsFigureInputSpec(TraitedSpec):
     anat = File(exists=True, mandatory=True, desc="T1w or FLAIR on the labels' grid")
     labels = File(exists=True, mandatory=True, desc="desc-tumor_dseg or desc-wmh_mask")
