@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_dl.inputs import DEFAULT_QUERIES
 from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.interfaces.bids import DerivativesDataSink
 from bids_dl.workflows.interfaces.reports import (
@@ -16,9 +17,6 @@ from bids_dl.workflows.interfaces.reports import (
 )
 from bids_dl.workflows.lesion import LESION_CONTRASTS
 from bids_dl.workflows.resources import MEM_GB
-
-#: BIDS suffix of each contrast a lesion workflow registers to the T1w.
-CONTRAST_SUFFIXES = {"flair": "FLAIR", "t1ce": "T1w", "t2w": "T2w"}
 
 ANAT_OUTPUT_FIELDS = [
     "source_file", "t1w_preproc", "brain_mask", "brain_mask_model", "probseg", "dseg", "aseg",
@@ -257,7 +255,7 @@ def init_lesion_outputs_wf(
                 base_directory=output_dir,
                 bids_dir=bids_dir,
                 source_file=raw_file,
-                suffix=CONTRAST_SUFFIXES[contrast],
+                suffix=DEFAULT_QUERIES[contrast]["suffix"],
                 datatype="figures",
                 extension=".png",
                 entities={"desc": "coreg"},
