@@ -12,8 +12,14 @@ class ImageError(ValueError):
     """An input image that cannot be processed, with the reason in plain words."""
 
 
-def load_3d_image(path: str | Path) -> nb.Nifti1Image:
-    """Load a NIfTI file as one 3D volume, or raise :class:`ImageError` saying why not."""
+def load_3d_image(path: str | Path, require_signal: bool = False) -> nb.Nifti1Image:
+    """Load a NIfTI file as one 3D volume, or raise :class:`ImageError` saying why not.
+
+    The whole data block is read (a truncated file fails here, not in a workflow node); with
+    ``require_signal``, an image whose finite voxels all hold one value (an empty or all-NaN
+    acquisition, a failed conversion) is refused too: registration and normalisation need
+    contrast.
+    """
     try:
         image = nb.load(str(path))
     except Exception as error:  # nibabel raises many types for unreadable files
@@ -33,10 +39,14 @@ def load_3d_image(path: str | Path) -> nb.Nifti1Image:
     if abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
         raise ImageError(f"{path}: the orientation matrix (affine) is singular")
     try:
-        image.dataobj[tuple(s // 2 for s in image.shape)]
-        np.asanyarray(image.dataobj[..., -1])
+        data = np.asanyarray(image.dataobj)
     except Exception as error:
         raise ImageError(f"{path}: the image data cannot be read, truncated? ({error})") from error
+    if require_signal:
+        finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+        if finite.size == 0 or finite.min() == finite.max():
+            value = "no finite value" if finite.size == 0 else f"the value {finite.min()} only"
+            raise ImageError(f"{path}: the image holds {value}: there is no contrast to process")
     return image
 
 

@@ -169,7 +169,7 @@ def collect_inputs(
     """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
     Raises :class:`InputError` for unknown participants, a participant without any T1w (plain
-    or contrast-enhanced), and an image that cannot be read as one 3D volume.
+    or contrast-enhanced), and an image that cannot be read as one 3D volume with contrast.
     """
     from bids.layout import Query
 
@@ -213,7 +213,7 @@ def collect_inputs(
         for kind in ("t1w", "t1ce", "t2w", "flair"):
             if files[kind]:
                 try:
-                    load_3d_image(files[kind][0])
+                    load_3d_image(files[kind][0], require_signal=True)
                 except ImageError as error:
                     raise InputError(f"sub-{label}: {error}") from error
         subjects[label] = SubjectInputs(label=label, files=files)

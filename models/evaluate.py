@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import nibabel as nb
 import numpy as np
 import torch
 
+from bids_dl.images import load_3d_image
 from bids_dl.models.bundle import ModelCard
 from bids_dl.models.inference import postprocess, segment
 from bids_dl.models.labels import TUMOR_REGIONS
@@ -24,6 +26,7 @@ from bids_dl.models.metrics import (
     voxel_volume_mm3,
 )
 
+LOGGER = logging.getLogger("bids_dl.models.evaluate")
 COLUMNS = ("case", "label", "name", "dice", "hd95_mm", "volume_difference_mm3")
 #: extra columns of lesion models (WMH): lesion-wise detection and the relative volume error
 LESION_COLUMNS = (
@@ -68,21 +71,27 @@ def evaluate(
     rows = []
     columns = COLUMNS + (LESION_COLUMNS if card.task == "wmh" else ())
     for case in cases:
-        images = [nb.load(str(path)) if path else None for path in case.images]
+        images = [load_3d_image(path) if path else None for path in case.images]
         image = next(i for i in images if i is not None)
-        reference_image = nb.load(str(case.reference))
-        if reference_image.shape[:3] != image.shape[:3] or not np.allclose(
-            reference_image.affine, image.affine, atol=1e-3
-        ):
-            raise ValueError(f"{case.reference} is not on the grid of {case.image}")
+        reference_image = _load_on_grid(case.reference, image, case.image)
         values = np.asarray(reference_image.dataobj)
         if len(labels) == 1:  # masks stored as floats (0.99999997...) count as foreground too
             reference = (values > 0).astype(np.int32) * next(iter(labels))
         else:
             reference = np.rint(values).astype(np.int32)
         if card.task == "tumor":
+            if (reference == 3).any() and not (reference == 4).any():
+                LOGGER.warning(
+                    "%s: label 3 but no 4, read as BraTS 2013's non-enhancing core (label 1); "
+                    "if 3 is enhancing tumour (BraTS 2023), relabel it 4 first",
+                    case.reference,
+                )
             reference[reference == 3] = 1
-        mask = np.asarray(nb.load(str(case.mask)).dataobj) > 0 if case.mask else None
+        mask = (
+            np.asarray(_load_on_grid(case.mask, image, case.image).dataobj) > 0
+            if case.mask
+            else None
+        )
         prediction, probabilities = segment(
             images if len(images) > 1 else image, card, network, device=device, mask=mask
         )
@@ -92,7 +101,7 @@ def evaluate(
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             nb.save(nb.Nifti1Image(prediction, image.affine), save_labels / f"{case.name}.nii.gz")
-        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+        spacing = tuple(float(z) for z in nb.affines.voxel_sizes(image.affine))
         case_rows = label_metrics(prediction, reference, labels, spacing)
         if card.task == "tumor":
             case_rows += region_metrics(prediction, reference, TUMOR_REGIONS, spacing)
@@ -111,8 +120,20 @@ def evaluate(
     return summary
 
 
+def _load_on_grid(path: Path, image: nb.Nifti1Image, image_path) -> nb.Nifti1Image:
+    """The reference or mask at ``path``, which must lie on ``image``'s grid."""
+    other = load_3d_image(path)
+    if other.shape != image.shape or not np.allclose(other.affine, image.affine, atol=1e-3):
+        raise ValueError(f"{path} is not on the grid of {image_path}")
+    return other
+
+
 def summarise(rows: list[dict], card: ModelCard) -> dict:
-    """Mean and minimum of each metric per label or region, over cases (NaN values left out).
+    """Mean and minimum of each metric per label or region, over cases.
+
+    Undefined values (NaN: HD95 when exactly one of prediction and reference is empty, the
+    volume difference in percent of an empty reference) are left out of the mean and counted
+    in ``<metric>_undefined``, so a missed region cannot pass unnoticed.
 
     ``mean_dice`` averages the labels of the card (not the regions).
     """
@@ -124,9 +145,11 @@ def summarise(rows: list[dict], card: ModelCard) -> dict:
             "dice_min": float(np.min([r["dice"] for r in selected])),
         }
         for key in ("hd95_mm", "volume_difference_mm3", *LESION_COLUMNS[2:]):
-            values = [r[key] for r in selected if key in r and not math.isnan(r[key])]
-            if key in selected[0]:
-                summary[f"{key}_mean"] = float(np.mean(values)) if values else None
+            if key not in selected[0]:
+                continue
+            values = [r[key] for r in selected if not math.isnan(r[key])]
+            summary[f"{key}_mean"] = float(np.mean(values)) if values else None
+            summary[f"{key}_undefined"] = len(selected) - len(values)
         per_label[name] = summary
     dice_means = [v["dice_mean"] for k, v in per_label.items() if k in card.labels.values()]
     return {

@@ -2,8 +2,8 @@
 
 The model grid is axis-aligned in RAS at the card's voxel size and covers the whole input
 field of view, so oblique and anisotropic inputs work the same way. Probabilities, not labels,
-are resampled back to the native grid (one class at a time, to keep memory low), and the labels
-are their argmax there.
+are resampled back to the native grid (slab by slab, to keep memory low), and the labels are
+their argmax there.
 """
 
 from __future__ import annotations
@@ -283,6 +283,12 @@ def segment(
     ``[C, *image.shape]`` in the card's label order, or one map per group).
     """
     channels = image if isinstance(image, list) else [image]
+    contrasts = card.inputs.get("contrasts") or ["image"]
+    if len(channels) != len(contrasts):
+        raise ValueError(
+            f"{card.name} takes {len(contrasts)} image(s) ({', '.join(contrasts)}), "
+            f"got {len(channels)}"
+        )
     reference = next((c for c in channels if c is not None), None)
     if reference is None:
         raise ValueError("no input image: every contrast is missing")

@@ -162,6 +162,14 @@ def _two_d(path: Path) -> None:
     nb.save(nb.Nifti1Image(np.ones((6, 6), np.float32), np.eye(4)), path)
 
 
+def _constant(path: Path) -> None:
+    nb.save(nb.Nifti1Image(np.zeros((6, 6, 6), np.int16), np.eye(4)), path)
+
+
+def _all_nan(path: Path) -> None:
+    nb.save(nb.Nifti1Image(np.full((6, 6, 6), np.nan, np.float32), np.eye(4)), path)
+
+
 @pytest.mark.parametrize(
     "corrupt, reason",
     [
@@ -169,12 +177,20 @@ def _two_d(path: Path) -> None:
         (_not_nifti, "not a readable NIfTI"),
         (_four_d, "expected a 3D volume"),
         (_two_d, "expected a 3D volume"),
+        (_constant, "holds the value 0 only"),
+        (_all_nan, "holds no finite value"),
     ],
 )
 def test_unreadable_t1w(tiny_bids, tmp_path, corrupt, reason):
     corrupt(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     result = run_participant(tiny_bids, tmp_path, "--participant-label", "01")
     assert_input_error(result, reason, "sub-01_T1w.nii.gz")
+
+
+def test_a_lesion_contrast_without_signal_is_refused_before_any_node_runs(tiny_bids, tmp_path):
+    _constant(tiny_bids / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz")
+    result = run_participant(tiny_bids, tmp_path, "--participant-label", "01")
+    assert_input_error(result, "sub-01_FLAIR.nii.gz", "holds the value 0 only", "no contrast")
 
 
 def test_output_inside_input(tiny_bids, tmp_path):

@@ -18,6 +18,7 @@ from bids_dl.models.inference import (
     decode_nested_regions,
     postprocess,
     remove_small_components,
+    segment,
 )
 from bids_dl.models.labels import LESION_VALUES, TUMOR_REGIONS
 from bids_dl.models.lesions import (
@@ -359,6 +360,25 @@ def test_region_and_lesion_metrics_against_hand_computed_values():
     )
 
 
+def test_a_region_missed_in_one_case_is_counted_not_hidden_in_the_hd95_mean():
+    from bids_dl.models.evaluate import summarise
+
+    card = ModelCard(name="m", version="0", task="tumor", architecture={}, inputs={},
+                     outputs={"labels": {"0": "background", "4": "enhancing"}})  # fmt: skip
+    rows = [
+        {"case": "a", "name": "enhancing_tumor", "dice": 0.8, "hd95_mm": 4.0,
+         "volume_difference_mm3": 10.0},
+        {"case": "b", "name": "enhancing_tumor", "dice": 0.0, "hd95_mm": float("nan"),
+         "volume_difference_mm3": -50.0},
+    ]  # fmt: skip
+    summary = summarise(rows, card)["labels"]["enhancing_tumor"]
+    assert summary["hd95_mm_mean"] == 4.0 and summary["hd95_mm_undefined"] == 1
+    assert (
+        summary["dice_mean"] == pytest.approx(0.4)
+        and summary["volume_difference_mm3_undefined"] == 0
+    )
+
+
 def _subject(label: str, **files) -> SubjectInputs:
     return SubjectInputs(label=label, files={"t1w": ["t1w.nii.gz"]} | {
         kind: [path] for kind, path in files.items()
@@ -439,6 +459,9 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
         {"FLAIR": None, "T1ce": None, "T2w": None}, device="cpu", reference_contrast="T1ce",
     )  # fmt: skip
     assert "whole_tumor_mm3" in measures
+    channels = [nb.load(paths["flair"]), None, nb.load(paths["t1w"])]  # T2w left out
+    with pytest.raises(ValueError, match=r"takes 4 image\(s\) \(FLAIR, T1ce, T1w, T2w\), got 3"):
+        segment(channels, *load_bundle(bundle), mask=np.ones(shape, bool))
 
 
 def _copy_as_brats(bids, source: str, target: str) -> None:
