@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -58,8 +59,17 @@ class SubjectInputs:
         return not self.files.get("t1w")
 
     def first(self, kind: str) -> str | None:
-        """The first file of an input kind (``flair``, ``t1ce``, ``t2w``), or None."""
-        return (self.files.get(kind) or [None])[0]
+        """The file of an input kind (``flair``, ``t1ce``, ``t2w``) that is processed with the
+        T1w: the first of the T1w's session, else the first of any session; or None."""
+        files = self.files.get(kind) or []
+        same_session = [f for f in files if session_of(f) == session_of(self.t1w)]
+        return (same_session or files or [None])[0]
+
+
+def session_of(path: str) -> str | None:
+    """The ``ses-`` label in a BIDS file name, or None."""
+    found = re.search(r"(?:^|_)ses-([a-zA-Z0-9]+)_", Path(path).name)
+    return found.group(1) if found else None
 
 
 def strip_prefix(labels: list[str] | tuple[str, ...], prefix: str) -> list[str]:
@@ -210,13 +220,23 @@ def collect_inputs(
             LOGGER.warning(
                 "sub-%s has %d T1w images; processing %s", label, len(files["t1w"]), files["t1w"][0]
             )
+        subject = SubjectInputs(label=label, files=files)
         for kind in ("t1w", "t1ce", "t2w", "flair"):
-            if files[kind]:
-                try:
-                    load_3d_image(files[kind][0], require_signal=True)
-                except ImageError as error:
-                    raise InputError(f"sub-{label}: {error}") from error
-        subjects[label] = SubjectInputs(label=label, files=files)
+            path = subject.t1w if kind == "t1w" else subject.first(kind)
+            if path is None:
+                continue
+            try:
+                load_3d_image(path, require_signal=True)
+            except ImageError as error:
+                raise InputError(f"sub-{label}: {error}") from error
+            if session_of(path) != session_of(subject.t1w):
+                LOGGER.warning(
+                    "sub-%s: no %s in the session of %s; using %s (registered to it, named "
+                    "after the T1w's session)",
+                    label, "ce-T1w" if kind == "t1ce" else DEFAULT_QUERIES[kind]["suffix"],
+                    Path(subject.t1w).name, path,
+                )  # fmt: skip
+        subjects[label] = subject
     return subjects
 
 

@@ -120,6 +120,27 @@ def test_a_contrast_enhanced_t1w_stands_in_for_a_missing_t1w(tiny_bids, tmp_path
     assert not plain.reference_is_contrast_enhanced and plain.t1w.endswith("sub-01_T1w.nii.gz")
 
 
+def test_other_contrasts_come_from_the_t1w_session_when_it_has_them(tiny_bids, tmp_path, caplog):
+    from bids_dl.inputs import collect_inputs
+
+    subject = tiny_bids / "sub-01"
+    loaded = nb.load(subject / "anat" / "sub-01_T1w.nii.gz")
+    t1w = nb.Nifti1Image(loaded.get_fdata(dtype=np.float32), loaded.affine)
+    for session in ("a", "b"):
+        (subject / f"ses-{session}" / "anat").mkdir(parents=True)
+    (subject / "anat" / "sub-01_T1w.nii.gz").rename(subject / "ses-b/anat/sub-01_ses-b_T1w.nii.gz")
+    (subject / "anat" / "sub-01_T1w.json").rename(subject / "ses-b/anat/sub-01_ses-b_T1w.json")
+    (subject / "anat").rmdir()
+    for name in ("ses-a/anat/sub-01_ses-a_FLAIR", "ses-b/anat/sub-01_ses-b_FLAIR",
+                 "ses-a/anat/sub-01_ses-a_T2w"):  # fmt: skip
+        nb.save(t1w, subject / f"{name}.nii.gz")
+    inputs = collect_inputs(tiny_bids, ["01"], [], {}, tmp_path / "db")["01"]
+    assert inputs.first("flair").endswith("sub-01_ses-b_FLAIR.nii.gz")
+    assert inputs.first("t2w").endswith("sub-01_ses-a_T2w.nii.gz")  # the only one
+    assert "no T2w in the session of sub-01_ses-b_T1w.nii.gz" in caplog.text
+    assert "no FLAIR" not in caplog.text
+
+
 def test_skull_stripped_t1w_images_are_detected_and_skip_refuses_a_head(tiny_bids, tmp_path):
     """As fMRIPrep's --skull-strip-t1w: auto looks at each T1w, force and skip decide."""
     stripped = np.full((20, 20, 20), -1.5, np.float32)  # a z-scored brain's background
