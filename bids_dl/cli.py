@@ -141,8 +141,9 @@ def _setup_logging(verbose: int) -> None:
     "--analyses",
     multiple=True,
     help="Analyses to run, separated by spaces (default: every one whose inputs exist: tumor "
-    "where a contrast-enhanced T1w exists, wmh where a FLAIR exists). Known: anat, tumor, wmh. "
-    "Named here, tumor runs on a FLAIR or ce-T1w and a subject without either is an error.",
+    "where a contrast-enhanced T1w exists, wmh where a FLAIR exists and tumor does not run, "
+    "since edema would pass for white-matter lesions). Known: anat, tumor, wmh. Named here, "
+    "tumor runs on a FLAIR or ce-T1w, wmh on a FLAIR, and a subject without them is an error.",
 )
 @click.option(
     "--device",

@@ -163,3 +163,10 @@ def test_a_contrast_enhanced_reference_is_not_registered_to_itself(config, tiny_
     assert "contrast-enhanced T1w image (the participant has no T1w without contrast)" in " ".join(
         paragraphs
     )
+    alone = SubjectInputs(
+        "01", {"t1ce": [str(anat / "sub-01_T1w.nii.gz")]}, analyses=["anat", "tumor"]
+    )  # nothing left to coregister: the methods do not name an empty list of contrasts
+    paragraphs, _ = methods_text(init_bids_dl_wf(config, {"01": alone}).get_node(
+        "single_subject_01_wf"
+    ))  # fmt: skip
+    assert "other contrasts" not in " ".join(paragraphs)

@@ -54,10 +54,12 @@ def init_lesion_wf(
         a list of dicts (volumes, lesion count) for the subject's measures table
     """
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = (
-        "The other contrasts of the participant ({}) were rigidly registered to the "
-        "bias-corrected T1w with ANTs [@ants] (mutual information) and resampled onto its grid."
-    ).format(", ".join(CONTRAST_NAMES[c] for c in contrasts))
+    if contrasts:
+        workflow.__desc__ = (
+            "The other contrasts of the participant ({}) were rigidly registered to the "
+            "bias-corrected T1w with ANTs [@ants] (mutual information) and resampled onto its "
+            "grid."
+        ).format(", ".join(CONTRAST_NAMES[c] for c in contrasts))
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["t1w_preproc", "brain_mask", *LESION_CONTRASTS]),
         name="inputnode",

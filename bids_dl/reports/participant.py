@@ -40,8 +40,9 @@ ANAT_FIGURES = (
         "tumor",
         "Tumour segmentation",
         "Necrotic and non-enhancing tumour core (red), edema (green) and enhancing tumour "
-        "(yellow), over the bias-corrected T1w and the FLAIR registered to it; volumes in the "
-        "title. Cuts go through the tumour.",
+        "(yellow), over the bias-corrected T1w (the contrast-enhanced T1w where the session "
+        "has no other) and the FLAIR registered to it; volumes in the title. Cuts go through "
+        "the tumour.",
     ),
     (
         "wmh",
