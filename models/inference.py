@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from bids_dl.models.bundle import ModelCard
+from bids_dl.models.metrics import connected_lesions
 from bids_dl.models.synthesis import normalise_in_mask, normalise_intensities
 
 
@@ -382,14 +383,9 @@ def decode_nested_regions(
     return index
 
 
-def _components(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of the foreground."""
-    return ndimage.label(labels > 0, np.ones((3, 3, 3), dtype=bool))
-
-
 def keep_largest_component(labels: np.ndarray, **_) -> np.ndarray:
     """Labels with every foreground voxel outside the largest 26-connected component cleared."""
-    components, count = _components(labels)
+    components, count = connected_lesions(labels)
     if count < 2:
         return labels
     largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
@@ -412,7 +408,7 @@ def keep_most_confident_component(
     """
     if foreground_probability is None:
         raise ValueError("the most-confident-component step needs the model's probabilities")
-    components, count = _components(labels)
+    components, count = connected_lesions(labels)
     if count < 2:
         return labels
     index = np.arange(1, count + 1)
@@ -427,7 +423,7 @@ def keep_most_confident_component(
 
 def remove_small_components(labels: np.ndarray, min_voxels: float) -> np.ndarray:
     """Labels with every 26-connected foreground component under ``min_voxels`` cleared."""
-    components, _ = _components(labels)
+    components, _ = connected_lesions(labels)
     small = np.bincount(components.ravel()) < min_voxels
     small[0] = False
     return np.where(small[components], 0, labels).astype(labels.dtype)

@@ -14,6 +14,12 @@ def voxel_volume_mm3(image) -> float:
     return float(abs(np.linalg.det(image.affine[:3, :3])))
 
 
+def connected_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a mask's non-zero voxels (lesions, as the MICCAI 2017 WMH
+    challenge counts them) and their number."""
+    return ndimage.label(np.asarray(mask) > 0, np.ones((3, 3, 3), dtype=bool))
+
+
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Dice overlap of two boolean masks; 1.0 when both are empty."""
     prediction, reference = prediction.astype(bool), reference.astype(bool)
@@ -95,10 +101,9 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray) -> dict[str,
 
     Returns the lesion counts, recall, precision and F1 (F1 is 1.0 when both are empty).
     """
-    structure = np.ones((3, 3, 3), dtype=bool)
     prediction, reference = prediction.astype(bool), reference.astype(bool)
-    reference_components, n_reference = ndimage.label(reference, structure)
-    prediction_components, n_prediction = ndimage.label(prediction, structure)
+    reference_components, n_reference = connected_lesions(reference)
+    prediction_components, n_prediction = connected_lesions(prediction)
     detected = len(np.setdiff1d(np.unique(reference_components[prediction]), [0]))
     true_predicted = len(np.setdiff1d(np.unique(prediction_components[reference]), [0]))
     recall = detected / n_reference if n_reference else 1.0

@@ -189,17 +189,16 @@ def plot_lesions(anat_file: str, labels_file: str, task: str, out_file: str) -> 
     """Tumour labels (core red, edema green, enhancing yellow) or WMH (magenta) over an image,
     with cuts through the lesions and their volumes in the title."""
     from bids_dl.derivatives import TUMOR_STYLE
+    from bids_dl.models.labels import TUMOR_REGIONS
+    from bids_dl.models.metrics import voxel_volume_mm3
 
     image = nb.as_closest_canonical(nb.load(str(labels_file)))
     labels = np.asarray(image.dataobj).astype(int)
-    millilitres = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000
+    millilitres = voxel_volume_mm3(image) / 1000
     if task == "tumor":
         colours = {value: colour for value, (_, colour) in TUMOR_STYLE.items()}
         title = "tumour: whole {:.1f} mL, core {:.1f} mL, enhancing {:.1f} mL".format(
-            *(
-                np.isin(labels, members).sum() * millilitres
-                for members in ((1, 2, 4), (1, 4), (4,))
-            )  # fmt: skip
+            *(np.isin(labels, members).sum() * millilitres for members in TUMOR_REGIONS.values())
         )
     else:
         colours = {1: "#ff30ff"}

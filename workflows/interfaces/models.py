@@ -199,13 +199,12 @@ class ModelSegmentation(_ModelInterface):
 def lesion_measures(labels: np.ndarray, voxel_mm3: float, task: str) -> dict[str, float | int]:
     """Tumour: volumes (mm^3) of the BraTS regions and of edema; WMH: lesion count (26-connected
     components) and volume."""
-    from scipy import ndimage
-
     from bids_dl.models.labels import TUMOR_REGIONS
+    from bids_dl.models.metrics import connected_lesions
 
     if task == "wmh":
         lesions = labels > 0
-        _, count = ndimage.label(lesions, np.ones((3, 3, 3), dtype=bool))
+        _, count = connected_lesions(lesions)
         return {"wmh_count": int(count), "wmh_mm3": round(float(lesions.sum()) * voxel_mm3, 1)}
     volumes = {
         f"{region}_mm3": float(np.isin(labels, members).sum()) * voxel_mm3
