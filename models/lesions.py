@@ -165,7 +165,9 @@ def plant_tumor(
         enhancing_share = float(uniform(*params.enhancing_share, generator))
     # enhancement where a smooth field is below its quantile: contiguous patches of the rim
     patches = smooth_field(shape, 4, 1.0, 1, generator)[0, 0]
-    rim = core & (distance >= necrosis_level)
+    # the noisy distance dips below 0 at the centre: necrosis only where some was drawn
+    necrotic = core & (distance < necrosis_level) if necrosis_level > 0 else torch.zeros_like(core)
+    rim = core & ~necrotic
     enhancing = torch.zeros_like(rim)
     if enhancing_share > 0 and rim.any():
         enhancing = _patches_of(rim, patches, enhancing_share)
@@ -180,7 +182,7 @@ def plant_tumor(
         "non_enhancing"
     ]
     out[core] = LESION_VALUES["non_enhancing"]
-    out[core & (distance < necrosis_level)] = necrosis
+    out[necrotic] = necrosis
     out[enhancing] = LESION_VALUES["enhancing"]
     return out
 

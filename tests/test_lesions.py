@@ -81,6 +81,10 @@ def test_simulated_tumours_are_nested_and_stay_in_the_brain():
     # the necrotic centre is inside the core: its centroid is farther from the background
     centre = (planted == values["necrosis"]).nonzero().float().mean(0)
     assert core[tuple(centre.round().long())]
+    without = dataclasses.replace(params, necrosis_probability=0.0)
+    for seed in range(6):  # the shape noise makes the centre's distance negative: no necrosis
+        plain = plant_tumor(labels, 2.0, without, torch.Generator().manual_seed(seed))
+        assert (plain == values["enhancing"]).any() and not (plain == values["necrosis"]).any()
 
 
 def test_faint_edema_surrounds_the_bright_edema_and_is_brighter_than_white_matter():
