@@ -307,3 +307,17 @@ MEASURES_DICTIONARY.update({
     "wmh_mm3": {"Description": "white-matter hyperintensity volume (desc-wmh_mask)",
                 "Units": "mm^3"},
 })  # fmt: skip
+MEASURES_DICTIONARY.update(
+    {
+        f"{contrast.lower()}_brain_coverage": {
+            "Description": f"share of the brain mask inside the {name}'s field of view after "
+            "registration to the T1w (0-1); the lesion models take the uncovered brain as having "
+            f"no {name}",
+        }
+        for contrast, name in (
+            ("FLAIR", "FLAIR"),
+            ("T1ce", "contrast-enhanced T1w"),
+            ("T2w", "T2w"),
+        )
+    }
+)

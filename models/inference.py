@@ -270,6 +270,7 @@ def segment(
     device: str = "cpu",
     mask: np.ndarray | None = None,
     groups: dict[str, list[int]] | None = None,
+    coverage: list[np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of ``image``, both on the (first) image's own grid.
 
@@ -278,6 +279,9 @@ def segment(
     With a ``mask`` (on the image grid) and a card that asks for it (``brain_crop_margin_mm``),
     the model grid covers only the mask's bounding box plus that margin, as in training; cards
     with ``needs_brain_mask`` normalise each contrast inside the mask.
+    ``coverage`` gives, per contrast, the voxels it was acquired in (a registered contrast's
+    field of view, on the image grid; None: all): with a mask, a contrast is normalised inside
+    the mask and its coverage only, and fed as zeros (as missing) outside its coverage.
     ``groups`` (name -> label values) sums probabilities per group (see ``to_native``).
 
     Returns ``labels`` (uint8/uint16, label values of the card) and ``probabilities`` (float32,
@@ -314,7 +318,7 @@ def segment(
         on_grid = resample(mask.astype(np.float32), reference.affine, shape, affine, order=1)
         grid_mask = torch.from_numpy(on_grid > 0.5)
     volumes = []
-    for channel in channels:
+    for position, channel in enumerate(channels):
         if channel is None:
             volumes.append(torch.zeros(shape))
             continue
@@ -322,11 +326,16 @@ def segment(
         on_grid = torch.from_numpy(
             resample(data, channel.affine, shape, affine, order=1).astype(np.float32)
         )
-        volumes.append(
-            normalise_in_mask(on_grid, grid_mask)
-            if grid_mask is not None
-            else normalise_intensities(on_grid)
-        )
+        if grid_mask is None:
+            volumes.append(normalise_intensities(on_grid))
+            continue
+        inside = grid_mask
+        if coverage is not None and coverage[position] is not None:
+            covered = resample(
+                coverage[position].astype(np.float32), channel.affine, shape, affine, order=1
+            )
+            inside = grid_mask & torch.from_numpy(covered > 0.999)  # edge voxels mix in zeros
+        volumes.append(normalise_in_mask(on_grid, inside))
     labels = sorted(card.labels)
     network = network.to(device)
     probabilities = predict_probabilities(

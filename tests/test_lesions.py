@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
 from bids_dl.models.bundle import ModelCard, load_bundle, load_card, save_bundle
@@ -468,6 +469,53 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
         segment(channels, *load_bundle(bundle), mask=np.ones(shape, bool))
 
 
+def test_a_registered_contrast_comes_with_the_field_of_view_it_covers(tmp_path):
+    """A FLAIR slab that stops short of the top of the head: the coverage mask says where."""
+    from bids_dl.workflows.interfaces.ants import coregister_rigid
+
+    grid = np.indices((40, 40, 40)) - 19.5
+    radius = np.sqrt((grid[0] / 1.0) ** 2 + (grid[1] / 1.2) ** 2 + (grid[2] / 0.9) ** 2)
+    head = np.where(radius < 16, 1.0, 0.0) + np.where(radius < 8, 1.5, 0.0)  # a two-tissue ball
+    head = ndimage.gaussian_filter(head, 1.0).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nb.save(nb.Nifti1Image(head, affine), tmp_path / "t1w.nii.gz")
+    nb.save(nb.Nifti1Image(head[:, :, :28] ** 2, affine), tmp_path / "flair.nii.gz")  # 28 slices
+    out, coverage = coregister_rigid(
+        str(tmp_path / "flair.nii.gz"), str(tmp_path / "t1w.nii.gz"),
+        str(tmp_path / "out.nii.gz"), str(tmp_path / "coverage.nii.gz"),
+    )  # fmt: skip
+    covered = np.asarray(nb.load(coverage).dataobj) > 0
+    assert nb.load(out).shape == covered.shape == head.shape
+    assert covered[:, :, :26].all() and not covered[:, :, 29:].any()
+
+
+def test_a_contrast_is_normalised_inside_its_coverage_and_missing_outside(tmp_path, monkeypatch):
+    import bids_dl.models.inference as inference
+
+    bundle = _lesion_bundle(tmp_path / "wmh", "wmh", ["FLAIR", "T1w"])
+    shape, affine = (16, 16, 16), np.diag([3.0, 3.0, 3.0, 1.0])  # the bundle's grid
+    flair = np.random.default_rng(0).normal(10.0, 2.0, shape).astype(np.float32)
+    covered = np.zeros(shape, bool)
+    covered[:, :, :10] = True
+    flair[~covered] = 0  # what the registration leaves outside the slab
+    seen = []
+
+    def record(network, volumes, n_classes, *args, **kwargs):
+        seen.append(volumes[0].numpy())
+        return torch.full((n_classes, *volumes.shape[1:]), 1 / n_classes)
+
+    monkeypatch.setattr(inference, "predict_probabilities", record)
+    image, brain = nb.Nifti1Image(flair, affine), np.ones(shape, bool)
+    card, network = load_bundle(bundle)
+    for coverage in (None, [covered, None]):
+        segment([image, None], card, network, mask=brain, coverage=coverage)
+    zero_filled, with_coverage = seen
+    inside = with_coverage != 0  # the covered brain on the model grid
+    assert 0.4 < inside.sum() / (zero_filled != 0).sum() < 0.8  # 10 of 16 slices, edges left out
+    assert abs(with_coverage[inside].mean()) < 1e-3 and abs(with_coverage[inside].std() - 1) < 1e-2
+    assert zero_filled[inside].mean() > 0.5  # the zeros pulled the mean down: tissue looked bright
+
+
 def _copy_as_brats(bids, source: str, target: str) -> None:
     """A BraTS-style participant: ``source``'s images (ce-T1w, FLAIR, T2w) without its T1w,
     skull-stripped with the true brain mask and z-scored inside it, as the BraTS cases are."""
@@ -543,6 +591,8 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
     assert list(lookup["index"]) == [1, 2, 4]
     table = pd.read_csv(output / "phenotype" / "anatomical.tsv", sep="\t")
     assert {"whole_tumor_mm3", "enhancing_tumor_mm3", "wmh_count", "wmh_mm3"} <= set(table.columns)
+    coverage = table.set_index("participant_id")["flair_brain_coverage"]  # whole-head FLAIRs
+    assert coverage.loc[["sub-02", "sub-03", "sub-04"]].between(0.95, 1.0).all()
     report = (output / "sub-02.html").read_text()
     assert "sub-02_desc-tumor_FLAIR.png" in report and "Tumour segmentation" in report
 

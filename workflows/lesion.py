@@ -116,7 +116,10 @@ def init_lesion_wf(
             (node, merge_measures, [("measures", f"in{position}")]),
         ])  # fmt: skip
         for contrast, registration in coregistered.items():
-            workflow.connect(registration, "out_file", node, contrast)
+            workflow.connect([
+                (registration, node, [("out_file", contrast),
+                                      ("coverage_file", f"{contrast}_coverage")]),
+            ])  # fmt: skip
         output = "tumor_dseg" if task == "tumor" else "wmh_mask"
         workflow.connect([
             (node, outputnode, [("out_file", output), ("model", f"{task}_model")]),

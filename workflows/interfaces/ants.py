@@ -206,9 +206,15 @@ def apply_transform(
     return out_file
 
 
-def coregister_rigid(in_file: str, reference_file: str, out_file: str, num_threads: int = 1) -> str:
+def coregister_rigid(
+    in_file: str, reference_file: str, out_file: str, coverage_file: str, num_threads: int = 1
+) -> tuple[str, str]:
     """Rigidly register another contrast of the subject (FLAIR, contrast T1w, T2w) to the
-    preprocessed T1w by mutual information, and resample it onto the T1w grid (linear)."""
+    preprocessed T1w by mutual information, and resample it onto the T1w grid (linear).
+
+    ``coverage_file`` gets the T1w voxels inside the contrast's field of view: outside it the
+    resampled image holds zeros that were never acquired (a FLAIR slab short of the vertex).
+    """
     import ants
 
     _set_threads(num_threads)
@@ -222,7 +228,11 @@ def coregister_rigid(in_file: str, reference_file: str, out_file: str, num_threa
         outprefix=str(Path(out_file).parent / "rigid_"),
     )
     ants.image_write(result["warpedmovout"], out_file)
-    return out_file
+    field_of_view = moving.new_image_like(np.ones(moving.shape, dtype=np.float32))
+    covered = ants.apply_transforms(reference, field_of_view, result["fwdtransforms"]).numpy()
+    # ants arrays are in the reference's voxel order; voxels touching the edge count as outside
+    save_image((covered > 0.999).astype(np.uint8), nb.load(reference_file).affine, coverage_file)
+    return out_file, coverage_file
 
 
 class _N4InputSpec(TraitedSpec):
@@ -361,15 +371,24 @@ class _CoregisterInputSpec(TraitedSpec):
     num_threads = traits.Int(1, usedefault=True)
 
 
+class _CoregisterOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the contrast on the T1w grid")
+    coverage_file = File(exists=True, desc="T1w voxels inside the contrast's field of view")
+
+
 class CoregisterToT1w(SimpleInterface):
-    """Rigid registration of another contrast to the T1w, resampled on the T1w grid."""
+    """Rigid registration of another contrast to the T1w, resampled on the T1w grid, and the
+    part of that grid the contrast covers."""
 
     input_spec = _CoregisterInputSpec
-    output_spec = _OutFileSpec
+    output_spec = _CoregisterOutputSpec
 
     def _run_interface(self, runtime):
-        out_file = str(Path(runtime.cwd) / "coregistered.nii.gz")
-        self._results["out_file"] = coregister_rigid(
-            self.inputs.in_file, self.inputs.reference, out_file, self.inputs.num_threads
+        self._results["out_file"], self._results["coverage_file"] = coregister_rigid(
+            self.inputs.in_file,
+            self.inputs.reference,
+            str(Path(runtime.cwd) / "coregistered.nii.gz"),
+            str(Path(runtime.cwd) / "coverage.nii.gz"),
+            self.inputs.num_threads,
         )
         return runtime

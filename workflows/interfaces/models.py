@@ -224,6 +224,7 @@ def model_lesions(
     device: str = "auto",
     num_threads: int = 1,
     reference_contrast: str = "T1w",
+    coverages: dict[str, str | None] | None = None,
 ) -> tuple[dict, dict]:
     """Tumour labels (BraTS values) or a WMH mask from a lesion bundle, on the T1w grid.
 
@@ -232,9 +233,11 @@ def model_lesions(
     ``reference_contrast`` channel (T1w, or T1ce when the session's only T1-weighted image is
     contrast-enhanced). Contrasts the model has no channel for are ignored, missing ones are
     fed as zeros (the models were trained with channel dropout). Labels outside the brain mask
-    are cleared.
+    are cleared. ``coverages`` maps a registered contrast to the mask of the T1w voxels inside
+    its field of view (``coregister_rigid``): outside it, the contrast counts as missing.
 
-    Returns the measures (volumes, lesion count) and the model's identity.
+    Returns the measures (volumes, lesion count, and the share of the brain each registered
+    contrast the model used covers, ``<contrast>_brain_coverage``) and the model's identity.
     """
     from bids_dl.models.inference import postprocess, segment
     from bids_dl.models.metrics import voxel_volume_mm3
@@ -248,14 +251,25 @@ def model_lesions(
     reference = nb.load(t1w)
     images = [nb.load(available[c]) if available.get(c) else None for c in wanted]
     mask = np.asarray(nb.load(brain_mask).dataobj) > 0
-    labels, probabilities = segment(images, card, network, device=resolve_device(device), mask=mask)
+    coverage = {
+        c: np.asarray(nb.load(path).dataobj) > 0
+        for c, path in (coverages or {}).items()
+        if path and c in wanted and available.get(c)
+    }
+    labels, probabilities = segment(
+        images, card, network, device=resolve_device(device), mask=mask,
+        coverage=[coverage.get(c) for c in wanted],
+    )  # fmt: skip
     labels[~mask] = 0
     voxel_mm3 = voxel_volume_mm3(reference)
     labels = postprocess(labels, card, voxel_mm3, probabilities)
     if task == "wmh":
         labels = (labels > 0).astype(np.uint8)
     save_image(labels.astype(np.uint8), reference.affine, out_file)
-    return lesion_measures(labels, voxel_mm3, task), _identity(card, bundle)
+    measures = lesion_measures(labels, voxel_mm3, task)
+    for contrast, covered in coverage.items():
+        measures[f"{contrast.lower()}_brain_coverage"] = round(float(covered[mask].mean()), 3)
+    return measures, _identity(card, bundle)
 
 
 class _ModelLesionsInputSpec(_ModelRunInputSpec):
@@ -265,6 +279,9 @@ class _ModelLesionsInputSpec(_ModelRunInputSpec):
     flair = File(exists=True, desc="FLAIR on the T1w grid")
     t1ce = File(exists=True, desc="contrast-enhanced T1w on the T1w grid")
     t2w = File(exists=True, desc="T2w on the T1w grid")
+    flair_coverage = File(exists=True, desc="T1w voxels inside the FLAIR's field of view")
+    t1ce_coverage = File(exists=True, desc="T1w voxels inside the ce-T1w's field of view")
+    t2w_coverage = File(exists=True, desc="T1w voxels inside the T2w's field of view")
     reference_contrast = traits.Enum(
         "T1w", "T1ce", usedefault=True, desc="the model channel the reference ``t1w`` fills"
     )
@@ -284,10 +301,14 @@ class ModelLesions(_ModelInterface):
 
     def _run_interface(self, runtime):
         out_file = str(Path(runtime.cwd) / f"{self.inputs.task}.nii.gz")
-        contrasts = {
-            name: getattr(self.inputs, field) if isdefined(getattr(self.inputs, field)) else None
-            for name, field in (("FLAIR", "flair"), ("T1ce", "t1ce"), ("T2w", "t2w"))
-        }
+
+        def given(field: str) -> str | None:
+            value = getattr(self.inputs, field)
+            return value if isdefined(value) else None
+
+        names = {"FLAIR": "flair", "T1ce": "t1ce", "T2w": "t2w"}
+        contrasts = {name: given(field) for name, field in names.items()}
+        coverages = {name: given(f"{field}_coverage") for name, field in names.items()}
         self._results["measures"], self._results["model"] = model_lesions(
             self.inputs.task,
             self.inputs.bundle,
@@ -298,6 +319,7 @@ class ModelLesions(_ModelInterface):
             self.inputs.device,
             self.inputs.num_threads,
             self.inputs.reference_contrast,
+            coverages,
         )
         self._results["out_file"] = out_file
         return runtime
