@@ -99,7 +99,9 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray) -> dict[str,
     components (26-connectivity); a reference lesion is detected when a predicted voxel touches
     it, a predicted lesion is true when it touches a reference lesion.
 
-    Returns the lesion counts, recall, precision and F1 (F1 is 1.0 when both are empty).
+    Returns the lesion counts, recall, precision and F1. Recall is 1.0 without reference
+    lesions and precision 1.0 without predicted ones (nothing was missed, nothing was false);
+    F1 is 0 when only one of the two is empty and 1.0 when both are.
     """
     prediction, reference = prediction.astype(bool), reference.astype(bool)
     reference_components, n_reference = connected_lesions(reference)
