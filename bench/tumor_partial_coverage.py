@@ -2,8 +2,11 @@
 
 Clinical FLAIRs are often thick-slab axial series that stop short of the vertex or the
 posterior fossa. After registration to the T1w, the brain outside the FLAIR's field of view
-holds zeros. Each real BraTS case (segmented by the leave-one-out fold that never saw it) is
-segmented three ways:
+holds zeros. The BraTS FLAIRs are z-scored in the brain, where a zero is the mean and does
+little harm, so each is first put on a raw scanner-like scale (positive in the brain, 0
+outside: ``100 * (z - min + 1)``; the z-scoring inside the brain mask undoes it). Each real
+BraTS case (segmented by the leave-one-out fold that never saw it) is then segmented three
+ways:
 
 - ``full``: the whole FLAIR;
 - ``zero_filled``: the FLAIR's axial slices over ``--cut`` of the brain's extent, at the end
@@ -71,10 +74,11 @@ def main() -> None:
         brain = np.asarray(nb.load(str(case["mask"])).dataobj) > 0
         truth = np.rint(np.asarray(nb.load(str(case["truth"])).dataobj)).astype(np.uint8)
         truth[truth == 3] = 1
-        covered = cut_away_from_tumour(flair.get_fdata(), brain, truth)
-        cut = nb.Nifti1Image(
-            np.where(covered, flair.get_fdata(), 0).astype(np.float32), flair.affine
-        )
+        zscored = flair.get_fdata()
+        raw = np.where(brain, 100 * (zscored - zscored[brain].min() + 1), 0).astype(np.float32)
+        flair = nb.Nifti1Image(raw, flair.affine)
+        covered = cut_away_from_tumour(raw, brain, truth)
+        cut = nb.Nifti1Image(np.where(covered, raw, 0).astype(np.float32), flair.affine)
         row = {"brain_covered": round(float(covered[brain].mean()), 3)}
         for name, image, coverage in (
             ("full", flair, None),
