@@ -469,10 +469,11 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
         segment(channels, *load_bundle(bundle), mask=np.ones(shape, bool))
 
 
-def test_a_registered_contrast_comes_with_the_field_of_view_it_covers(tmp_path):
+def test_a_registered_contrast_comes_with_the_field_of_view_it_covers(tmp_path, monkeypatch):
     """A FLAIR slab that stops short of the top of the head: the coverage mask says where."""
     from bids_dl.workflows.interfaces.ants import coregister_rigid
 
+    monkeypatch.setenv("ANTS_RANDOM_SEED", "7")  # ANTs samples the metric at random otherwise
     grid = np.indices((40, 40, 40)) - 19.5
     radius = np.sqrt((grid[0] / 1.0) ** 2 + (grid[1] / 1.2) ** 2 + (grid[2] / 0.9) ** 2)
     head = np.where(radius < 16, 1.0, 0.0) + np.where(radius < 8, 1.5, 0.0)  # a two-tissue ball
@@ -487,7 +488,7 @@ def test_a_registered_contrast_comes_with_the_field_of_view_it_covers(tmp_path):
     )  # fmt: skip
     covered = np.asarray(nb.load(coverage).dataobj) > 0
     assert nb.load(out).shape == covered.shape == head.shape
-    # the unseeded registration of this small phantom may be off by a voxel: the bulk only
+    # the bulk only: a voxel more or less at the cut depends on the seed
     assert covered[8:-8, 8:-8, 4:22].all() and not covered[:, :, 31:].any()
     assert 0.6 < covered.mean() < 28 / 40 + 0.02
 
