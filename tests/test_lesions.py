@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 
 import nibabel as nb
@@ -467,6 +468,35 @@ def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_p
     channels = [nb.load(paths["flair"]), None, nb.load(paths["t1w"])]  # T2w left out
     with pytest.raises(ValueError, match=r"takes 4 image\(s\) \(FLAIR, T1ce, T1w, T2w\), got 3"):
         segment(channels, *load_bundle(bundle), mask=np.ones(shape, bool))
+
+
+def test_a_contrast_covering_little_of_the_brain_is_measured_and_warned_about(
+    tmp_path, caplog, monkeypatch
+):
+    """A FLAIR slab over a third of the brain (or a misregistered one) is still used where it
+    was acquired, and the user hears of it."""
+    from bids_dl.workflows.interfaces.models import model_lesions
+
+    bundle = _lesion_bundle(tmp_path / "wmh", "wmh", ["FLAIR", "T1w"])
+    shape, affine = (20, 22, 18), np.diag([2.0, 2.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    coverage = np.zeros(shape, np.uint8)
+    coverage[:, :, :6] = 1  # 6 of 18 slices
+    paths = {}
+    for name, data in (("t1w", rng.random(shape)), ("flair", rng.random(shape)),
+                       ("mask", np.ones(shape)), ("coverage", coverage)):  # fmt: skip
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nb.save(nb.Nifti1Image(data.astype(np.float32), affine), paths[name])
+    # a CLI run earlier in the session stops bids_dl's records at its own handler
+    monkeypatch.setattr(logging.getLogger("bids_dl"), "propagate", True)
+    with caplog.at_level("WARNING", logger="bids_dl.lesions"):
+        measures, _ = model_lesions(
+            "wmh", str(bundle), paths["t1w"], paths["mask"], str(tmp_path / "wmh.nii.gz"),
+            {"FLAIR": paths["flair"], "T1ce": None, "T2w": None}, device="cpu",
+            coverages={"FLAIR": paths["coverage"]},
+        )  # fmt: skip
+    assert measures["flair_brain_coverage"] == pytest.approx(6 / 18, abs=1e-3)
+    assert "the FLAIR covers 33% of the brain" in caplog.text
 
 
 def test_a_registered_contrast_comes_with_the_field_of_view_it_covers(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import nibabel as nb
@@ -18,6 +19,10 @@ from nipype.interfaces.base import (
 from bids_dl.images import save_image
 from bids_dl.models.labels import TISSUE_CLASSES
 from bids_dl.workflows.interfaces.images import largest_component_filled
+
+LOGGER = logging.getLogger("bids_dl.lesions")
+#: Below this share of the brain, a registered contrast's field of view is worth a warning.
+LOW_BRAIN_COVERAGE = 0.5
 
 
 def resolve_device(device: str) -> str:
@@ -256,6 +261,14 @@ def model_lesions(
         for c, path in (coverages or {}).items()
         if path and c in wanted and available.get(c)
     }
+    brain_coverage = {c: round(float(covered[mask].mean()), 3) for c, covered in coverage.items()}
+    for contrast, share in brain_coverage.items():
+        if share < LOW_BRAIN_COVERAGE:
+            LOGGER.warning(
+                "the %s covers %.0f%% of the brain after registration to the T1w: the %s model "
+                "does not see it elsewhere; check the coregistration figure of the report",
+                contrast, 100 * share, task,
+            )  # fmt: skip
     labels, probabilities = segment(
         images, card, network, device=resolve_device(device), mask=mask,
         coverage=[coverage.get(c) for c in wanted],
@@ -267,8 +280,7 @@ def model_lesions(
         labels = (labels > 0).astype(np.uint8)
     save_image(labels.astype(np.uint8), reference.affine, out_file)
     measures = lesion_measures(labels, voxel_mm3, task)
-    for contrast, covered in coverage.items():
-        measures[f"{contrast.lower()}_brain_coverage"] = round(float(covered[mask].mean()), 3)
+    measures.update({f"{c.lower()}_brain_coverage": share for c, share in brain_coverage.items()})
     return measures, _identity(card, bundle)
 
 
