@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+
+LOGGER = logging.getLogger("bids_dl.images")
 
 
 class ImageError(ValueError):
@@ -92,6 +95,20 @@ def finite_data(image: nb.Nifti1Image) -> np.ndarray:
     data = image.get_fdata(dtype=np.float32)
     data[~np.isfinite(data)] = 0
     return data
+
+
+def finite_copy(in_file: str | Path, out_file: str | Path) -> str:
+    """``in_file`` itself when all its voxels are finite, else a copy at ``out_file`` with the
+    non-finite ones set to 0 (as ``conform`` does), and a warning: a registration then gets the
+    same input whatever its reader makes of NaN."""
+    image = load_3d_image(in_file)
+    data = image.get_fdata(dtype=np.float32)
+    non_finite = ~np.isfinite(data)
+    if not non_finite.any():
+        return str(in_file)
+    LOGGER.warning("%s: %d non-finite voxels set to 0", in_file, np.count_nonzero(non_finite))
+    data[non_finite] = 0
+    return str(save_image(data, image.affine, out_file))
 
 
 def foreground_ml(path: str | Path) -> float | None:

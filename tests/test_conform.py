@@ -3,11 +3,13 @@ already skull-stripped (and z-scored) images from heads, and showing them."""
 
 from __future__ import annotations
 
+import logging
+
 import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_dl.images import ImageError, is_skull_stripped, load_3d_image
+from bids_dl.images import ImageError, finite_copy, is_skull_stripped, load_3d_image
 from bids_dl.workflows.interfaces.conform import conform_image
 from bids_dl.workflows.interfaces.images import brain_mask_from_background
 
@@ -143,3 +145,22 @@ def test_coregistration_figure_draws_the_t1w_outline_and_its_intensity_edge(tmp_
         return int((np.abs(pixels - rgb).max(axis=-1) < 0.2).sum())
 
     assert count("#ff3030") > 200 and count("#00e0ff") > 200
+
+
+def test_a_contrast_with_nan_voxels_is_registered_from_a_finite_copy(tmp_path, caplog, monkeypatch):
+    data = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    nb.save(nb.Nifti1Image(data, np.eye(4)), tmp_path / "clean.nii.gz")
+    assert finite_copy(tmp_path / "clean.nii.gz", tmp_path / "copy.nii.gz") == str(
+        tmp_path / "clean.nii.gz"
+    )
+    data[1, 2, 3], data[4, 5, 0] = np.nan, -np.inf
+    nb.save(nb.Nifti1Image(data, np.eye(4)), tmp_path / "flair.nii.gz")
+    # a CLI run earlier in the session stops bids_dl's records at its own handler
+    monkeypatch.setattr(logging.getLogger("bids_dl"), "propagate", True)
+    with caplog.at_level("WARNING", logger="bids_dl.images"):
+        copy = finite_copy(tmp_path / "flair.nii.gz", tmp_path / "copy.nii.gz")
+    cleaned = nb.load(copy).get_fdata()
+    assert copy == str(tmp_path / "copy.nii.gz") and np.isfinite(cleaned).all()
+    assert cleaned[1, 2, 3] == cleaned[4, 5, 0] == 0
+    assert np.array_equal(cleaned[np.isfinite(data)], data[np.isfinite(data)])
+    assert "2 non-finite voxels set to 0" in caplog.text

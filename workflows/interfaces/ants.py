@@ -17,7 +17,7 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 from scipy import ndimage
 
 from bids_dl.derivatives import TISSUE_LOOKUP
-from bids_dl.images import save_image
+from bids_dl.images import finite_copy, save_image
 from bids_dl.templates import TemplateFiles, write_template_files
 from bids_dl.workflows.interfaces.images import largest_component_filled
 
@@ -214,11 +214,12 @@ def coregister_rigid(
 
     ``coverage_file`` gets the T1w voxels inside the contrast's field of view: outside it the
     resampled image holds zeros that were never acquired (a FLAIR slab short of the vertex).
+    Non-finite voxels of the contrast are set to 0 first, with a warning.
     """
     import ants
 
     _set_threads(num_threads)
-    moving = ants.image_read(in_file)
+    moving = ants.image_read(finite_copy(in_file, Path(out_file).parent / "finite.nii.gz"))
     reference = ants.image_read(reference_file)
     result = ants.registration(
         fixed=reference,
