@@ -103,12 +103,20 @@ def finite_copy(in_file: str | Path, out_file: str | Path) -> str:
     same input whatever its reader makes of NaN."""
     image = load_3d_image(in_file)
     data = image.get_fdata(dtype=np.float32)
-    non_finite = ~np.isfinite(data)
-    if not non_finite.any():
+    if not zero_non_finite(data, in_file):
         return str(in_file)
-    LOGGER.warning("%s: %d non-finite voxels set to 0", in_file, np.count_nonzero(non_finite))
-    data[non_finite] = 0
     return str(save_image(data, image.affine, out_file))
+
+
+def zero_non_finite(data: np.ndarray, source: str | Path) -> int:
+    """Set the non-finite voxels of ``data`` to 0 in place, warn about ``source`` when there
+    are any, and return how many there were."""
+    non_finite = ~np.isfinite(data)
+    count = int(np.count_nonzero(non_finite))
+    if count:
+        LOGGER.warning("%s: %d non-finite voxels set to 0", source, count)
+        data[non_finite] = 0
+    return count
 
 
 def foreground_ml(path: str | Path) -> float | None:

@@ -6,16 +6,13 @@ on the subject's native grid, as fMRIPrep's ``T1w`` space does.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
-from bids_dl.images import load_3d_image, save_image
-
-LOGGER = logging.getLogger("bids_dl.conform")
+from bids_dl.images import load_3d_image, save_image, zero_non_finite
 
 
 def conform_image(in_file: str | Path, out_file: str | Path) -> dict[str, object]:
@@ -27,10 +24,7 @@ def conform_image(in_file: str | Path, out_file: str | Path) -> dict[str, object
     original_orientation = "".join(nb.aff2axcodes(image.affine))
     canonical = nb.as_closest_canonical(image)
     data = canonical.get_fdata(dtype=np.float32)
-    non_finite = int(np.count_nonzero(~np.isfinite(data)))
-    if non_finite:
-        LOGGER.warning("%s: %d non-finite voxels set to 0", in_file, non_finite)
-        data[~np.isfinite(data)] = 0
+    non_finite = zero_non_finite(data, in_file)
     save_image(data, canonical.affine, out_file)
     return {
         "original_orientation": original_orientation,
