@@ -308,8 +308,19 @@ class MixedSampler(Sampler):
             sampler.generator = self.generator
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        choice = int(torch.multinomial(self.weights, 1, generator=self.generator))
-        return self.samplers[choice].sample()
+        self.last_source = int(torch.multinomial(self.weights, 1, generator=self.generator))
+        return self.samplers[self.last_source].sample()
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` samples, stacked; ``batch_sources`` then holds each one's sampler index
+        (so that the loss can treat real and simulated samples differently)."""
+        images, targets, self.batch_sources = [], [], []
+        for _ in range(size):
+            image, target = self.sample()
+            images.append(image)
+            targets.append(target)
+            self.batch_sources.append(self.last_source)
+        return torch.stack(images), torch.stack(targets)
 
 
 def central_crop(volume: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -115,6 +115,11 @@ class TrainConfig:
     #: tumour task: labels decoded by those nested regions at inference instead of the argmax
     #: (card ``inputs.nested_regions``, ``inference.decode_nested_regions``)
     brats_region_decoding: bool = False
+    #: tumour task with ``synthetic_share``: real samples are scored on the whole tumour alone
+    #: (tumour against the rest, ``whole_tumor_loss``), so how the tumour divides into core,
+    #: edema and enhancing is learnt from the simulated samples only; fine-tuning on three
+    #: real cases otherwise raised the whole tumour and lowered the core
+    real_whole_tumor_only: bool = False
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -217,6 +222,45 @@ def soft_dice_loss(
     total = probabilities.sum(dims) + one_hot.sum(dims)
     dice = (2 * intersection + 1e-5) / (total + 1e-5)
     return 1 - dice[1:].mean()
+
+
+def whole_tumor_loss(
+    logits: torch.Tensor, target: torch.Tensor, tumor_classes: list[int]
+) -> torch.Tensor:
+    """Soft Dice plus cross-entropy of the whole tumour (the sum of ``tumor_classes``
+    against the rest): blind to how the tumour divides into its classes."""
+    log_probabilities = logits.log_softmax(1)
+    others = [c for c in range(logits.shape[1]) if c not in tumor_classes]
+    binary = torch.stack(
+        [
+            log_probabilities[:, others].logsumexp(1),
+            log_probabilities[:, tumor_classes].logsumexp(1),
+        ],
+        dim=1,
+    )
+    inside = torch.isin(target, torch.tensor(tumor_classes, device=target.device)).long()
+    return soft_dice_loss(binary, inside) + F.nll_loss(binary, inside)
+
+
+def batch_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_regions: list[list[int]] | None,
+    whole_tumor_only: torch.Tensor | None = None,
+    tumor_classes: list[int] | None = None,
+) -> torch.Tensor:
+    """Soft Dice plus cross-entropy over the batch; the samples flagged in
+    ``whole_tumor_only`` are scored by ``whole_tumor_loss`` instead, each part weighted by its
+    share of the batch."""
+    if whole_tumor_only is None or not whole_tumor_only.any():
+        return soft_dice_loss(logits, target, dice_regions) + F.cross_entropy(logits, target)
+    loss = whole_tumor_only.float().mean() * whole_tumor_loss(
+        logits[whole_tumor_only], target[whole_tumor_only], tumor_classes
+    )
+    full = ~whole_tumor_only
+    if full.any():
+        loss = loss + full.float().mean() * batch_loss(logits[full], target[full], dice_regions)
+    return loss
 
 
 def brats_region_classes(config: TrainConfig, names: dict[int, str]) -> list[list[int]]:
@@ -425,6 +469,14 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
     if config.brats_region_loss or config.brats_region_decoding:
         regions = brats_region_classes(config, names)  # refuses other tasks before training
     dice_regions = regions if config.brats_region_loss else None
+    tumor_classes = None
+    if config.real_whole_tumor_only:
+        if config.task != "tumor" or not config.synthetic_share:
+            raise ValueError(
+                "real_whole_tumor_only is for the tumor task with synthetic_share: the "
+                "simulated samples are what teach the tumour's sub-regions"
+            )
+        tumor_classes = brats_region_classes(config, names)[0]
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         network.train()
@@ -433,7 +485,11 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
         # bfloat16 on a GPU: mixed precision without a gradient scaler
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = network(images).float()
-        loss = soft_dice_loss(logits, targets, dice_regions) + F.cross_entropy(logits, targets)
+        whole_tumor_only = None
+        if config.real_whole_tumor_only:  # real images are the MixedSampler's first source
+            whole_tumor_only = torch.tensor([s == 0 for s in synthesiser.batch_sources])
+            whole_tumor_only = whole_tumor_only.to(device)
+        loss = batch_loss(logits, targets, dice_regions, whole_tumor_only, tumor_classes)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -497,6 +553,11 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
             + (
                 f"; {config.synthetic_share:.0%} of the samples simulated lesions in the label "
                 f"maps {', '.join(config.synthetic_subjects)} of {config.label_maps}"
+                + (
+                    "; real samples scored on the whole tumour only"
+                    if config.real_whole_tumor_only
+                    else ""
+                )
                 if config.synthetic_share
                 else ""
             )

@@ -41,11 +41,13 @@ from bids_dl.models.registry import shipped_bundles
 from bids_dl.models.synthesis import MixedSampler, PairedAugmenter, Sampler, SynthesisParameters
 from bids_dl.models.train import (
     TrainConfig,
+    batch_loss,
     brats_region_classes,
     lookup_tables,
     make_samplers,
     soft_dice_loss,
     train,
+    whole_tumor_loss,
 )
 from tests.conftest import run_cli
 
@@ -248,6 +250,8 @@ def test_mixed_sampler_draws_from_each_source_in_proportion():
     draws = [float(mixed.sample()[0].max()) for _ in range(400)]
     assert 0.65 < draws.count(2.0) / len(draws) < 0.85
     assert all(s.generator is mixed.generator for s in mixed.samplers)  # one checkpointed state
+    images, _ = mixed.batch(12)
+    assert mixed.batch_sources == [int(v) - 1 for v in images.amax((1, 2, 3, 4)).tolist()]
     with pytest.raises(ValueError, match="non-negative weight"):
         MixedSampler([_Constant(1.0)], [0.5, 0.5])
 
@@ -330,6 +334,46 @@ def test_tumour_training_with_brats_regions_writes_their_decoding_into_the_card(
     assert card.inputs["nested_regions"] == [[1, 2, 4], [1, 4], [4]]
     plain = dataclasses.replace(config, brats_region_decoding=False)
     assert "nested_regions" not in load_bundle(train(plain, tmp_path / "plain"))[0].inputs
+
+
+def test_fine_tuning_can_score_real_cases_on_the_whole_tumour_only(tmp_path):
+    _real_tumour_case(tmp_path / "bids", "pat01")
+    (tmp_path / "maps").mkdir()
+    nb.save(nb.Nifti1Image(_phantom().numpy().astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])),
+            tmp_path / "maps" / "training_seg_01.nii.gz")  # fmt: skip
+    config = TrainConfig(
+        name="t", task="tumor", source="bids", bids_dir=str(tmp_path / "bids"),
+        labels_dir=str(tmp_path / "bids" / "derivatives" / "labels"),
+        train_subjects=["pat01"], validation_subjects=["pat01"], test_subjects=[],
+        voxel_size_mm=2.0, sample_shape=(16, 16, 16), channels=["FLAIR", "T1ce"],
+        brain_crop_margin=1, features=(2, 4), iterations=2, validation_every=2,
+        validation_samples=1, synthetic_share=0.5, label_maps=str(tmp_path / "maps"),
+        synthetic_subjects=["01"], lesions={"tumor_probability": 1.0},
+        real_whole_tumor_only=True,
+    )  # fmt: skip
+    card, _ = load_bundle(train(config, tmp_path / "run"))
+    assert card.training["config"]["real_whole_tumor_only"] is True
+    assert "whole tumour only" in card.training["data"]
+    with pytest.raises(ValueError, match="simulated samples"):
+        train(dataclasses.replace(config, synthetic_share=0.0), tmp_path / "refused")
+
+
+def test_whole_tumour_loss_ignores_how_the_tumour_divides():
+    target = torch.zeros(2, 2, 2, 2, dtype=torch.long)
+    target[:, 0] = 1  # four core voxels in each sample
+    logits = torch.full((2, 4, 2, 2, 2), -50.0)
+    logits[:, 0][target == 0] = 50
+    logits[:, 3][target == 1] = 50  # called enhancing: right whole tumour, wrong classes
+    tumor_classes = [1, 2, 3]
+    assert whole_tumor_loss(logits, target, tumor_classes).item() == pytest.approx(0, abs=1e-3)
+    full = batch_loss(logits, target, None)
+    assert full.item() > 10  # cross-entropy of confidently wrong classes
+    missed = logits.flip(1)  # tumour called background and background enhancing
+    assert whole_tumor_loss(missed, target, tumor_classes).item() > 10
+    only_first = torch.tensor([True, False])
+    mixed = batch_loss(logits, target, None, only_first, tumor_classes)
+    second = batch_loss(logits[1:], target[1:], None)
+    assert mixed.item() == pytest.approx(0.5 * second.item(), rel=1e-3)
 
 
 def test_region_and_lesion_metrics_against_hand_computed_values():
