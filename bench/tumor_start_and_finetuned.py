@@ -3,8 +3,10 @@
 Every leave-one-out so far found fine-tuning on the real cases raising whole-tumour Dice and
 leaving tumour core where the simulated-only start had it, or lower (``bench/results/
 tumor_loo*/``). On each real case, this scores the fold model that did not see it, the start
-model (which saw no real case), their averaged probabilities, and the fold model's whole
-tumour with the start model's core and enhancing labels inside it.
+model (which saw no real case; also decoded by the BraTS nested regions, which simulated-only
+cards do not use), their averaged probabilities, and the fold model's whole tumour with the
+start model's core and enhancing labels inside it. Two simulated-only bundles can be given
+(no CASE in the first) to score their ensemble.
 
     python bench/tumor_start_and_finetuned.py "runs/tumor_loo_region_loss/CASE/bundle" \
         runs/tumor_stage5/bundle --out bench/results/tumor_start_and_finetuned
@@ -38,6 +40,16 @@ def predict(bundle: str, images: list[nb.Nifti1Image], mask: np.ndarray):
     return labels, probabilities, card
 
 
+def nested_labels(
+    probabilities: np.ndarray, values: list[int], regions: list[list[int]], mask: np.ndarray
+) -> np.ndarray:
+    """Label values decoded from class probabilities by nested ``regions``, zero outside
+    ``mask``."""
+    labels = np.asarray(values, np.uint8)[decode_nested_regions(probabilities, regions)]
+    labels[~mask] = 0
+    return labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fine_tuned", help="fold bundles, CASE standing for the held-out case")
@@ -58,15 +70,17 @@ def main() -> None:
         start, start_p, start_card = predict(args.start, images, mask)
         assert sorted(card.labels) == sorted(start_card.labels)
         values = sorted(card.labels)
-        regions = [[values.index(v) for v in region] for region in card.inputs["nested_regions"]]
+        # the averaged and re-decoded probabilities take the BraTS nested regions, as the
+        # shipped card does (simulated-only cards decode by the argmax)
+        nested = card.inputs.get("nested_regions", list(TUMOR_REGIONS.values()))
+        regions = [[values.index(v) for v in region] for region in nested]
         average_p = (tuned_p + start_p) / 2
-        averaged = np.asarray(values, np.uint8)[decode_nested_regions(average_p, regions)]
-        averaged[~mask] = 0
         composed = np.where(tuned > 0, np.where(np.isin(start, (1, 4)), start, 2), 0)
         variants = {
             "fine_tuned": (tuned, tuned_p),
             "start": (start, start_p),
-            "averaged": (averaged, average_p),
+            "start_nested_regions": (nested_labels(start_p, values, regions, mask), start_p),
+            "averaged": (nested_labels(average_p, values, regions, mask), average_p),
             "fine_tuned_whole_start_core": (composed.astype(np.uint8), tuned_p),
         }
         scores[case] = {}
