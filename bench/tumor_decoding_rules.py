@@ -16,6 +16,9 @@ that is best on all four cases (the held-out one included: optimistic) is report
     python bench/tumor_decoding_rules.py runs/tumor_loo_region_loss \
         --brats bench/brats_bids --results bench/results/tumor_decoding_rules_region_loss
 
+``--card BUNDLE`` writes the region thresholds best on all the cases into the card of the
+bundle trained on all of them (``inputs.nested_region_thresholds``), with the nested estimate.
+
 Each fold's probabilities on its held-out case are kept in ``FOLD/probabilities.npz`` (float16,
 brain bounding box), so a second call only decodes.
 """
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bids_dl.models.bundle import load_bundle
+from bids_dl.models.bundle import CARD, load_bundle
 from bids_dl.models.inference import decode_nested_regions, keep_most_confident_component, segment
 from bids_dl.models.labels import TUMOR_REGIONS
 from bids_dl.models.metrics import dice
@@ -140,8 +143,29 @@ def nested_selection(table: dict[str, list[list[float]]], settings: list[dict]) 
     }
 
 
+def record_thresholds(bundle: Path, selection: dict, run: Path) -> None:
+    """Write the region thresholds best on all the cases into the card of ``bundle`` (the
+    model trained on all of them, with the recipe of the run's folds: nnU-Net's way of fixing
+    post-processing on cross-validation predictions), with the nested estimate of what they
+    give on an unseen case."""
+    thresholds = selection["best_on_all"]["setting"]["thresholds"]
+    card_path = bundle / CARD
+    card = json.loads(card_path.read_text())
+    card["inputs"]["nested_region_thresholds"] = thresholds
+    card["metrics"].setdefault("test", {})["region_thresholds_nested_leave_one_out"] = {
+        "run": str(run),
+        "thresholds": thresholds,
+        "note": "thresholds chosen on the leave-one-out folds' out-of-fold predictions of all "
+        "the cases; 'nested' chooses them per case on the other cases only (the estimate for "
+        "an unseen case), 'default' is 0.5 for every region",
+        "mean": selection["mean"],
+        "per_case": selection["per_case"],
+    }
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def main() -> None:
-    args = parse_run_arguments(__doc__.splitlines()[0])
+    args = parse_run_arguments(__doc__.splitlines()[0], card=True)
     torch.set_num_threads(2)
     cases = {
         case["name"]: held_out_probabilities(args.run / case["name"], case)
@@ -160,6 +184,8 @@ def main() -> None:
     if args.results:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.card:
+        record_thresholds(args.card, results["region_thresholds"], args.run)
 
 
 if __name__ == "__main__":

@@ -74,13 +74,17 @@ def train_folds(folds: dict[str, Path], jobs: int) -> None:
                     raise RuntimeError(f"fold {case} failed; see {folds[case].parent}/train.log")
 
 
-def parse_run_arguments(description: str) -> argparse.Namespace:
+def parse_run_arguments(description: str, card: bool = False) -> argparse.Namespace:
     """Arguments of the scripts that read a finished leave-one-out run: the run folder, the
-    BraTS cases (``brats_to_bids.py``) and where results go."""
+    BraTS cases (``brats_to_bids.py``), where results go and (``card``) a bundle to update."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("run", type=Path, help="a tumor_loo.py output (one bundle per case)")
     parser.add_argument("--brats", type=Path, default=Path("bench/brats_bids"))
     parser.add_argument("--results", type=Path, help="folder for the results")
+    if card:
+        parser.add_argument(
+            "--card", type=Path, help="bundle trained on all the cases whose card gets the rule"
+        )
     return parser.parse_args()
 
 

@@ -360,7 +360,9 @@ def segment(
         if groups:
             raise ValueError(f"{card.name}: nested_regions decoding needs every class")
         index = decode_nested_regions(
-            native, [[labels.index(v) for v in region] for region in nested]
+            native,
+            [[labels.index(v) for v in region] for region in nested],
+            card.inputs.get("nested_region_thresholds"),
         )
     dtype = np.uint8 if max(labels) < 256 else np.uint16
     return np.asarray(labels, dtype=dtype)[index], native

@@ -192,6 +192,8 @@ def test_segment_decodes_nested_regions_when_the_card_asks():
     decoded = segment(image, _card(inputs=regions, **labels), SplitTumourNet())[0]
     assert dice(decoded > 0, inside) > 0.95
     assert set(np.unique(decoded[inside])) == {2}
+    stricter = {**regions, "nested_region_thresholds": [0.65]}  # the tumour's 0.6 is under it
+    assert not segment(image, _card(inputs=stricter, **labels), SplitTumourNet())[0].any()
 
 
 def _label_maps():
