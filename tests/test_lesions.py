@@ -279,14 +279,13 @@ def _real_tumour_case(folder, label: str) -> None:
         nb.save(nb.Nifti1Image(data, affine), path)
 
 
-def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
-    """Each source keeps its own label coding: BraTS values for the real case, the
-    simulator's lesion values for the synthetic maps (whose 2, 3 and 4 are tissues)."""
+def _fine_tuning_config(tmp_path) -> TrainConfig:
+    """A real BraTS-like case with half of the samples simulated in one label map."""
     _real_tumour_case(tmp_path / "bids", "pat01")
     (tmp_path / "maps").mkdir()
     nb.save(nb.Nifti1Image(_phantom().numpy().astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])),
             tmp_path / "maps" / "training_seg_01.nii.gz")  # fmt: skip
-    config = TrainConfig(
+    return TrainConfig(
         name="t", task="tumor", source="bids", bids_dir=str(tmp_path / "bids"),
         labels_dir=str(tmp_path / "bids" / "derivatives" / "labels"),
         train_subjects=["pat01"], validation_subjects=["pat01"], test_subjects=[],
@@ -295,6 +294,12 @@ def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
         synthetic_subjects=["01"], lesions={"tumor_probability": 1.0},
         synthesis={"translation_vox": 0.0},
     )  # fmt: skip
+
+
+def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
+    """Each source keeps its own label coding: BraTS values for the real case, the
+    simulator's lesion values for the synthetic maps (whose 2, 3 and 4 are tissues)."""
+    config = _fine_tuning_config(tmp_path)
     generation, target, _ = lookup_tables(config)
     training, validation, _ = make_samplers(config, target, generation)
     real, synthetic = training.samplers
@@ -337,19 +342,9 @@ def test_tumour_training_with_brats_regions_writes_their_decoding_into_the_card(
 
 
 def test_fine_tuning_can_score_real_cases_on_the_whole_tumour_only(tmp_path):
-    _real_tumour_case(tmp_path / "bids", "pat01")
-    (tmp_path / "maps").mkdir()
-    nb.save(nb.Nifti1Image(_phantom().numpy().astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])),
-            tmp_path / "maps" / "training_seg_01.nii.gz")  # fmt: skip
-    config = TrainConfig(
-        name="t", task="tumor", source="bids", bids_dir=str(tmp_path / "bids"),
-        labels_dir=str(tmp_path / "bids" / "derivatives" / "labels"),
-        train_subjects=["pat01"], validation_subjects=["pat01"], test_subjects=[],
-        voxel_size_mm=2.0, sample_shape=(16, 16, 16), channels=["FLAIR", "T1ce"],
-        brain_crop_margin=1, features=(2, 4), iterations=2, validation_every=2,
-        validation_samples=1, synthetic_share=0.5, label_maps=str(tmp_path / "maps"),
-        synthetic_subjects=["01"], lesions={"tumor_probability": 1.0},
-        real_whole_tumor_only=True,
+    config = dataclasses.replace(
+        _fine_tuning_config(tmp_path), features=(2, 4), iterations=2, validation_every=2,
+        validation_samples=1, real_whole_tumor_only=True,
     )  # fmt: skip
     card, _ = load_bundle(train(config, tmp_path / "run"))
     assert card.training["config"]["real_whole_tumor_only"] is True
