@@ -102,7 +102,13 @@ def evaluate_command(bundle, images, references, masks, output_dir, device) -> N
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-def train_main(config: Path, output: Path) -> None:
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="stop (checkpoint and bundle written) once this much wall-clock time has passed; "
+    "running the command again resumes",
+)
+def train_main(config: Path, output: Path, max_minutes: float | None) -> None:
     """Train a model from CONFIG (JSON); resume from OUTPUT/checkpoint when present."""
     from bids_dl.models.train import TrainConfig, train
 
@@ -111,7 +117,8 @@ def train_main(config: Path, output: Path) -> None:
     except (TypeError, ValueError, json.JSONDecodeError) as error:
         _fail(f"{config}: {error}")
     try:
-        bundle = train(settings, output, command=" ".join(["bids_dl-train", *sys.argv[1:]]))
+        command = " ".join(["bids_dl-train", *sys.argv[1:]])
+        bundle = train(settings, output, command=command, max_minutes=max_minutes)
     except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
         _fail(f"{config}: {error}")
     click.echo(f"bundle written to {bundle}")

@@ -36,6 +36,7 @@ from bids_dl.models.labels import (
 )
 from bids_dl.models.lesions import LesionParameters, LesionSynthesiser
 from bids_dl.models.metrics import dice
+from bids_dl.models.sample_workers import inline_batches, worker_batches
 from bids_dl.models.synthesis import (
     LabelSynthesiser,
     MixedSampler,
@@ -82,6 +83,9 @@ class TrainConfig:
     seed: int = 1
     threads: int = 2
     device: str = "auto"  # "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"
+    #: processes that synthesise training samples (``sample_workers``); 0 draws them in the
+    #: training process, whose stream a checkpoint then resumes exactly
+    sample_workers: int = 0
     #: crop each label map to its brain (plus this margin, in voxels) before sampling windows, so
     #: windows are centred on the brain (inference then centres them on the brain mask); None
     #: keeps the whole head and its surroundings
@@ -423,8 +427,17 @@ def make_samplers(config: TrainConfig, target: torch.Tensor, generation: torch.T
     return training, validation, params
 
 
-def train(config: TrainConfig, output: Path, command: str = "") -> Path:
-    """Run (or resume) training and write the bundle into ``output/bundle``."""
+def train(
+    config: TrainConfig, output: Path, command: str = "", max_minutes: float | None = None
+) -> Path:
+    """Run (or resume) training and write the bundle into ``output/bundle``.
+
+    ``max_minutes`` stops the run after the first iteration that ends past that wall-clock
+    time (a GPU lease, a cluster job's limit): the checkpoint is saved, so running again
+    resumes, and the bundle's card counts the iterations actually done.
+    """
+    if config.sample_workers < 0:
+        raise ValueError(f"sample_workers {config.sample_workers}: 0 or more processes")
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     output.mkdir(parents=True, exist_ok=True)
@@ -477,32 +490,43 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
                 "simulated samples are what teach the tumour's sub-regions"
             )
         tumor_classes = brats_region_classes(config, names)[0]
+    if config.sample_workers:  # a resumed run's workers draw a new stream, seeded by `start`
+        batches = worker_batches(
+            synthesiser, config.batch_size, config.sample_workers, (config.seed, start),
+            pin_memory=device == "cuda",
+        )  # fmt: skip
+    else:
+        batches = inline_batches(synthesiser, config.batch_size)
     clock = time.perf_counter()
+    iteration = start
     for iteration in range(start + 1, config.iterations + 1):
         network.train()
-        images, targets = synthesiser.batch(config.batch_size)
-        images, targets = images.to(device), targets.to(device)
+        images, targets, sources = next(batches)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
         # bfloat16 on a GPU: mixed precision without a gradient scaler
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = network(images).float()
         whole_tumor_only = None
         if config.real_whole_tumor_only:  # real images are the MixedSampler's first source
-            whole_tumor_only = torch.tensor([s == 0 for s in synthesiser.batch_sources])
+            whole_tumor_only = torch.tensor([s == 0 for s in sources])
             whole_tumor_only = whole_tumor_only.to(device)
         loss = batch_loss(logits, targets, dice_regions, whole_tumor_only, tumor_classes)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
+        out_of_time = max_minutes is not None and time.perf_counter() - clock > max_minutes * 60
+        last = iteration == config.iterations or out_of_time
         dice = ""
-        if iteration % config.validation_every == 0 or iteration == config.iterations:
+        if iteration % config.validation_every == 0 or last:
             dice = f"{validate(network, validation_set):.4f}"
             best["validation_dice"] = float(dice)
         with log.open("a") as handle:
             handle.write(
                 f"{iteration}\t{loss.item():.4f}\t{dice}\t{time.perf_counter() - clock:.1f}\n"
             )
-        if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+        if iteration % config.checkpoint_every == 0 or last:
             _save_checkpoint(
                 output / "checkpoint",
                 network,
@@ -510,13 +534,16 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
                 iteration,
                 synthesiser.generator.get_state(),
             )
-        if iteration % 10 == 0 or iteration == config.iterations:
+        if iteration % 10 == 0 or last:
             print(
                 f"\r[{iteration}/{config.iterations}] loss {loss.item():.4f} {dice}",
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
+        if out_of_time:
+            print(f"\nstopped after {max_minutes} min, at iteration {iteration}", file=sys.stderr)
+            break
     print(file=sys.stderr)
 
     inputs = {
@@ -576,7 +603,7 @@ def train(config: TrainConfig, output: Path, command: str = "") -> Path:
             if config.task in LESION_TASKS
             else {}
         ),
-        "iterations_done": config.iterations,
+        "iterations_done": iteration,
     }
     if config.init_from:
         training["stages"] = [*earlier_stages, training_stages(training)[0]]

@@ -314,6 +314,51 @@ def test_train_writes_a_loadable_bundle_and_resumes(tmp_path):
     assert iterations == ["iteration", "1", "2", "3"]
 
 
+def test_worker_batches_are_reproducible_and_keep_each_samples_source():
+    from bids_dl.models.sample_workers import worker_batches
+    from bids_dl.models.synthesis import MixedSampler
+
+    generation = torch.tensor([0, 1, 2, 3])
+    # the second source labels nothing, so a sample's target tells which source drew it
+    sources = [torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 0])]
+
+    def draw(seed: tuple[int, ...]) -> list:
+        synthesisers = [
+            LabelSynthesiser(_label_maps(), generation, t, (16, 16, 16)) for t in sources
+        ]
+        mixed = MixedSampler(synthesisers, [0.5, 0.5], seed=0)
+        batches = worker_batches(mixed, 3, workers=2, seed=seed, pin_memory=False)
+        return [next(batches) for _ in range(4)]
+
+    first, again, other = draw((1, 0)), draw((1, 0)), draw((1, 50))
+    for (images, targets, drawn), (images_2, targets_2, drawn_2) in zip(first, again, strict=True):
+        assert torch.equal(images, images_2) and torch.equal(targets, targets_2)
+        assert drawn == drawn_2
+    assert not torch.equal(first[0][0], other[0][0])  # a resumed run draws new samples
+    assert not torch.equal(first[0][0], first[1][0])  # the two workers draw different ones
+    drawn = [source for _, _, batch_sources in first for source in batch_sources]
+    has_target = [bool(t.any()) for _, targets, _ in first for t in targets]
+    assert set(drawn) == {0, 1} and has_target == [source == 0 for source in drawn]
+
+
+def test_train_stops_after_max_minutes_with_sample_workers_and_resumes(tmp_path):
+    from bids_dl.models.train import TrainConfig, train
+
+    config = TrainConfig.from_file(_tiny_training_setup(tmp_path, 4))
+    config.sample_workers = 1
+    bundle = train(config, tmp_path / "run", max_minutes=1e-9)
+    card, _ = load_bundle(bundle)
+    assert card.training["iterations_done"] == 1 and card.training["config"]["iterations"] == 4
+    assert card.metrics["validation_dice_synthetic"] is not None  # scored where it stopped
+    card, _ = load_bundle(train(config, tmp_path / "run"))
+    log = (tmp_path / "run" / "log.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in log] == ["iteration", "1", "2", "3", "4"]
+    assert card.training["iterations_done"] == 4
+    config.sample_workers = -1
+    with pytest.raises(ValueError, match="sample_workers"):
+        train(config, tmp_path / "refused")
+
+
 def test_segmentation_metrics_against_hand_computed_values():
     from bids_dl.models.metrics import hausdorff95, label_metrics, volume_difference
 
