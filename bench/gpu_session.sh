@@ -11,6 +11,8 @@
 # The GPU machine has torch, numpy, scipy and safetensors but no nibabel or nipype, and no
 # network. The trainings read ../shared/data/synthseg_label_maps (their configs' paths), so
 # the run links that path to the carried copy. MIN (default 6.5) is each training's limit.
+# GPU_CHECK=0 skips the CUDA check; GPU_SESSION_CONFIGS names the configs (models/configs/*.json)
+# trained side by side (default "structures_gpu brain_mask_gpu").
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -75,19 +77,19 @@ run() {
         tee "$out/gpu.txt"
     echo "$(nproc) CPUs: $(grep -m1 "model name" /proc/cpuinfo)" | tee -a "$out/gpu.txt"
 
-    timeout 170 python3 bench/gpu_check.py --bids .device_data/sample --subject 02 --threads 2 \
+    [ "${GPU_CHECK:-1}" = 0 ] || timeout 170 python3 bench/gpu_check.py --bids .device_data/sample --subject 02 --threads 2 \
         --cpu-runs 1 2>&1 | tee "$out/gpu_check.txt" || true
 
     local train=(python3 -P -c "from bids_dl.models_cli import train_main; train_main()")
-    "${train[@]}" models/configs/structures_gpu.json /tmp/structures --max-minutes "$minutes" \
-        >/tmp/structures.log 2>&1 &
-    local structures=$!
-    "${train[@]}" models/configs/brain_mask_gpu.json /tmp/brain_mask --max-minutes "$minutes" \
-        >/tmp/brain_mask.log 2>&1 &
-    local brain_mask=$!
+    local configs="${GPU_SESSION_CONFIGS:-structures_gpu brain_mask_gpu}" run pids=()
+    for run in $configs; do
+        "${train[@]}" "models/configs/$run.json" "/tmp/$run" --max-minutes "$minutes" \
+            >"/tmp/$run.log" 2>&1 &
+        pids+=($!)
+    done
     (sleep 90 && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$out/gpu.txt") &
-    wait "$structures" "$brain_mask" || true
-    for run in structures brain_mask; do
+    wait "${pids[@]}" || true
+    for run in $configs; do
         mkdir -p "$out/$run"
         tail -c 3000 "/tmp/$run.log" | tr '\r' '\n' | tail -5
         cp "/tmp/$run/log.tsv" "$out/$run/" || true
