@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bids_dl.models.registry import shipped_bundles
-from bids_dl.workflows.interfaces.models import model_brain_mask, model_lesions
+from bids_dl.workflows.interfaces.models import model_brain_mask, model_lesions, model_structures
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,6 +55,10 @@ def run_model(
     start = time.perf_counter()
     if task == "brain_mask":
         model_brain_mask(str(files["T1w"]), bundle, str(out), device, threads)
+    elif task == "structures":  # writes a folder; its structure labels are compared
+        out.mkdir()
+        model_structures(str(files["T1w"]), str(mask), bundle, str(out), device, threads)
+        out = out / "aseg.nii.gz"
     else:
         contrasts = {"FLAIR": str(files["FLAIR"]), "T1ce": str(files["T1ce"]), "T2w": None}
         model_lesions(
@@ -84,7 +88,9 @@ def main() -> int:
         "--cpu-runs", type=int, choices=(1, 2), default=2, help="2 also checks CPU determinism"
     )
     parser.add_argument(
-        "--models", default="brain_mask,tumor,wmh", help="comma-separated shipped models"
+        "--models",
+        default="brain_mask,structures,tumor,wmh",
+        help="comma-separated shipped models",
     )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bids_dl_gpu_check_"))
@@ -107,7 +113,7 @@ def main() -> int:
     mask = None
     wanted = args.models.split(",")
     if "brain_mask" not in wanted:
-        sys.exit("gpu_check: the lesion models need the brain_mask model's mask; include it")
+        sys.exit("gpu_check: the other models need the brain_mask model's mask; include it")
     for task in [t for t in wanted if t in shipped_bundles()]:
         reference = None
         for run, device in enumerate(devices):

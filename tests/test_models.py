@@ -641,7 +641,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     and checks that two CPU runs give the same labels."""
     script = Path(__file__).parents[1] / "bench" / "gpu_check.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--models", "brain_mask,wmh"],
+        [sys.executable, str(script), "--models", "brain_mask,structures,wmh"],
         capture_output=True,
         text=True,
         check=False,
@@ -650,10 +650,10 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     rows = [
         line.split("\t")
         for line in result.stdout.splitlines()
-        if line.startswith(("brain_mask", "wmh"))
+        if line.startswith(("brain_mask", "structures", "wmh"))
     ]
     devices = {row[1] for row in rows}
     expected = {"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"}
-    assert devices == expected and len(rows) == 2 * len(expected) * 2
+    assert devices == expected and len(rows) == 3 * len(expected) * 2
     assert all(float(row[4]) <= 0.005 for row in rows)
     assert "labels agree within tolerance" in result.stdout

@@ -25,10 +25,10 @@ MEM_GB = {
     "brain_extraction": 1.4,
     # deep-learning nodes (fresh processes, VmHWM): brain mask 0.66 on the sample and 0.70 on
     # a 256^3 head; tumour 0.93, WMH 0.69 on the sample (0.78 / 0.93 for bids_dl-models
-    # evaluate on a real BraTS case / a simulated 256^3 head). Structures (no shipped model):
-    # 4.06 over the whole field of view of a 256^3 head, measured with ru_maxrss, which
-    # overstated the others 2-4x (see bench/peak_memory.py).
+    # evaluate on a real BraTS case / a simulated 256^3 head); structures 1.14 for one
+    # inference in a fresh process on a 256^3 test head (bench/eval_models.py structures,
+    # shipped model 0.1.0).
     "model": 0.9,
     "lesion_model": 1.2,
-    "structures": 4.5,
+    "structures": 1.45,
 }
