@@ -9,11 +9,16 @@ Test sets (each named in the card with what it is):
   (fixed seeds) into the held-out label maps 19 and 20 at 1 mm, images from the fixed
   contrast tables with mild artefacts, skull-stripped with the true brain: SIMULATED data;
 - brain extraction on brains with a tumour (``--brain-bundle``): whole-head T1w- and FLAIR-like
-  images of the same simulated tumours; Dice of the brain mask with and without the tumour.
+  images of the same simulated tumours; Dice of the brain mask with and without the tumour;
+  with ``--structures-bundle`` also the mean Dice of the 32 structures outside the tumour
+  (``--anatomy-only``: this check alone, no lesion model scored).
 
     python bench/brats_to_bids.py ../shared/data/brats2013_dev bench/brats_bids
     python bench/eval_lesions.py tumor models/zoo/tumor --brats bench/brats_bids \
         --speed-case pat0003 --brain-bundle models/zoo/brain_mask --update-card
+    python bench/eval_lesions.py tumor models/zoo/tumor --brain-bundle models/zoo/brain_mask \
+        --structures-bundle models/zoo/structures --anatomy-only \
+        --out bench/results/anatomy_on_tumours
     python bench/tumor_loo.py models/configs/tumor_real_finetune.json runs/tumor_loo \
         --results bench/results/tumor_loo --card models/zoo/tumor
     python bench/eval_lesions.py wmh models/zoo/wmh --per-subject 4 --update-card
@@ -38,7 +43,13 @@ import torch
 from bids_dl.models.bundle import CARD, load_bundle
 from bids_dl.models.evaluate import Case, evaluate
 from bids_dl.models.inference import segment
-from bids_dl.models.labels import BRAIN_LABEL_RANGE, LESION_VALUES, TUMOR_LABELS, TUMOR_REGIONS
+from bids_dl.models.labels import (
+    BRAIN_LABEL_RANGE,
+    LESION_VALUES,
+    STRUCTURES,
+    TUMOR_LABELS,
+    TUMOR_REGIONS,
+)
 from bids_dl.models.lesions import LesionParameters, lesion_image, plant_tumor, plant_wmh
 from bids_dl.models.metrics import dice, region_metrics
 from bids_dl.models.synthesis import TEST_PARAMETERS
@@ -91,6 +102,7 @@ def simulated_cases(
                     brain.astype(np.uint8), source.affine, folder / f"{name}_brain.nii.gz"
                 ),
                 "brain": brain,
+                "structures": np.where(np.isin(labels, list(STRUCTURES)), labels, 0),
                 "affine": source.affine,
             }
             for contrast in ("T1w", "FLAIR"):  # the same head without the lesion
@@ -177,18 +189,33 @@ def peak_memory(bundle: Path, case: dict, contrasts: list[str], out: Path) -> di
     return {"seconds": round(seconds, 1), "peak_memory_gb": round(peak_gb, 2)}
 
 
-def brain_extraction_check(brain_bundle: Path, cases: list[dict]) -> dict:
+def mean_structure_dice(labels: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
+    """Mean Dice over the structures of ``truth``, both label maps restricted to ``region``."""
+    values = [v for v in STRUCTURES if (truth[region] == v).any()]
+    return float(np.mean([dice((labels == v) & region, (truth == v) & region) for v in values]))
+
+
+def brain_extraction_check(
+    brain_bundle: Path, cases: list[dict], structures_bundle: Path | None = None
+) -> dict:
     """Brain-mask Dice against the true brain on whole-head images of the same heads with and
-    without the tumour."""
+    without the tumour; with a structures bundle also the mean structure Dice outside the
+    tumour (the structures inside the brain mask the model found, as in the pipeline)."""
     card, network = load_bundle(brain_bundle)
+    structures = load_bundle(structures_bundle) if structures_bundle else None
     results = {}
     for case in cases:
+        outside = np.asarray(nb.load(str(case["truth"])).dataobj) == 0
         for contrast in ("T1w", "FLAIR"):
             scores = {}
             for kind, key in (("with_tumour", "head_"), ("without", "head_clean_")):
                 image = nb.Nifti1Image(case[f"{key}{contrast}"], case["affine"])
                 mask = largest_component_filled(segment(image, card, network)[0] == 1)
                 scores[kind] = round(dice(mask, case["brain"]), 4)
+                if structures:
+                    labels, _ = segment(image, *structures, mask=mask)
+                    structure_dice = mean_structure_dice(labels, case["structures"], outside)
+                    scores[f"structures_{kind}"] = round(structure_dice, 4)
             results[f"{case['name']}_{contrast}"] = scores
     return results
 
@@ -217,6 +244,12 @@ def main() -> None:
         "a case the bundle trained on will do, as only time and memory are kept",
     )
     parser.add_argument("--brain-bundle", type=Path, help="also check brain extraction on tumours")
+    parser.add_argument(
+        "--structures-bundle", type=Path, help="with --brain-bundle: structures on tumours too"
+    )
+    parser.add_argument(
+        "--anatomy-only", action="store_true", help="only the brain/structures check (tumor)"
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<task>)")
     parser.add_argument(
         "--per-subject", type=int, default=2, help="simulated cases per test label map"
@@ -231,11 +264,19 @@ def main() -> None:
         [["FLAIR", "T1ce", "T1w", "T2w"], ["FLAIR", "T1ce"], ["FLAIR"]] if args.task == "tumor"
         else [["FLAIR", "T1w"], ["FLAIR"]]
     )  # fmt: skip
+    if args.anatomy_only:
+        if args.task != "tumor" or not args.brain_bundle:
+            parser.error("--anatomy-only needs the tumor task and --brain-bundle")
+        combinations = []
     results["simulated"] = {
         "+".join(c): score_bundle(args.bundle, simulated, c, out / f"simulated_{'+'.join(c)}")
         for c in combinations
     }
-    if args.task == "tumor":
+    if args.anatomy_only:
+        results["brain_extraction_with_tumour"] = brain_extraction_check(
+            args.brain_bundle, simulated, args.structures_bundle
+        )
+    elif args.task == "tumor":
         results["simulated"]["baseline"] = score_baseline(simulated, zscored=False)
         if args.brats and args.cases:
             real = brats_cases(args.brats, args.cases)
@@ -252,13 +293,15 @@ def main() -> None:
             )  # fmt: skip
         if args.brain_bundle:
             results["brain_extraction_with_tumour"] = brain_extraction_check(
-                args.brain_bundle, simulated
+                args.brain_bundle, simulated, args.structures_bundle
             )
     else:
         results["fresh_process"] = peak_memory(args.bundle, simulated[0], ["FLAIR", "T1w"],
                                                out / "memory")  # fmt: skip
     for case in simulated:  # the in-memory arrays are not results
-        for key in [k for k in case if k.startswith("head_") or k in ("brain", "affine")]:
+        for key in [
+            k for k in case if k.startswith("head_") or k in ("brain", "structures", "affine")
+        ]:
             del case[key]
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(json.dumps(results, indent=2, default=str))

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from bids_dl.cli import expand_multi_value_options, main
+from bids_dl.models.registry import shipped_bundles
 from tests.conftest import write_tiny_bids
 
 
@@ -70,7 +71,9 @@ def test_boilerplate_only_writes_methods_with_references(tiny_bids, tmp_path):
     result = run_participant(tiny_bids, tmp_path, "--boilerplate-only")
     assert result.exit_code == 0, result.output
     text = (tmp_path / "out" / "logs" / "CITATION.md").read_text()
-    assert "N4" in text and "Atropos" in text and "MNI152NLin2009aSym" in text
+    # tissues: the shipped structures model is the default, Atropos the fallback without one
+    segmentation = "32 SynthSeg labels" if "structures" in shipped_bundles() else "Atropos"
+    assert "N4" in text and segmentation in text and "MNI152NLin2009aSym" in text
     assert "[@" not in text
     assert "Tustison NJ" in text
 
