@@ -91,6 +91,10 @@ def write_group_outputs(output_dir: Path, participant_labels: list[str] | None =
     return table_path
 
 
+#: strip plots per row of the group figure
+MEASURES_PER_ROW = 8
+
+
 def _plot_measures(table: pd.DataFrame, out_file: Path) -> Path | None:
     """A strip plot per measure, so an outlier stands out at a glance."""
     import matplotlib
@@ -101,8 +105,13 @@ def _plot_measures(table: pd.DataFrame, out_file: Path) -> Path | None:
     numeric = table.select_dtypes("number")
     if numeric.empty:
         return None
-    figure, axes = plt.subplots(1, numeric.shape[1], figsize=(2.2 * numeric.shape[1], 3))
-    for axis, column in zip(np.atleast_1d(axes), numeric.columns, strict=True):
+    # a grid, not one row: with the structures model there are ~40 measures
+    columns = min(numeric.shape[1], MEASURES_PER_ROW)
+    rows = -(-numeric.shape[1] // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 3 * rows), squeeze=False)
+    for axis in axes.flat[numeric.shape[1] :]:
+        axis.set_visible(False)
+    for axis, column in zip(axes.flat, numeric.columns, strict=False):
         values = numeric[column].to_numpy()
         jitter = np.linspace(-0.1, 0.1, len(values)) if len(values) > 1 else np.zeros(1)
         axis.scatter(jitter, values, s=18)

@@ -126,3 +126,17 @@ def test_structure_volumes_against_hand_counts(tmp_path):
     assert len(volumes) == 33
     # every column has a data-dictionary entry for the group table
     assert set(volumes) <= set(d.MEASURES_DICTIONARY)
+
+
+def test_group_figure_wraps_many_measures_into_rows(tmp_path):
+    """~40 measures (the structures' volumes) in one row made each plot too small to read."""
+    import pandas as pd
+    from PIL import Image
+
+    from bids_dl.group import MEASURES_PER_ROW, _plot_measures
+
+    table = pd.DataFrame({f"measure_{i}": [1.0 + i, 2.0, 3.0] for i in range(20)})
+    table.insert(0, "participant_id", ["sub-01", "sub-02", "sub-03"])
+    width, height = Image.open(_plot_measures(table, tmp_path / "group.png")).size
+    rows = -(-20 // MEASURES_PER_ROW)
+    assert rows == 3 and height / width == pytest.approx(3 * rows / (2.2 * MEASURES_PER_ROW), 0.05)

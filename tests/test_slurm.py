@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bids_dl.models.registry import shipped_bundles
 from bids_dl.workflows.resources import MEM_GB
 from tests.conftest import run_cli
 
@@ -199,13 +200,17 @@ def _tres_memory_mb(tres: str) -> float:
 
 def test_slurm_jobs_asked_for_what_their_node_declares(slurm_runs):
     jobs = _finished_jobs(slurm_runs["work"])
+    # the tissues come from the shipped structures model, or from Atropos without one
+    structures = "structures" in shipped_bundles()
+    segmentation = "model_segmentation" if structures else "tissues"
     # derivative writers run in the bids_dl process (run_without_submitting), not as jobs
-    assert {"n4", "registration", "model_mask", "tissues"} <= set(jobs)
+    assert {"n4", "registration", "model_mask", segmentation} <= set(jobs)
     assert not [name for name in jobs if name.startswith("ds_")]
     expected = {  # node: (GB it declares, threads)
         "registration": (MEM_GB["registration"], 1),
         "model_mask": (MEM_GB["model"], 1),
         "conform": (MEM_GB["conform"], 1),
+        segmentation: (MEM_GB["structures" if structures else "tissues"], 1),
     }
     for name, (memory_gb, threads) in expected.items():
         tres = jobs[name]["Tres"]
