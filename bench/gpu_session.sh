@@ -5,8 +5,12 @@
 #   bench/gpu_session.sh prepare      here: wheels the GPU machine lacks (.whl/), the label
 #                                     maps as int16 (same values, 1/3 the size) and a 2 mm
 #                                     sample dataset (.device_data/)
-#   bench/gpu_session.sh run [MIN]    there, from the repository root (device tool, carry
-#                                     .whl and .device_data): results into $OUT
+#   bench/gpu_session.sh run [MIN]    there, from the repository root (device tool): results
+#                                     into $OUT. `prepare` prints what each carry sends: the
+#                                     tree is ~46 MiB, so a call either trains (carry .whl and
+#                                     .device_data/synthseg_label_maps, GPU_CHECK=0) or checks
+#                                     (carry .whl, .whl_check, .device_data/sample and
+#                                     GPU_SESSION_CONFIGS="")
 #
 # The GPU machine has torch, numpy, scipy and safetensors but no nibabel or nipype, and no
 # network. The trainings read ../shared/data/synthseg_label_maps (their configs' paths), so
@@ -16,14 +20,16 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-wheels="nibabel==5.4.2 nipype==1.11.0 traits==7.3.0 prov==3.2.3 etelemetry==0.3.1 ci-info==0.4.0
+# training needs nibabel alone (.whl); gpu_check.py also nipype's stack (.whl_check)
+check_wheels="nipype==1.11.0 traits==7.3.0 prov==3.2.3 etelemetry==0.3.1 ci-info==0.4.0
 looseversion==1.3.0"
 
 prepare() {
+    local download=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64)
+    "${download[@]}" -d .whl nibabel==5.4.2
     # shellcheck disable=SC2086
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 \
-        -d .whl $wheels
+    "${download[@]}" -d .whl_check $check_wheels
     .venv/bin/python - <<'EOF'
 from pathlib import Path
 import shutil
@@ -57,13 +63,23 @@ for path in (sample / "sub-02" / "anat").glob("*_T2w.*"):
     path.unlink()
 EOF
     du -sh .whl .device_data
+    # what a device call sends (limit 64 MiB): the tree plus what it carries
+    for carried in ".whl .device_data/synthseg_label_maps" ".whl .whl_check .device_data/sample" \
+        ".whl .whl_check .device_data"; do
+        # shellcheck disable=SC2086
+        echo "carry [$carried]: $({
+            git ls-files -z
+            git ls-files -z --others --exclude-standard
+            find $carried -type f -print0
+        } | du -cb --files0-from=- | tail -1 | awk '{print int($1 / 1048576)}') MiB"
+    done
 }
 
 run() {
     local minutes="${1:-6.5}"
     out="${OUT:-/tmp/gpu_session}"
     mkdir -p "$out"
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl*/*.whl
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . || {
         echo "pip could not install the package; laying it out by hand (setup.cfg package_dir)"
         mkdir -p /tmp/site/bids_dl && cp -r bids_dl/. /tmp/site/bids_dl/
@@ -77,16 +93,17 @@ run() {
         tee "$out/gpu.txt"
     echo "$(nproc) CPUs: $(grep -m1 "model name" /proc/cpuinfo)" | tee -a "$out/gpu.txt"
 
-    [ "${GPU_CHECK:-1}" = 0 ] || timeout 170 python3 bench/gpu_check.py --bids .device_data/sample --subject 02 --threads 2 \
+    [ "${GPU_CHECK:-1}" = 0 ] || [ ! -d .device_data/sample ] || timeout 170 python3 bench/gpu_check.py --bids .device_data/sample --subject 02 --threads 2 \
         --cpu-runs 1 2>&1 | tee "$out/gpu_check.txt" || true
 
     local train=(python3 -P -c "from bids_dl.models_cli import train_main; train_main()")
-    local configs="${GPU_SESSION_CONFIGS:-structures_gpu brain_mask_gpu}" run pids=()
+    local configs="${GPU_SESSION_CONFIGS-structures_gpu brain_mask_gpu}" run pids=()
     for run in $configs; do
         "${train[@]}" "models/configs/$run.json" "/tmp/$run" --max-minutes "$minutes" \
             >"/tmp/$run.log" 2>&1 &
         pids+=($!)
     done
+    [ -z "$configs" ] && return
     (sleep 90 && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$out/gpu.txt") &
     wait "${pids[@]}" || true
     for run in $configs; do
