@@ -83,8 +83,8 @@ class TrainConfig:
     seed: int = 1
     threads: int = 2
     device: str = "auto"  # "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"
-    #: processes that synthesise training samples (``sample_workers``); 0 draws them in the
-    #: training process, whose stream a checkpoint then resumes exactly
+    #: worker processes that synthesise the training samples (``models/sample_workers.py``);
+    #: 0 draws them in the training process, whose stream a checkpoint then resumes exactly
     sample_workers: int = 0
     #: crop each label map to its brain (plus this margin, in voxels) before sampling windows, so
     #: windows are centred on the brain (inference then centres them on the brain mask); None
