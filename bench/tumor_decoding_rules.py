@@ -16,8 +16,10 @@ that is best on all four cases (the held-out one included: optimistic) is report
     python bench/tumor_decoding_rules.py runs/tumor_loo_region_loss \
         --brats bench/brats_bids --results bench/results/tumor_decoding_rules_region_loss
 
-``--card BUNDLE`` writes the region thresholds best on all the cases into the card of the
-bundle trained on all of them (``inputs.nested_region_thresholds``), with the nested estimate.
+``--thresholds`` sets the grid of each region's threshold (default 0.5, 0.3, 0.4, 0.6, 0.7,
+the thirteenth session's; the first is the default decoding). ``--card BUNDLE`` writes the
+region thresholds best on all the cases into the card of the bundle trained on all of them
+(``inputs.nested_region_thresholds``), with the nested estimate.
 
 Each fold's probabilities on its held-out case are kept in ``FOLD/probabilities.npz`` (float16,
 brain bounding box), so a second call only decodes.
@@ -47,15 +49,19 @@ from tumor_loo import held_out_cases, parse_run_arguments  # noqa: E402
 CONTRASTS = ["FLAIR", "T1ce"]
 CORE, EDEMA, ENHANCING = 1, 2, 4  # BraTS label values
 THRESHOLDS = (0.5, 0.3, 0.4, 0.6, 0.7)  # the card's first
-#: Settings of each family of rules, the card's decoding first.
-RULES = {
-    "region_thresholds": [
-        {"thresholds": t} for t in itertools.product(THRESHOLDS, repeat=len(TUMOR_REGIONS))
-    ],
-    "core_near_enhancing": [
-        {"core_within_mm": d} for d in (None, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0)
-    ],
-}
+
+
+def rules(thresholds: list[float]) -> dict[str, list[dict]]:
+    """Settings of each family of rules, the card's decoding first; ``thresholds`` is the grid
+    each region's threshold is drawn from."""
+    return {
+        "region_thresholds": [
+            {"thresholds": t} for t in itertools.product(thresholds, repeat=len(TUMOR_REGIONS))
+        ],
+        "core_near_enhancing": [
+            {"core_within_mm": d} for d in (None, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0)
+        ],
+    }
 
 
 def held_out_probabilities(fold: Path, case: dict) -> dict[str, np.ndarray]:
@@ -165,7 +171,7 @@ def record_thresholds(bundle: Path, selection: dict, run: Path) -> None:
 
 
 def main() -> None:
-    args = parse_run_arguments(__doc__.splitlines()[0], card=True)
+    args = parse_run_arguments(__doc__.splitlines()[0], card=True, thresholds=THRESHOLDS)
     torch.set_num_threads(2)
     cases = {
         case["name"]: held_out_probabilities(args.run / case["name"], case)
@@ -173,11 +179,12 @@ def main() -> None:
     }
     results = {
         "run": str(args.run),
+        "thresholds": args.thresholds,
         "note": "per family, the setting is chosen per case on the other cases' out-of-fold "
         "predictions (mean of the three region Dice); 'best_on_all' is chosen on every case, "
         "the held-out one included (optimistic)",
     }
-    for family, settings in RULES.items():
+    for family, settings in rules(args.thresholds).items():
         table = {name: [region_dice(case, **s) for s in settings] for name, case in cases.items()}
         results[family] = nested_selection(table, settings)
     print(json.dumps(results, indent=2))

@@ -8,6 +8,9 @@ folds estimates what fine-tuning on all the cases (the config itself) does on un
     python bench/brats_to_bids.py ../shared/data/brats2013_dev bench/brats_bids
     python bench/tumor_loo.py models/configs/tumor_real_finetune.json runs/tumor_loo \
         --results bench/results/tumor_loo --card models/zoo/tumor
+
+With ``--ensemble-of RUN ...`` (finished runs of the same recipe, other seeds) nothing is
+trained: each fold's bundle is the ensemble of those runs' bundles of the fold.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bids_dl.models.bundle import ensemble_bundles
 from bids_dl.models.labels import TUMOR_REGIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -74,9 +78,20 @@ def train_folds(folds: dict[str, Path], jobs: int) -> None:
                     raise RuntimeError(f"fold {case} failed; see {folds[case].parent}/train.log")
 
 
-def parse_run_arguments(description: str, card: bool = False) -> argparse.Namespace:
+def ensemble_folds(folds: dict[str, Path], runs: list[Path], version: str) -> None:
+    """Each fold's bundle averages the same fold's bundles of finished leave-one-out ``runs``
+    (other seeds of a recipe): the leave-one-out estimate of an ensemble of them."""
+    for case, config in folds.items():
+        members = [run / case / "bundle" for run in runs]
+        ensemble_bundles(members, config.parent / "bundle", version)
+
+
+def parse_run_arguments(
+    description: str, card: bool = False, thresholds: tuple[float, ...] = ()
+) -> argparse.Namespace:
     """Arguments of the scripts that read a finished leave-one-out run: the run folder, the
-    BraTS cases (``brats_to_bids.py``), where results go and (``card``) a bundle to update."""
+    BraTS cases (``brats_to_bids.py``), where results go, (``card``) a bundle to update and
+    (``thresholds``, the default grid) the probability thresholds to try."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("run", type=Path, help="a tumor_loo.py output (one bundle per case)")
     parser.add_argument("--brats", type=Path, default=Path("bench/brats_bids"))
@@ -85,6 +100,11 @@ def parse_run_arguments(description: str, card: bool = False) -> argparse.Namesp
         parser.add_argument(
             "--card", type=Path, help="bundle trained on all the cases whose card gets the rule"
         )
+    if thresholds:
+        parser.add_argument(
+            "--thresholds", type=float, nargs="+", default=list(thresholds),
+            help="the grid of region thresholds, the default decoding first",
+        )  # fmt: skip
     return parser.parse_args()
 
 
@@ -119,10 +139,18 @@ def main() -> None:
     parser.add_argument(
         "--card", type=Path, help="bundle (trained on all the cases) whose card gets the results"
     )
+    parser.add_argument(
+        "--ensemble-of", type=Path, nargs="+", metavar="RUN", default=[],
+        help="instead of training, each fold averages that fold's bundles of these finished "
+        "runs of the config (other seeds)",
+    )  # fmt: skip
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) | args.override
     folds = fold_configs(config, args.out)
-    train_folds(folds, args.jobs)
+    if args.ensemble_of:
+        ensemble_folds(folds, args.ensemble_of, config["version"])
+    else:
+        train_folds(folds, args.jobs)
     torch.set_num_threads(2)
     brats = Path(config["bids_dir"])
     rows = {}
@@ -148,6 +176,7 @@ def main() -> None:
     results = {
         "config": str(args.config),
         "override": args.override,
+        "ensemble_of": [str(run) for run in args.ensemble_of],
         "contrasts": CONTRASTS,
         "note": "each case scored by the fold that did not train on it (leave-one-out)",
         "per_case": rows,

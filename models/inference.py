@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -94,6 +95,26 @@ def _window_starts(size: int, window: int, overlap: float) -> list[int]:
     return sorted({min(i * step, size - window) for i in range(count)})
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16: recent Xeon and
+    EPYC), where oneDNN runs bfloat16 convolutions ~3x faster than float32; elsewhere bfloat16
+    is emulated and slower, so float32 is kept. Read from /proc/cpuinfo (Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _autocast(device: str, cpu_bfloat16: bool):
+    """Mixed precision: always on CUDA; on a CPU only when the card asks for it
+    (``inputs.cpu_bfloat16``) and the CPU has bfloat16 instructions."""
+    if device == "cuda":
+        return torch.autocast(device_type="cuda")
+    enabled = cpu_bfloat16 and cpu_has_native_bfloat16()
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
 @torch.no_grad()
 def predict_probabilities(
     network: torch.nn.Module,
@@ -103,13 +124,14 @@ def predict_probabilities(
     overlap: float = 0.5,
     device: str = "cpu",
     mirror_axes: tuple[int, ...] = (),
+    cpu_bfloat16: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities ``[C, D, H, W]`` of normalised input channels ``[channels, D, H, W]``.
 
     With a ``window``, overlapping windows are blended with Gaussian weights; without, the
     whole volume goes through the network at once. With ``mirror_axes`` (axes of the volume),
     the probabilities are averaged over every combination of mirroring along them (test-time
-    augmentation as in nnU-Net: 2^k passes for k axes).
+    augmentation as in nnU-Net: 2^k passes for k axes). ``cpu_bfloat16``: see ``_autocast``.
     """
     passes = [
         [axis + 1 for axis in axes]
@@ -119,7 +141,9 @@ def predict_probabilities(
     total = None
     for dims in passes:
         mirrored = volume.flip(dims) if dims else volume
-        probabilities = _predict_volume(network, mirrored, n_classes, window, overlap, device)
+        probabilities = _predict_volume(
+            network, mirrored, n_classes, window, overlap, device, cpu_bfloat16
+        )
         probabilities = probabilities.flip(dims) if dims else probabilities
         total = probabilities if total is None else total + probabilities
     return total / len(passes)
@@ -132,12 +156,12 @@ def _predict_volume(
     window: tuple[int, int, int] | None,
     overlap: float,
     device: str,
+    cpu_bfloat16: bool,
 ) -> torch.Tensor:
     """Probabilities of one pass over the volume: whole, or in blended windows."""
-    use_amp = device == "cuda"
     shape = tuple(volume.shape[1:])
     if window is None or all(s <= w for s, w in zip(shape, window, strict=True)):
-        with torch.autocast(device_type="cuda", enabled=use_amp):
+        with _autocast(device, cpu_bfloat16):
             logits = network(volume[None].to(device))
         return torch.softmax(logits.float(), dim=1)[0].cpu()
     window = tuple(min(w, s) for w, s in zip(window, shape, strict=True))
@@ -149,7 +173,7 @@ def _predict_volume(
         for y in starts[1]:
             for x in starts[2]:
                 region = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
-                with torch.autocast(device_type="cuda", enabled=use_amp):
+                with _autocast(device, cpu_bfloat16):
                     logits = network(volume[(slice(None), *region)][None].to(device))
                 probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
                 total[(slice(None), *region)] += probabilities * weights
@@ -345,6 +369,7 @@ def segment(
         tuple(window) if window else None,
         device=device,
         mirror_axes=tuple(card.inputs.get("test_time_mirror_axes", ())),
+        cpu_bfloat16=bool(card.inputs.get("cpu_bfloat16")),
     )
     positions = None
     if groups:

@@ -88,3 +88,29 @@ class UNet3D(nn.Module):
         for upsample, block in zip(self.upsample, self.up, strict=True):
             x = block(torch.cat([upsample(x), skips.pop()], dim=1))
         return self.head(x)
+
+
+class UNet3DEnsemble(nn.Module):
+    """Several U-Nets of one architecture whose softmax probabilities are averaged, as nnU-Net
+    ensembles its folds' models.
+
+    The output is the log of the mean probabilities, so that a softmax of it (what inference
+    applies to any network's logits) gives the mean probabilities themselves.
+
+    Args:
+        members: how many U-Nets.
+        **unet_args: the arguments of each :class:`UNet3D`.
+    """
+
+    def __init__(self, members: int = 2, **unet_args) -> None:
+        super().__init__()
+        if members < 2:
+            raise ValueError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(UNet3D(**unet_args) for _ in range(members))
+        self.divisor = self.members[0].divisor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack(
+            [torch.softmax(member(x).float(), dim=1) for member in self.members]
+        ).mean(dim=0)
+        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()

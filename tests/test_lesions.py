@@ -636,8 +636,9 @@ def lesion_run(tmp_path_factory) -> dict:
     cards = {task: load_card(folder) for task, folder in models.items()}
     names = {task: card.name for task, card in cards.items()}
     versions = {task: card.version for task, card in cards.items()}
+    members = {task: card.architecture["args"].get("members") for task, card in cards.items()}
     return {"bids": bids, "output": output, "participant": participant, "group": group,
-            "names": names, "versions": versions}  # fmt: skip
+            "names": names, "versions": versions, "members": members}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -679,8 +680,10 @@ def test_lesion_workflow_writes_labels_measures_and_figures(lesion_run):
     assert coregistration_figures("02") == figures
     assert all(figure in report for figure in figures) and "Coregistration" in report
     assert coregistration_figures("04") == [f"sub-04_desc-coreg_{s}.png" for s in ("FLAIR", "T2w")]
-    # the methods name the model that ran, as its card does
-    assert f"{lesion_run['names']['tumor']} {lesion_run['versions']['tumor']}, a 3D U-Net" in report
+    # the methods name the model that ran, and its kind, as its card does
+    members = lesion_run["members"]["tumor"]
+    network = f"an ensemble of 3D U-Nets ({members}, " if members else "a 3D U-Net"
+    assert f"{lesion_run['names']['tumor']} {lesion_run['versions']['tumor']}, {network}" in report
     assert _validator_errors(output) == []
 
 

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from bids_dl.models.bundle import BundleError, ModelCard, load_bundle, save_bundle
+from bids_dl.models.bundle import (
+    BundleError,
+    ModelCard,
+    load_bundle,
+    save_bundle,
+    weights_sha256,
+)
 from bids_dl.models.inference import predict_probabilities, segment, to_native
 from bids_dl.models.metrics import dice
 from bids_dl.models.networks import UNet3D
@@ -121,6 +127,61 @@ def test_mirroring_averages_the_mirrored_predictions():
         assert not torch.allclose(plain, mirrored, atol=1e-3)  # the network is not symmetric
         torch.testing.assert_close(averaged, (plain + mirrored) / 2)
         assert torch.allclose(averaged.sum(0), torch.ones(24, 16, 16), atol=1e-5)
+
+
+def test_cpu_bfloat16_is_used_only_where_the_card_asks_and_the_cpu_has_it(monkeypatch):
+    """A card's ``cpu_bfloat16`` runs the network in bfloat16 on a CPU with bfloat16
+    instructions: probabilities within rounding of float32; float32 everywhere else."""
+    from bids_dl.models import inference
+
+    torch.manual_seed(0)
+    network = UNet3D(2, 3, features=(4, 8)).eval()
+    volume = torch.randn(2, 16, 16, 16)
+    plain = predict_probabilities(network, volume, 3, None)
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    mixed = predict_probabilities(network, volume, 3, None, cpu_bfloat16=True)
+    assert not torch.equal(mixed, plain) and torch.allclose(mixed, plain, atol=0.02)
+    assert torch.equal(predict_probabilities(network, volume, 3, None), plain)
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    assert torch.equal(predict_probabilities(network, volume, 3, None, cpu_bfloat16=True), plain)
+
+
+def test_an_ensemble_bundle_averages_its_members_probabilities(tmp_path):
+    """``bids_dl-models ensemble``: one bundle whose probabilities are the mean of its
+    members'; members that do not match are refused with the reason."""
+    from click.testing import CliRunner
+
+    from bids_dl.models_cli import models_main
+
+    torch.manual_seed(0)
+    members = [UNet3D(1, 2, features=(2, 4)).eval() for _ in range(3)]
+    for index, member in enumerate(members):
+        save_bundle(tmp_path / f"m{index}", _card(), member)
+    paths = [str(tmp_path / f"m{index}") for index in range(3)]
+    result = CliRunner().invoke(
+        models_main, ["ensemble", str(tmp_path / "e"), *paths, "--version", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    card, ensemble = load_bundle(tmp_path / "e")
+    assert card.version == "2" and card.architecture["args"]["members"] == 3
+    assert card.inputs["cpu_bfloat16"] is True
+    assert [m["weights_sha256"] for m in card.training["members"]] == [
+        weights_sha256(p) for p in paths
+    ]
+    volume = torch.randn(1, 16, 16, 16)
+    stored = [m.half().float() for m in members]  # the ensemble stores float16 weights
+    expected = torch.stack([predict_probabilities(m, volume, 2, None) for m in stored]).mean(0)
+    torch.testing.assert_close(predict_probabilities(ensemble, volume, 2, None), expected)
+
+    save_bundle(
+        tmp_path / "other", _card(inputs={"voxel_size_mm": 1.0, "window": None}), members[0]
+    )
+    refused = CliRunner().invoke(
+        models_main,
+        ["ensemble", str(tmp_path / "bad"), paths[0], str(tmp_path / "other"), "--version", "2"],
+    )
+    assert refused.exit_code == 2 and "differing inputs: voxel_size_mm" in refused.output
+    assert not (tmp_path / "bad").exists()
 
 
 class ThresholdNet(torch.nn.Module):

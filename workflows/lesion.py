@@ -125,8 +125,14 @@ def init_lesion_wf(
             (node, outputnode, [("out_file", output), ("model", f"{task}_model")]),
         ])  # fmt: skip
         card = load_card(bundle)
+        members = card.architecture.get("args", {}).get("members")
+        network = (
+            f"an ensemble of 3D U-Nets ({members}, probabilities averaged)"
+            if members
+            else "a 3D U-Net"
+        )
         sentences.append(
-            f"{descriptions[task]} ({card.name} {card.version}, a 3D U-Net; its model card "
+            f"{descriptions[task]} ({card.name} {card.version}, {network}; its model card "
             "gives the training data and the accuracy measured on simulated and real cases)."
         )
     workflow.connect(merge_measures, "out", outputnode, "measures")
