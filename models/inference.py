@@ -8,6 +8,7 @@ their argmax there.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ def _window_starts(size: int, window: int, overlap: float) -> list[int]:
     return sorted({min(i * step, size - window) for i in range(count)})
 
 
+@functools.cache
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16: recent Xeon and
     EPYC), where oneDNN runs bfloat16 convolutions ~3x faster than float32; elsewhere bfloat16
