@@ -15,8 +15,13 @@ bids_dl-sample "$folder/bids" --subjects 2 --small --no-lesions
 awk '/^#!\/bin\/bash$/ && !done { on = 1 } on && /^```$/ { on = 0; done = 1 } on' \
     "$repo/README.md" >"$folder/array.sh"
 sed -i -e "s|--array=1-200%50|--array=1-2|" -e "s|--cpus-per-task=4 --mem=8G|--cpus-per-task=2 --mem=4G|" \
-    -e "s|^bids=/data/bids |bids=$folder/bids |" -e "s|^out=/data/derivatives/bids_dl |out=$folder/out |" \
-    -e "s|^work=/scratch/.*/bids_dl_work |work=$folder/work |" "$folder/array.sh"
+    -e "s|^bids=/data/bids\( .*\)\{0,1\}$|bids=$folder/bids\1|" \
+    -e "s|^out=/data/derivatives/bids_dl\( .*\)\{0,1\}$|out=$folder/out\1|" \
+    -e "s|^work=/scratch/.*/bids_dl_work\( .*\)\{0,1\}$|work=$folder/work\1|" "$folder/array.sh"
+if grep -nE "^(bids|out|work)=/(data|scratch)/" "$folder/array.sh"; then
+    echo "the README's job-array script changed: these paths were not replaced" >&2
+    exit 1
+fi
 echo "== the README's script, with paths and sizes changed:"
 cat "$folder/array.sh"
 sbatch --wait -o "$folder/task-%a.log" "$folder/array.sh"

@@ -1,3 +1,3 @@
 """bids_dl: a BIDS-App chaining classical preprocessing with deep-learning analyses."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

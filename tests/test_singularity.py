@@ -32,7 +32,7 @@ BASH_SCRIPTS = (
     ".ci/run",
     ".ci/start_slurm.sh",
     ".ci/stop_slurm.sh",
-    "bench/gpu_session.sh",
+    "bench/gpu_device.sh",
     "bench/singularity_chroot_check.sh",
     "bench/slurm_array_check.sh",
 )
