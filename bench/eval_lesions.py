@@ -19,8 +19,8 @@ Test sets (each named in the card with what it is):
     python bench/eval_lesions.py tumor models/zoo/tumor --brain-bundle models/zoo/brain_mask \
         --structures-bundle models/zoo/structures --anatomy-only \
         --out bench/results/anatomy_on_tumours
-    python bench/tumor_loo.py models/configs/tumor_real_finetune.json runs/tumor_loo \
-        --results bench/results/tumor_loo --card models/zoo/tumor
+    python bench/tumor_loo.py models/configs/tumor_6_real_finetune_seed31.json \
+        runs/tumor_loo_seed31
     python bench/eval_lesions.py wmh models/zoo/wmh --per-subject 4 --update-card
 
 The shipped tumour model is fine-tuned on all four real cases, so its real-case numbers come
@@ -40,7 +40,8 @@ import nibabel as nb
 import numpy as np
 import torch
 
-from bids_dl.models.bundle import CARD, load_bundle
+from bids_dl.models.bundle import load_bundle
+from bids_dl.models.card import CARD
 from bids_dl.models.evaluate import Case, evaluate
 from bids_dl.models.inference import segment
 from bids_dl.models.labels import (
@@ -50,7 +51,7 @@ from bids_dl.models.labels import (
     TUMOR_LABELS,
     TUMOR_REGIONS,
 )
-from bids_dl.models.lesions import LesionParameters, lesion_image, plant_tumor, plant_wmh
+from bids_dl.models.lesion_simulation import LesionParameters, lesion_image, plant_tumor, plant_wmh
 from bids_dl.models.metrics import dice, region_metrics
 from bids_dl.models.synthesis import TEST_PARAMETERS
 from bids_dl.workflows.interfaces.images import largest_component_filled
@@ -229,7 +230,7 @@ def record_test_results(bundle: Path, results: dict) -> None:
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=["tumor", "wmh"])
     parser.add_argument("bundle", type=Path)
@@ -256,6 +257,37 @@ def main() -> None:
     )
     parser.add_argument("--update-card", action="store_true")
     args = parser.parse_args()
+    if args.anatomy_only and (args.task != "tumor" or not args.brain_bundle):
+        parser.error("--anatomy-only needs the tumor task and --brain-bundle")
+    return args
+
+
+def tumor_results(args: argparse.Namespace, simulated: list[dict], out: Path) -> dict:
+    """The tumour task's comparisons beyond the simulated cases: the crude baseline, the real
+    BraTS cases, a fresh process's time and memory, brain extraction with a tumour."""
+    results: dict = {"simulated_baseline": score_baseline(simulated, zscored=False)}
+    if args.brats and args.cases:
+        real = brats_cases(args.brats, args.cases)
+        results["real_brats"] = {
+            "cases": args.cases,
+            "FLAIR+T1ce": score_bundle(args.bundle, real, ["FLAIR", "T1ce"], out / "brats"),
+            "baseline": score_baseline(real, zscored=True),
+        }
+    speed_case = args.speed_case or (args.cases[0] if args.cases else None)
+    if args.brats and speed_case:
+        results["fresh_process"] = peak_memory(
+            args.bundle, brats_cases(args.brats, [speed_case])[0], ["FLAIR", "T1ce"],
+            out / "memory",
+        )  # fmt: skip
+    if args.brain_bundle:
+        results["brain_extraction_with_tumour"] = brain_extraction_check(
+            args.brain_bundle, simulated, args.structures_bundle
+        )
+    return results
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(2)
     out = args.out or ROOT / "results" / args.task
     results: dict = {"bundle": str(args.bundle)}
@@ -265,8 +297,6 @@ def main() -> None:
         else [["FLAIR", "T1w"], ["FLAIR"]]
     )  # fmt: skip
     if args.anatomy_only:
-        if args.task != "tumor" or not args.brain_bundle:
-            parser.error("--anatomy-only needs the tumor task and --brain-bundle")
         combinations = []
     results["simulated"] = {
         "+".join(c): score_bundle(args.bundle, simulated, c, out / f"simulated_{'+'.join(c)}")
@@ -277,24 +307,9 @@ def main() -> None:
             args.brain_bundle, simulated, args.structures_bundle
         )
     elif args.task == "tumor":
-        results["simulated"]["baseline"] = score_baseline(simulated, zscored=False)
-        if args.brats and args.cases:
-            real = brats_cases(args.brats, args.cases)
-            results["real_brats"] = {
-                "cases": args.cases,
-                "FLAIR+T1ce": score_bundle(args.bundle, real, ["FLAIR", "T1ce"], out / "brats"),
-                "baseline": score_baseline(real, zscored=True),
-            }
-        speed_case = args.speed_case or (args.cases[0] if args.cases else None)
-        if args.brats and speed_case:
-            results["fresh_process"] = peak_memory(
-                args.bundle, brats_cases(args.brats, [speed_case])[0], ["FLAIR", "T1ce"],
-                out / "memory",
-            )  # fmt: skip
-        if args.brain_bundle:
-            results["brain_extraction_with_tumour"] = brain_extraction_check(
-                args.brain_bundle, simulated, args.structures_bundle
-            )
+        extra = tumor_results(args, simulated, out)
+        results["simulated"]["baseline"] = extra.pop("simulated_baseline")
+        results.update(extra)
     else:
         results["fresh_process"] = peak_memory(args.bundle, simulated[0], ["FLAIR", "T1w"],
                                                out / "memory")  # fmt: skip

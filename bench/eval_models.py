@@ -36,7 +36,8 @@ import nibabel as nb
 import numpy as np
 import torch
 
-from bids_dl.models.bundle import CARD, load_bundle
+from bids_dl.models.bundle import load_bundle
+from bids_dl.models.card import CARD
 from bids_dl.models.evaluate import Case, evaluate
 from bids_dl.models.inference import segment
 from bids_dl.models.labels import BRAIN_LABEL_RANGE, STRUCTURES, tissue_groups, tissue_lookup

@@ -26,7 +26,11 @@ import numpy as np
 import torch
 
 from bids_dl.models.registry import shipped_bundles
-from bids_dl.workflows.interfaces.models import model_brain_mask, model_lesions, model_structures
+from bids_dl.workflows.interfaces.deep_learning import (
+    model_brain_mask,
+    model_lesions,
+    model_structures,
+)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

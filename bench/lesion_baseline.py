@@ -1,4 +1,4 @@
-"""The crude tumour baseline the lesion models must beat (issue 4), kept out of the product.
+"""The crude tumour baseline the lesion models must beat, kept out of the product.
 
 On z-scored images (the BraTS cases come z-scored inside the brain: use them as they are;
 other images go through ``zscore_in_mask`` first), FLAIR z > 2 inside the brain mask (its

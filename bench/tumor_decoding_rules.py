@@ -6,18 +6,18 @@ probability exceeds 0.5. Two families of rules that BraTS entries tune on valida
 - ``region_thresholds``: another threshold per region (whole tumour, core, enhancing);
 - ``core_near_enhancing``: predicted core farther than a distance from the predicted enhancing
   tumour becomes edema (in the real cases here, edema taken for core lay ~15 mm from the
-  enhancing tumour, missed non-enhancing core ~7.5 mm; ``bench/tumor_core_errors.py``).
+  enhancing tumour, missed non-enhancing core ~7.5 mm).
 
 For each family, each real case's setting is chosen on the other cases' out-of-fold
 predictions of a ``bench/tumor_loo.py`` run (the mean of the three region Dice), then applied
 to the case: an honest estimate of what the tuned rule gives on an unseen case. The setting
 that is best on all four cases (the held-out one included: optimistic) is reported beside it.
 
-    python bench/tumor_decoding_rules.py runs/tumor_loo_region_loss \
-        --brats bench/brats_bids --results bench/results/tumor_decoding_rules_region_loss
+    python bench/tumor_decoding_rules.py runs/tumor_loo_ensemble \
+        --results bench/results/tumor_region_thresholds --card models/zoo/tumor
 
-``--thresholds`` sets the grid of each region's threshold (default 0.5, 0.3, 0.4, 0.6, 0.7,
-the thirteenth session's; the first is the default decoding). ``--card BUNDLE`` writes the
+``--thresholds`` sets the grid of each region's threshold (default 0.5, 0.3, 0.4, 0.6, 0.7;
+the first is the default decoding). ``--card BUNDLE`` writes the
 region thresholds best on all the cases into the card of the bundle trained on all of them
 (``inputs.nested_region_thresholds``), with the nested estimate.
 
@@ -37,10 +37,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bids_dl.models.bundle import CARD, load_bundle
-from bids_dl.models.inference import decode_nested_regions, keep_most_confident_component, segment
+from bids_dl.models.bundle import load_bundle
+from bids_dl.models.card import CARD
+from bids_dl.models.inference import segment
 from bids_dl.models.labels import TUMOR_REGIONS
 from bids_dl.models.metrics import dice
+from bids_dl.models.postprocessing import decode_nested_regions, keep_most_confident_component
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_lesions import brats_cases  # noqa: E402

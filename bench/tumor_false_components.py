@@ -27,8 +27,9 @@ import torch
 from scipy import ndimage
 
 from bids_dl.models.bundle import load_bundle
-from bids_dl.models.inference import POSTPROCESSING, segment
+from bids_dl.models.inference import segment
 from bids_dl.models.metrics import dice
+from bids_dl.models.postprocessing import POSTPROCESSING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_lesions import brats_cases, simulated_cases  # noqa: E402

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from bids_dl.models.bundle import load_bundle
-from bids_dl.models.inference import remove_small_components, segment
+from bids_dl.models.inference import segment
 from bids_dl.models.metrics import dice, lesion_detection
+from bids_dl.models.postprocessing import remove_small_components
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))

@@ -32,7 +32,8 @@ class ExecutionSettings:
     dry_run: bool = False
     boilerplate_only: bool = False
     reports_only: bool = False
-    verbose: int = 0
+    #: -1 errors only (``--quiet``), 0 progress lines, 1 more (``-v``), 2 debug (``-vv``)
+    verbosity: int = 0
     run_uuid: str = field(
         default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S_") + uuid.uuid4().hex[:8]
     )

@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from bids_dl.config import Config
@@ -23,6 +24,10 @@ from bids_dl.inputs import InputError
 SLURM_PLUGINS = ("SLURM", "SLURMGraph")
 #: Resource-monitor sampling period, in seconds (nipype's default is 1 s).
 MONITOR_PERIOD_S = 0.5
+#: How often MultiProc looks for finished nodes, in seconds (see :func:`poll_period_s`).
+LOCAL_POLL_S = 0.2
+#: nipype's log level at each verbosity (``--quiet`` is -1): its node-by-node log only with -v.
+NIPYPE_LEVELS = {-1: "ERROR", 0: "WARNING", 1: "INFO", 2: "DEBUG"}
 #: Columns of ``resources.tsv``.
 RESOURCE_COLUMNS = (
     "node",
@@ -43,7 +48,7 @@ def configure_nipype(config: Config) -> None:
     """
     log_dir = config.execution.output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    nipype_level = ("WARNING", "INFO", "DEBUG")[min(config.execution.verbose, 2)]
+    nipype_level = NIPYPE_LEVELS[min(config.execution.verbosity, 2)]
     settings = {
         "logging": {
             "log_directory": str(log_dir),
@@ -60,9 +65,11 @@ def configure_nipype(config: Config) -> None:
             # nipype's d3 graph of the run in the work dir: unused, and slow for many subjects
             "create_report": "false",
             "resource_monitor_frequency": str(MONITOR_PERIOD_S),
-            # how often the Slurm plugin polls squeue: an execution setting in nipype, not a
-            # plugin argument, so it is moved here from the plugin config
-            "poll_sleep_duration": str(config.nipype.plugin_args.get("poll_sleep_duration", 2)),
+            # how often the plugin looks for finished nodes: an execution setting in nipype,
+            # not a plugin argument, so it is moved here from the plugin config
+            "poll_sleep_duration": str(
+                config.nipype.plugin_args.get("poll_sleep_duration", poll_period_s(config))
+            ),
         },
         "monitoring": {"enabled": str(config.nipype.resource_monitor).lower()},
     }
@@ -89,8 +96,20 @@ def configure_nipype(config: Config) -> None:
     nipype_logging.update_logging(nipype_config)
 
 
-def run_workflow(config: Config, workflow) -> None:
+def poll_period_s(config: Config) -> float:
+    """How long MultiProc and the Slurm plugins wait between looks at their nodes.
+
+    nipype's 2 s suits ``squeue``; locally a look is cheap, and 2 s delayed every step's
+    successors by up to that much, and a rerun by 2 s per reused step.
+    """
+    return 2.0 if config.nipype.plugin in SLURM_PLUGINS else LOCAL_POLL_S
+
+
+def run_workflow(config: Config, workflow, status_callback: Callable | None = None) -> None:
     """Run the graph from a scratch folder of the work dir, removed afterwards.
+
+    ``status_callback`` is nipype's: called with a node and ``start``, ``end`` or
+    ``exception`` (SLURMGraph, which only submits jobs, takes none).
 
     nipype's resource monitor writes its samples (``.proc-*`` files) into the current
     directory of the worker processes and Slurm jobs, which would otherwise be the user's
@@ -102,7 +121,10 @@ def run_workflow(config: Config, workflow) -> None:
     previous = os.getcwd()
     os.chdir(scratch)
     try:
-        workflow.run(**config.nipype.plugin_settings())
+        settings = config.nipype.plugin_settings()
+        if status_callback is not None and config.nipype.plugin != "SLURMGraph":
+            settings["plugin_args"]["status_callback"] = status_callback
+        workflow.run(**settings)
     finally:
         os.chdir(previous)
         if config.nipype.plugin != "SLURMGraph":
@@ -159,7 +181,7 @@ def node_resources(workflow, folder: Path) -> list[dict]:
     from nipype.utils.filemanip import loadpkl
 
     rows = []
-    for path, node in _nodes_by_path(workflow):
+    for path, node in nodes_by_path(workflow):
         result_file = Path(folder) / path / f"result_{node.name}.pklz"
         if not result_file.exists():
             continue
@@ -181,13 +203,13 @@ def node_resources(workflow, folder: Path) -> list[dict]:
     return sorted(rows, key=lambda row: row["node"])
 
 
-def _nodes_by_path(workflow, prefix: Path = Path()):
+def nodes_by_path(workflow, prefix: Path = Path()):
     """``(path in the work dir, node)`` for every node of ``workflow`` and its sub-workflows."""
     from nipype.pipeline.engine import Workflow
 
     for item in workflow._graph.nodes():
         if isinstance(item, Workflow):
-            yield from _nodes_by_path(item, prefix / item.name)
+            yield from nodes_by_path(item, prefix / item.name)
         else:
             yield prefix / item.name, item
 

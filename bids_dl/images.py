@@ -8,11 +8,9 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from bids_dl.models.image_io import ImageError, read_volume
+
 LOGGER = logging.getLogger("bids_dl.images")
-
-
-class ImageError(ValueError):
-    """An input image that cannot be processed, with the reason in plain words."""
 
 
 def load_3d_image(path: str | Path, require_signal: bool = False) -> nb.Nifti1Image:
@@ -23,28 +21,7 @@ def load_3d_image(path: str | Path, require_signal: bool = False) -> nb.Nifti1Im
     acquisition, a failed conversion) is refused too: registration and normalisation need
     contrast.
     """
-    try:
-        image = nb.load(str(path))
-    except Exception as error:  # nibabel raises many types for unreadable files
-        raise ImageError(f"{path}: not a readable NIfTI image ({error})") from error
-    if not isinstance(image, nb.Nifti1Image | nb.Nifti2Image):
-        raise ImageError(f"{path}: not a NIfTI image ({type(image).__name__})")
-    shape = image.shape
-    if len(shape) == 4 and shape[3] == 1:
-        image = image.slicer[..., 0]
-    elif len(shape) != 3:
-        raise ImageError(f"{path}: expected a 3D volume, found shape {shape}")
-    if min(image.shape) < 2:
-        raise ImageError(f"{path}: a 3D volume needs at least 2 voxels per axis, found {shape}")
-    zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
-    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
-        raise ImageError(f"{path}: invalid voxel size {tuple(zooms)}")
-    if abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
-        raise ImageError(f"{path}: the orientation matrix (affine) is singular")
-    try:
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:
-        raise ImageError(f"{path}: the image data cannot be read, truncated? ({error})") from error
+    image, data = read_volume(path)
     if require_signal:
         finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
         if finite.size == 0 or finite.min() == finite.max():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -78,7 +79,8 @@ def strip_prefix(labels: list[str] | tuple[str, ...], prefix: str) -> list[str]:
 
 
 def check_folders(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
-    """Refuse a missing or non-BIDS input and outputs that would land inside the input."""
+    """Refuse a missing or non-BIDS input, and outputs that would land inside the input or
+    cannot be written."""
     if not bids_dir.exists():
         raise InputError(f"BIDS_DIR {bids_dir} does not exist")
     if not bids_dir.is_dir():
@@ -98,6 +100,20 @@ def check_folders(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
                 f"{option} {folder} is inside the input dataset {bids_dir}; the input is never "
                 "written to: choose a folder outside it"
             )
+        check_writable_folder(option, folder)
+
+
+def check_writable_folder(option: str, folder: Path) -> None:
+    """Refuse a folder that is a file, lies under a file, or cannot be created or written.
+
+    Nothing is created: the nearest existing folder on its path must be writable.
+    """
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        where = "" if existing == folder else f": {existing} is a file"
+        raise InputError(f"{option} {folder} is not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {folder} cannot be written (no write permission on {existing})")
 
 
 def load_filters(path: Path | None) -> dict:
@@ -124,7 +140,6 @@ def dataset_fingerprint(bids_dir: Path) -> str:
     skipped; one ``stat`` per file keeps it fast on large datasets.
     """
     import hashlib
-    import os
 
     digest = hashlib.sha256()
     for folder, subfolders, files in os.walk(bids_dir):
@@ -147,7 +162,6 @@ def index_dataset(bids_dir: Path, database_dir: Path | None = None):
     again; it is written to a temporary folder and renamed, so concurrent runs (a job
     array sharing a work dir) never read a half-written database.
     """
-    import os
     import tempfile
 
     from bids import BIDSLayout
@@ -181,8 +195,6 @@ def collect_inputs(
     Raises :class:`InputError` for unknown participants, a participant without any T1w (plain
     or contrast-enhanced), and an image that cannot be read as one 3D volume with contrast.
     """
-    from bids.layout import Query
-
     layout = index_dataset(bids_dir, database_dir)
     available = sorted(layout.get_subjects())
     if not available:
@@ -194,8 +206,22 @@ def collect_inputs(
             f"participant label(s) {', '.join(unknown)} not found in {bids_dir} "
             f"(it has: {', '.join(available)})"
         )
-    # one query per kind for every participant: a query per participant and kind took 10 s
-    # for 200 participants (pybids builds an SQL query each time)
+    found = _query_files(layout, labels, session_labels, filters)
+    subjects = {}
+    for label in labels:
+        files = {kind: sorted(found[label].get(kind, [])) for kind in DEFAULT_QUERIES}
+        subjects[label] = _check_subject(SubjectInputs(label=label, files=files), session_labels)
+    return subjects
+
+
+def _query_files(
+    layout, labels: list[str], session_labels: list[str], filters: dict
+) -> dict[str, dict[str, list[str]]]:
+    """The files of each input kind, per participant: one query per kind for every
+    participant (a query per participant and kind took 10 s for 200 participants, pybids
+    building an SQL query each time)."""
+    from bids.layout import Query
+
     found: dict[str, dict[str, list[str]]] = {label: {} for label in labels}
     for kind, query in DEFAULT_QUERIES.items():
         query = {**query, **filters.get(kind, {})}
@@ -204,40 +230,46 @@ def collect_inputs(
             query["session"] = session_labels
         for image in layout.get(subject=labels, return_type="object", **query):
             found[image.entities["subject"]].setdefault(kind, []).append(image.path)
-    subjects = {}
-    for label in labels:
-        files = {kind: sorted(found[label].get(kind, [])) for kind in DEFAULT_QUERIES}
-        if not files["t1w"] and not files["t1ce"]:
-            sessions = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
-            raise InputError(f"sub-{label} has no T1w image (plain or contrast-enhanced){sessions}")
-        if not files["t1w"]:
-            LOGGER.warning(
-                "sub-%s has no T1w without contrast; processing its contrast-enhanced T1w %s "
-                "in its place (Atropos tissue volumes from it are written n/a)",
-                label, files["t1ce"][0],
-            )  # fmt: skip
-        if len(files["t1w"]) > 1:
-            LOGGER.warning(
-                "sub-%s has %d T1w images; processing %s", label, len(files["t1w"]), files["t1w"][0]
-            )
-        subject = SubjectInputs(label=label, files=files)
-        for kind in ("t1w", "t1ce", "t2w", "flair"):
-            path = subject.t1w if kind == "t1w" else subject.first(kind)
-            if path is None:
-                continue
-            try:
-                load_3d_image(path, require_signal=True)
-            except ImageError as error:
-                raise InputError(f"sub-{label}: {error}") from error
-            if session_of(path) != session_of(subject.t1w):
-                LOGGER.warning(
-                    "sub-%s: no %s in the session of %s; using %s (registered to it, named "
-                    "after the T1w's session)",
-                    label, "ce-T1w" if kind == "t1ce" else DEFAULT_QUERIES[kind]["suffix"],
-                    Path(subject.t1w).name, path,
-                )  # fmt: skip
-        subjects[label] = subject
-    return subjects
+    return found
+
+
+def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> SubjectInputs:
+    """Refuse a participant without a T1w or with an unreadable image; warn about choices."""
+    label, files = subject.label, subject.files
+    if not files["t1w"] and not files["t1ce"]:
+        sessions = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
+        raise InputError(f"sub-{label} has no T1w image (plain or contrast-enhanced){sessions}")
+    if not files["t1w"]:
+        LOGGER.warning(
+            "sub-%s has no T1w without contrast; processing its contrast-enhanced T1w %s "
+            "in its place (Atropos tissue volumes from it are written n/a)",
+            label, files["t1ce"][0],
+        )  # fmt: skip
+    if len(files["t1w"]) > 1:
+        LOGGER.warning(
+            "sub-%s has %d T1w images; processing %s", label, len(files["t1w"]), files["t1w"][0]
+        )
+    for kind in ("t1w", "t1ce", "t2w", "flair"):
+        path = subject.t1w if kind == "t1w" else subject.first(kind)
+        if path is not None:
+            _check_image(subject, kind, path)
+    return subject
+
+
+def _check_image(subject: SubjectInputs, kind: str, path: str) -> None:
+    """Refuse an image that is not one 3D volume with contrast; warn when it comes from
+    another session than the T1w."""
+    try:
+        load_3d_image(path, require_signal=True)
+    except ImageError as error:
+        raise InputError(f"sub-{subject.label}: {error}") from error
+    if session_of(path) != session_of(subject.t1w):
+        LOGGER.warning(
+            "sub-%s: no %s in the session of %s; using %s (registered to it, named "
+            "after the T1w's session)",
+            subject.label, "ce-T1w" if kind == "t1ce" else DEFAULT_QUERIES[kind]["suffix"],
+            Path(subject.t1w).name, path,
+        )  # fmt: skip
 
 
 def plan_skull_stripping(subjects: dict[str, SubjectInputs], mode: str) -> None:

@@ -35,7 +35,7 @@ def list_bundles() -> None:
 @click.argument("bundle")
 def show(bundle: str) -> None:
     """Print the model card of BUNDLE (a shipped name or a folder)."""
-    from bids_dl.models.bundle import CARD, BundleError, load_card
+    from bids_dl.models.card import CARD, BundleError, load_card
     from bids_dl.models.registry import find_bundle
 
     try:
@@ -78,7 +78,8 @@ def show(bundle: str) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def evaluate_command(bundle, images, references, masks, output_dir, device) -> None:
     """Run BUNDLE on each --image and score it against its --reference (same order)."""
-    from bids_dl.models.bundle import BundleError, load_bundle
+    from bids_dl.models.bundle import load_bundle
+    from bids_dl.models.card import BundleError
     from bids_dl.models.evaluate import Case, evaluate
     from bids_dl.models.registry import find_bundle
 
@@ -115,7 +116,8 @@ def ensemble_command(
 ) -> None:
     """Write OUTPUT: one bundle averaging the probabilities of the MEMBERS bundles (shipped
     names or folders; same architecture, task, labels and inputs)."""
-    from bids_dl.models.bundle import BundleError, ensemble_bundles
+    from bids_dl.models.bundle import ensemble_bundles
+    from bids_dl.models.card import BundleError
     from bids_dl.models.registry import find_bundle
 
     try:
@@ -136,7 +138,8 @@ def ensemble_command(
 )
 def train_main(config: Path, output: Path, max_minutes: float | None) -> None:
     """Train a model from CONFIG (JSON); resume from OUTPUT/checkpoint when present."""
-    from bids_dl.models.train import TrainConfig, train
+    from bids_dl.models.train import train
+    from bids_dl.models.train_config import TrainConfig
 
     try:
         settings = TrainConfig.from_file(config)

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from bids_dl import __version__
 from bids_dl.derivatives import write_json_atomic, write_nifti_atomic, write_text_atomic
+from bids_dl.models.geometry import resample_voxels
 
 #: Mean intensity of each tissue class in the simulated contrasts (WM of T1w = 1).
 TISSUE_INTENSITY = {
@@ -93,7 +94,7 @@ def _template_lesions(kind: str, tissues: np.ndarray, seed: int) -> dict[str, np
     import torch
 
     from bids_dl.models.labels import LESION_VALUES
-    from bids_dl.models.lesions import LesionParameters, plant_tumor, plant_wmh
+    from bids_dl.models.lesion_simulation import LesionParameters, plant_tumor, plant_wmh
 
     csf, gm, wm = tissues
     brain = tissues.sum(0) > 0.5
@@ -118,7 +119,7 @@ def _template_lesions(kind: str, tissues: np.ndarray, seed: int) -> dict[str, np
 
 def _lesion_means(contrast: str) -> dict[str, float]:
     """Intensity of each lesion class in a simulated contrast (see ``WHITE_MATTER_TABLE``)."""
-    from bids_dl.models.lesions import LESION_INTENSITIES
+    from bids_dl.models.lesion_simulation import LESION_INTENSITIES
 
     white_matter = (TISSUE_INTENSITY | LESION_SUBJECT_INTENSITY)[contrast][3]
     factor = white_matter / WHITE_MATTER_TABLE[contrast]
@@ -148,14 +149,6 @@ def _target_grid(
     affine = ras_affine @ reoriented
     shape = tuple(int(shape_ras[int(i)]) for i in transform[:, 0].argsort())
     return shape, affine
-
-
-def _resample(
-    volume: np.ndarray, voxel_to_source: np.ndarray, shape: tuple[int, ...], order: int
-) -> np.ndarray:
-    return ndimage.affine_transform(
-        volume, voxel_to_source[:3, :3], voxel_to_source[:3, 3], output_shape=shape, order=order
-    )
 
 
 def _bias_field(shape: tuple[int, ...], amplitude: float, rng: np.random.Generator) -> np.ndarray:
@@ -205,7 +198,7 @@ def _simulate_subject(
     voxel_to_source = np.linalg.inv(template_affine) @ np.linalg.inv(pose) @ affine
 
     def resample(volume: np.ndarray, order: int = 1) -> np.ndarray:
-        return _resample(volume, voxel_to_source, shape, order)
+        return resample_voxels(volume, voxel_to_source, shape, order)
 
     csf, gm, wm = (resample(t) for t in tissues)
     skull_f, scalp_f = (resample(h) for h in head_classes)

@@ -6,61 +6,26 @@ checked against the weights before the network is built.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from bids_dl.models.card import (
+    CARD,
+    WEIGHTS,
+    BundleError,
+    ModelCard,
+    load_card,
+    weights_sha256,
+    write_card,
+)
 from bids_dl.models.networks import UNet3D, UNet3DEnsemble
 
-CARD_VERSION = 1
-WEIGHTS = "weights.safetensors"
-CARD = "model.json"
 ARCHITECTURES = {"UNet3D": UNet3D, "UNet3DEnsemble": UNet3DEnsemble}
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
-REQUIRED_CARD_KEYS = (
-    "card_version",
-    "name",
-    "version",
-    "task",
-    "architecture",
-    "inputs",
-    "outputs",
-)
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used, with the reason."""
-
-
-@dataclass
-class ModelCard:
-    """What a model is, what it expects, how it was made and how well it did.
-
-    ``inputs``: contrasts, voxel_size_mm, orientation, normalisation, window (voxels); optional
-    postprocessing, min_lesion_mm3, test_time_mirror_axes (axes of the RAS model grid),
-    cpu_bfloat16 (bfloat16 on CPUs that have it, as measured for the card's numbers).
-    ``outputs``: labels as {index: name}.
-    """
-
-    name: str
-    version: str
-    task: str
-    architecture: dict
-    inputs: dict
-    outputs: dict
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    card_version: int = CARD_VERSION
-
-    @property
-    def labels(self) -> dict[int, str]:
-        return {int(k): v for k, v in self.outputs["labels"].items()}
 
 
 def build_network(architecture: dict) -> torch.nn.Module:
@@ -92,43 +57,8 @@ def save_bundle(
     save_file(state, tmp)
     os.chmod(tmp, 0o644)
     os.replace(tmp, folder / WEIGHTS)
-    card_text = json.dumps(asdict(card), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(card_text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / CARD)
+    write_card(folder, card)
     return folder
-
-
-def weights_sha256(folder: str | os.PathLike) -> str:
-    """SHA-256 of the weights file: what a derivative's sidecar records."""
-    return hashlib.sha256((Path(folder) / WEIGHTS).read_bytes()).hexdigest()
-
-
-def load_card(folder: str | os.PathLike) -> ModelCard:
-    """Read and check ``model.json``."""
-    path = Path(folder) / CARD
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path}: cannot read the model card ({error})") from error
-    missing = [key for key in REQUIRED_CARD_KEYS if key not in content]
-    if missing:
-        raise BundleError(f"{path}: the card lacks {', '.join(missing)}")
-    if content["card_version"] != CARD_VERSION:
-        raise BundleError(
-            f"{path}: card version {content['card_version']}, this bids_dl reads {CARD_VERSION}"
-        )
-    if "labels" not in content["outputs"]:
-        raise BundleError(f"{path}: the card's outputs name no labels")
-    mirror_axes = content["inputs"].get("test_time_mirror_axes", [])
-    if not isinstance(mirror_axes, list) or not set(mirror_axes) <= {0, 1, 2}:
-        raise BundleError(
-            f"{path}: inputs.test_time_mirror_axes must be a list of axes among 0, 1 and 2, "
-            f"not {mirror_axes!r}"
-        )
-    return ModelCard(**content)
 
 
 def load_bundle(folder: str | os.PathLike) -> tuple[ModelCard, torch.nn.Module]:

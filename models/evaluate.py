@@ -14,9 +14,9 @@ import nibabel as nb
 import numpy as np
 import torch
 
-from bids_dl.images import load_3d_image
-from bids_dl.models.bundle import ModelCard
-from bids_dl.models.inference import postprocess, segment
+from bids_dl.models.card import ModelCard
+from bids_dl.models.image_io import load_volume
+from bids_dl.models.inference import segment
 from bids_dl.models.labels import TUMOR_REGIONS
 from bids_dl.models.metrics import (
     absolute_volume_difference_percent,
@@ -25,6 +25,7 @@ from bids_dl.models.metrics import (
     region_metrics,
     voxel_volume_mm3,
 )
+from bids_dl.models.postprocessing import postprocess
 
 LOGGER = logging.getLogger("bids_dl.models.evaluate")
 COLUMNS = ("case", "label", "name", "dice", "hd95_mm", "volume_difference_mm3")
@@ -71,7 +72,7 @@ def evaluate(
     rows = []
     columns = COLUMNS + (LESION_COLUMNS if card.task == "wmh" else ())
     for case in cases:
-        images = [load_3d_image(path) if path else None for path in case.images]
+        images = [load_volume(path) if path else None for path in case.images]
         image = next(i for i in images if i is not None)
         reference_image = _load_on_grid(case.reference, image, case.image)
         values = np.asarray(reference_image.dataobj)
@@ -122,7 +123,7 @@ def evaluate(
 
 def _load_on_grid(path: Path, image: nb.Nifti1Image, image_path) -> nb.Nifti1Image:
     """The reference or mask at ``path``, which must lie on ``image``'s grid."""
-    other = load_3d_image(path)
+    other = load_volume(path)
     if other.shape != image.shape or not np.allclose(other.affine, image.affine, atol=1e-3):
         raise ValueError(f"{path} is not on the grid of {image_path}")
     return other

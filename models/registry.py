@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bids_dl.models.bundle import CARD, BundleError, ModelCard, load_card
+from bids_dl.models.card import CARD, BundleError, ModelCard, load_card
 
 ZOO = Path(__file__).parent / "zoo"
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bids_dl.models.synthesis import Sampler
+from bids_dl.models.samplers import Sampler
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[int]]
 

@@ -16,6 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from bids_dl.models.labels import CONTRAST_TISSUE_MEANS, tissue_key
+from bids_dl.models.samplers import Sampler
+from bids_dl.models.transforms import (
+    blur,
+    blur_axis,
+    normalise_in_mask,
+    normalise_intensities,
+    rescale_in_mask,
+)
 
 #: the contrasts of the anatomical models' synthesis and fixed test images
 CONTRASTS = ("T1w", "T2w", "FLAIR")
@@ -54,6 +62,7 @@ class SynthesisParameters:
 
 
 def uniform(low: float, high: float, generator: torch.Generator, size=()) -> torch.Tensor:
+    """Uniform draws in [low, high)."""
     return low + (high - low) * torch.rand(size, generator=generator)
 
 
@@ -109,6 +118,7 @@ def random_grid(
 
 
 def _warp(volume: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """A 3D volume resampled through a ``grid_sample`` grid (zeros outside)."""
     sampled = F.grid_sample(
         volume[None, None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False
     )
@@ -170,7 +180,7 @@ def corrupt(
 ) -> torch.Tensor:
     """Blur, bias field, gamma, noise and (sometimes) a low-resolution axis; then (unless told
     not to: the lesion models normalise inside the brain mask instead) normalise."""
-    image = _blur(image, float(uniform(*params.blur_sigma_vox, generator)))
+    image = blur(image, float(uniform(*params.blur_sigma_vox, generator)))
     bias = smooth_field(tuple(image.shape), params.bias_grid, params.bias_std, 1, generator)[0, 0]
     image = image.clamp_min(0) * torch.exp(bias)
     image = image / image.max().clamp_min(1e-6)
@@ -185,75 +195,14 @@ def corrupt(
     return normalise_intensities(image) if normalise else image
 
 
-def normalise_intensities(
-    image: torch.Tensor, low: float = 0.5, high: float = 99.5
-) -> torch.Tensor:
-    """Clip to the [low, high] percentiles of the non-zero voxels and rescale to [0, 1].
-
-    The same function normalises images at inference, so training and inference agree.
-    """
-    values = image[image > 0]
-    if values.numel() < 10:
-        return torch.zeros_like(image)
-    if values.numel() > 1_000_000:  # quantile() refuses huge inputs; a strided subset is enough
-        values = values[:: values.numel() // 1_000_000 + 1]
-    lo, hi = torch.quantile(values.float(), torch.tensor([low / 100, high / 100]))
-    return ((image - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
-
-
-def normalise_in_mask(image: torch.Tensor, mask: torch.Tensor, clip: float = 5.0) -> torch.Tensor:
-    """z-score inside ``mask`` (clipped to +-``clip``), zero outside: the normalisation of
-    the lesion models, as nnU-Net and the BraTS data do.
-
-    Unlike percentile clipping, it keeps a small hyperintense lesion brighter than white
-    matter; skull-stripped z-scored images (BraTS) and raw scans with a brain mask end up alike.
-    """
-    values = image[mask].float()
-    if values.numel() < 10:
-        return torch.zeros_like(image)
-    scaled = ((image - values.mean()) / values.std().clamp_min(1e-6)).clamp(-clip, clip)
-    return torch.where(mask, scaled, torch.zeros_like(scaled))
-
-
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(2.5 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (sigma in voxels); no-op under 0.1 voxel."""
-    if sigma < 0.1:
-        return image
-    kernel = _gaussian_kernel(sigma)
-    out = image[None, None]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = kernel.numel()
-        padding = [0, 0, 0]
-        padding[axis] = kernel.numel() // 2
-        out = F.conv3d(out, kernel.view(shape), padding=tuple(padding))
-    return out[0, 0]
-
-
 def _low_resolution(image: torch.Tensor, factor: float, generator: torch.Generator) -> torch.Tensor:
     """Simulate thick slices along one random axis: blur, subsample, and interpolate back."""
     axis = int(torch.randint(0, 3, (1,), generator=generator))
     size = list(image.shape)
     size[axis] = max(2, int(round(size[axis] / factor)))
-    blurred = _blur_axis(image, axis, factor / 2.355)
+    blurred = blur_axis(image, axis, factor / 2.355)
     small = F.interpolate(blurred[None, None], size=size, mode="trilinear", align_corners=True)
     return F.interpolate(small, size=image.shape, mode="trilinear", align_corners=True)[0, 0]
-
-
-def _blur_axis(image: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
-    kernel = _gaussian_kernel(max(sigma, 0.1))
-    shape = [1, 1, 1, 1, 1]
-    shape[2 + axis] = kernel.numel()
-    padding = [0, 0, 0]
-    padding[axis] = kernel.numel() // 2
-    return F.conv3d(image[None, None], kernel.view(shape), padding=tuple(padding))[0, 0]
 
 
 #: Test images: the label map's own pose and resolution, mild bias, noise and blur.
@@ -278,67 +227,6 @@ def synthesise_test_image(labels: torch.Tensor, contrast: str, seed: int) -> tor
     return synthesise_image(labels, means, stds, TEST_PARAMETERS, generator)
 
 
-class Sampler:
-    """Draws (image, target) training pairs from one ``torch.Generator`` (``self.generator``)."""
-
-    generator: torch.Generator
-
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = zip(*(self.sample() for _ in range(size)), strict=True)
-        return torch.stack(images), torch.stack(targets)
-
-
-class MixedSampler(Sampler):
-    """Draws each sample from one of ``samplers``, chosen with probabilities ``weights``.
-
-    The samplers then share this sampler's generator, so one generator state (what a
-    checkpoint keeps) fixes the whole stream.
-    """
-
-    def __init__(self, samplers: list[Sampler], weights: list[float], seed: int = 0) -> None:
-        if len(samplers) != len(weights) or not samplers or min(weights) < 0 or not sum(weights):
-            raise ValueError("one non-negative weight per sampler, not all zero, is needed")
-        self.samplers = samplers
-        self.weights = torch.tensor(weights, dtype=torch.float64)
-        self.generator = torch.Generator().manual_seed(seed)
-        for sampler in samplers:
-            sampler.generator = self.generator
-
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.last_source = int(torch.multinomial(self.weights, 1, generator=self.generator))
-        return self.samplers[self.last_source].sample()
-
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``size`` samples, stacked; ``batch_sources`` then holds each one's sampler index
-        (so that the loss can treat real and simulated samples differently)."""
-        images, targets, self.batch_sources = [], [], []
-        for _ in range(size):
-            image, target = self.sample()
-            images.append(image)
-            targets.append(target)
-            self.batch_sources.append(self.last_source)
-        return torch.stack(images), torch.stack(targets)
-
-
-def central_crop(volume: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """The central ``shape`` of the last three axes of ``volume``."""
-    starts = [(n - w) // 2 for n, w in zip(volume.shape[-3:], shape, strict=True)]
-    return volume[(..., *(slice(a, a + w) for a, w in zip(starts, shape, strict=True)))]
-
-
-def _rescale_in_mask(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Min-max to [0, 1] inside ``mask``, zero outside: non-negative input for ``corrupt``
-    (real images may be z-scores) that keeps every hyperintensity."""
-    values = image[mask]
-    if values.numel() == 0:
-        return torch.zeros_like(image)
-    scaled = (image - values.min()) / (values.max() - values.min()).clamp_min(1e-6)
-    return torch.where(mask, scaled, torch.zeros_like(scaled))
-
-
 class PairedAugmenter(Sampler):
     """Draws augmented (image, target) pairs from real images with their label maps.
 
@@ -346,10 +234,7 @@ class PairedAugmenter(Sampler):
     labels go through the same random deformation; then each channel gets the acquisition
     artefacts of ``corrupt`` (blur, bias, gamma, noise, low resolution). With a brain mask per
     pair, channels are normalised inside the (deformed) mask as lesion models expect; an
-    all-zero channel (a missing contrast) stays zero. With a ``context_shape``, the pair is drawn
-    at that larger size, normalised there and cropped to its central ``out_shape``, so a window
-    sees about the intensity scale that normalising the whole brain gives at inference.
-    For users who retrain on their own data.
+    all-zero channel (a missing contrast) stays zero. For users who retrain on their own data.
     """
 
     def __init__(
@@ -360,7 +245,6 @@ class PairedAugmenter(Sampler):
         out_shape: tuple[int, int, int],
         params: SynthesisParameters | None = None,
         seed: int = 0,
-        context_shape: tuple[int, int, int] | None = None,
     ) -> None:
         if not pairs:
             raise ValueError("at least one (image, labels) pair is needed")
@@ -370,37 +254,34 @@ class PairedAugmenter(Sampler):
             channels = image.float() if image.ndim == 4 else image.float()[None]
             normalised = torch.stack([
                 torch.zeros_like(c) if not c.any()
-                else _rescale_in_mask(c, mask) if mask is not None
+                else rescale_in_mask(c, mask) if mask is not None
                 else normalise_intensities(c)
                 for c in channels
             ])  # fmt: skip
             self.pairs.append((normalised, labels, mask))
         self.target_lut = target_lut.long()
         self.out_shape = out_shape
-        self.draw_shape = context_shape or out_shape
         self.params = params or SynthesisParameters()
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = int(torch.randint(0, len(self.pairs), (1,), generator=self.generator))
         channels, labels, mask = self.pairs[index]
-        grid = random_grid(tuple(labels.shape), self.draw_shape, self.params, self.generator)
+        grid = random_grid(tuple(labels.shape), self.out_shape, self.params, self.generator)
         labels = _warp(labels, grid, "nearest").round().long()
         if mask is not None:
             mask = _warp(mask, grid, "nearest") > 0.5
         images = []
         for channel in channels:
             if not channel.any():
-                images.append(torch.zeros(self.draw_shape))
+                images.append(torch.zeros(self.out_shape))
                 continue
             image = corrupt(
                 _warp(channel, grid, "bilinear"), self.params, self.generator, mask is None
             )
             images.append(normalise_in_mask(image, mask) if mask is not None else image)
         target = self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
-        return central_crop(torch.stack(images), self.out_shape), central_crop(
-            target, self.out_shape
-        )
+        return torch.stack(images), target
 
 
 class LabelSynthesiser(Sampler):

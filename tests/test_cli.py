@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bids_dl.cli import expand_multi_value_options, main
+from bids_dl.cli.parser import expand_multi_value_options
+from bids_dl.cli.run import main
 from bids_dl.models.registry import shipped_bundles
 from tests.conftest import write_tiny_bids
 
@@ -284,3 +286,46 @@ def test_memory_limit_below_a_node_need(tiny_bids, tmp_path):
 def test_more_threads_than_processes(tiny_bids, tmp_path):
     result = run_participant(tiny_bids, tmp_path, "--nprocs", "1", "--omp-nthreads", "2")
     assert_input_error(result, "--omp-nthreads 2", "--nprocs 1")
+
+
+def test_help_groups_the_options_by_topic():
+    from bids_dl.cli.parser import FILTERING, MODELS, OTHER, PERFORMANCE, SUBSET, WORKFLOW
+
+    text = invoke("--help").output
+    headings = (FILTERING, PERFORMANCE, WORKFLOW, MODELS, SUBSET, OTHER)
+    starts = [text.index(f"\n{heading}:\n") for heading in headings]
+    assert starts == sorted(starts)
+    ends = [*starts[1:], len(text)]
+    sections = {h: text[a:b] for h, a, b in zip(headings, starts, ends, strict=True)}
+    assert "--participant-label" in sections[FILTERING] and "--nprocs" in sections[PERFORMANCE]
+    assert "--sloppy" in sections[WORKFLOW] and "--segmentation-model" in sections[MODELS]
+    assert "--reports-only" in sections[SUBSET]
+    assert "--version" in sections[OTHER] and "--help" in sections[OTHER]
+
+
+def test_output_dir_that_is_a_file(tiny_bids, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    assert_input_error(run_participant(tiny_bids, tmp_path), "OUTPUT_DIR", "is not a folder")
+
+
+def test_work_dir_that_is_a_file(tiny_bids, tmp_path):
+    (tmp_path / "w").write_text("not a folder")
+    assert_input_error(run_participant(tiny_bids, tmp_path), "--work-dir", "is not a folder")
+
+
+def test_work_dir_under_a_file(tiny_bids, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "-w", tmp_path / "file" / "w")
+    assert_input_error(result, "--work-dir", f"{tmp_path / 'file'} is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any folder whatever its mode")
+def test_work_dir_that_cannot_be_written(tiny_bids, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = invoke(tiny_bids, tmp_path / "out", "participant", "-w", locked / "w")
+    assert_input_error(result, "--work-dir", "cannot be written")
+
+
+def test_quiet_and_verbose_contradict(tiny_bids, tmp_path):
+    assert_input_error(run_participant(tiny_bids, tmp_path, "-q", "-v"), "--quiet and --verbose")

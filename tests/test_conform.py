@@ -155,7 +155,7 @@ def test_a_contrast_with_nan_voxels_is_registered_from_a_finite_copy(tmp_path, c
     )
     data[1, 2, 3], data[4, 5, 0] = np.nan, -np.inf
     nb.save(nb.Nifti1Image(data, np.eye(4)), tmp_path / "flair.nii.gz")
-    # a CLI run earlier in the session stops bids_dl's records at its own handler
+    # a CLI run earlier in the test run stops bids_dl's records at its own handler
     monkeypatch.setattr(logging.getLogger("bids_dl"), "propagate", True)
     with caplog.at_level("WARNING", logger="bids_dl.images"):
         copy = finite_copy(tmp_path / "flair.nii.gz", tmp_path / "copy.nii.gz")

@@ -1,4 +1,5 @@
-"""A node that fails leaves a crash file, the CLI names it and exits 1, the report lists it."""
+"""A node that fails leaves a crash file, the CLI names it and exits 1, the report lists it,
+and ``dataset_description.json`` is written all the same."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bids_dl.cli import main
+from bids_dl.cli.run import main
 from bids_dl.sample import write_sample_dataset
 from bids_dl.workflows.interfaces import ants
 
@@ -41,5 +42,9 @@ def test_failed_node_is_reported(tmp_path, monkeypatch):
     assert crash_files and all(Path(f).is_file() for f in crash_files)
     assert "simulated N4 failure" in Path(crash_files[0]).read_text()
     assert Path(crash_files[0]).parent.parent == output / "sub-01" / "log"
+    assert "[sub-01] anat_preproc_wf.n4  failed; crash file in" in result.output
+    assert "0 subject(s) done, 1 failed (sub-01)" in result.output
     report = (output / "sub-01.html").read_text()
+    assert "1 step(s) failed" in report
     assert "node(s) failed" in report and "simulated N4 failure" in report
+    assert (output / "dataset_description.json").is_file()

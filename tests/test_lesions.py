@@ -15,15 +15,11 @@ import torch
 from scipy import ndimage
 
 from bids_dl.inputs import InputError, SubjectInputs, plan_analyses
-from bids_dl.models.bundle import ModelCard, load_bundle, load_card, save_bundle
-from bids_dl.models.inference import (
-    decode_nested_regions,
-    postprocess,
-    remove_small_components,
-    segment,
-)
+from bids_dl.models.bundle import load_bundle, save_bundle
+from bids_dl.models.card import ModelCard, load_card
+from bids_dl.models.inference import segment
 from bids_dl.models.labels import LESION_VALUES, TUMOR_REGIONS
-from bids_dl.models.lesions import (
+from bids_dl.models.lesion_simulation import (
     LesionParameters,
     LesionSynthesiser,
     _dilate,
@@ -31,24 +27,24 @@ from bids_dl.models.lesions import (
     plant_tumor,
     plant_wmh,
 )
+from bids_dl.models.losses import batch_loss, soft_dice_loss, whole_tumor_loss
 from bids_dl.models.metrics import (
     absolute_volume_difference_percent,
     lesion_detection,
     region_metrics,
 )
 from bids_dl.models.networks import UNet3D
-from bids_dl.models.registry import shipped_bundles
-from bids_dl.models.synthesis import MixedSampler, PairedAugmenter, Sampler, SynthesisParameters
-from bids_dl.models.train import (
-    TrainConfig,
-    batch_loss,
-    brats_region_classes,
-    lookup_tables,
-    make_samplers,
-    soft_dice_loss,
-    train,
-    whole_tumor_loss,
+from bids_dl.models.postprocessing import (
+    decode_nested_regions,
+    postprocess,
+    remove_small_components,
 )
+from bids_dl.models.registry import shipped_bundles
+from bids_dl.models.samplers import MixedSampler, Sampler
+from bids_dl.models.synthesis import PairedAugmenter, SynthesisParameters
+from bids_dl.models.train import train
+from bids_dl.models.train_config import TrainConfig
+from bids_dl.models.training_data import brats_region_classes, lookup_tables, make_samplers
 from tests.conftest import run_cli
 
 #: No artefacts: intensities are the drawn means, so labels and intensities can be compared.
@@ -188,16 +184,14 @@ def test_lesion_intensities_follow_the_labels():
     assert mean(flair, "edema") > mean(flair, 2) and mean(flair, "wmh") > mean(flair, 2)
 
 
-def _synthesiser(
-    seed: int, dropout=(0.0, 0.0), shape=(32, 32, 32), context=None
-) -> LesionSynthesiser:
+def _synthesiser(seed: int, dropout=(0.0, 0.0)) -> LesionSynthesiser:
     config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
                          test_subjects=[])  # fmt: skip
     _, target, _ = lookup_tables(config)
     return LesionSynthesiser(
-        [_phantom()], target, shape, ["FLAIR", "T1ce"], "tumor", 2.0,
+        [_phantom()], target, (32, 32, 32), ["FLAIR", "T1ce"], "tumor", 2.0,
         SynthesisParameters(translation_vox=2.0),
-        LesionParameters(tumor_probability=1.0, channel_dropout=dropout), seed, context,
+        LesionParameters(tumor_probability=1.0, channel_dropout=dropout), seed,
     )  # fmt: skip
 
 
@@ -214,17 +208,6 @@ def test_lesion_synthesis_is_reproducible_and_targets_match_the_labels():
     assert (target > 0).any()
     assert float(images.abs().max()) <= 5  # z-scores inside the brain, clipped
     assert (images[:, target > 0] != 0).float().mean() > 0.9  # lesions are inside the mask
-
-
-def test_samples_normalised_in_a_larger_context_are_its_centre():
-    """With a context shape, a sample is the centre of the sample drawn (and normalised) at
-    that size: intensities keep the scale of the larger brain region, not the window's."""
-    whole_images, whole_target = _synthesiser(3).sample()
-    images, target = _synthesiser(3, shape=(16, 16, 16), context=(32, 32, 32)).sample()
-    assert images.shape == (2, 16, 16, 16) and target.shape == (16, 16, 16)
-    assert torch.equal(images, whole_images[:, 8:24, 8:24, 8:24])
-    assert torch.equal(target, whole_target[8:24, 8:24, 8:24])
-    assert abs(float(images[0][images[0] != 0].mean())) > 0.05  # not re-centred on the window
 
 
 def test_channel_dropout_leaves_missing_contrasts_as_zeros():
@@ -312,10 +295,6 @@ def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
     assert images.shape == (6, 2, 16, 16, 16) and int(targets.max()) <= 3
     again, _ = make_samplers(config, target, generation)[0].batch(6)
     assert torch.equal(images, again)
-    in_context = TrainConfig(**{**config.__dict__, "normalisation_shape": (24, 24, 24)})
-    training, validation, _ = make_samplers(in_context, target, generation)
-    assert {s.draw_shape for s in [*training.samplers, validation]} == {(24, 24, 24)}
-    assert validation.sample()[0].shape == (2, 16, 16, 16)
     with pytest.raises(ValueError, match="synthetic_share"):
         make_samplers(TrainConfig(**{**config.__dict__, "source": "synthetic",
                                      "train_subjects": ["01"], "validation_subjects": ["01"]}),
@@ -325,7 +304,7 @@ def test_fine_tuning_mixes_simulated_tumours_into_real_cases(tmp_path):
                       generation)  # fmt: skip
 
 
-def test_tumour_training_with_brats_regions_writes_their_decoding_into_the_card(tmp_path):
+def test_tumour_training_with_brats_region_decoding_writes_it_into_the_card(tmp_path):
     _real_tumour_case(tmp_path / "bids", "pat01")
     config = TrainConfig(
         name="t", task="tumor", source="bids", bids_dir=str(tmp_path / "bids"),
@@ -333,7 +312,7 @@ def test_tumour_training_with_brats_regions_writes_their_decoding_into_the_card(
         train_subjects=["pat01"], validation_subjects=["pat01"], test_subjects=[],
         voxel_size_mm=2.0, sample_shape=(16, 16, 16), channels=["FLAIR", "T1ce"],
         brain_crop_margin=1, features=(2, 4), iterations=2, validation_every=2,
-        validation_samples=1, brats_region_loss=True, brats_region_decoding=True,
+        validation_samples=1, brats_region_decoding=True,
     )  # fmt: skip
     card, _ = load_bundle(train(config, tmp_path / "run"))
     assert card.inputs["nested_regions"] == [[1, 2, 4], [1, 4], [4]]
@@ -361,13 +340,13 @@ def test_whole_tumour_loss_ignores_how_the_tumour_divides():
     logits[:, 3][target == 1] = 50  # called enhancing: right whole tumour, wrong classes
     tumor_classes = [1, 2, 3]
     assert whole_tumor_loss(logits, target, tumor_classes).item() == pytest.approx(0, abs=1e-3)
-    full = batch_loss(logits, target, None)
+    full = batch_loss(logits, target)
     assert full.item() > 10  # cross-entropy of confidently wrong classes
     missed = logits.flip(1)  # tumour called background and background enhancing
     assert whole_tumor_loss(missed, target, tumor_classes).item() > 10
     only_first = torch.tensor([True, False])
-    mixed = batch_loss(logits, target, None, only_first, tumor_classes)
-    second = batch_loss(logits[1:], target[1:], None)
+    mixed = batch_loss(logits, target, only_first, tumor_classes)
+    second = batch_loss(logits[1:], target[1:])
     assert mixed.item() == pytest.approx(0.5 * second.item(), rel=1e-3)
 
 
@@ -473,7 +452,7 @@ def _lesion_bundle(folder, task: str, contrasts: list[str]):
 
 
 def test_missing_contrasts_are_fed_as_zeros_and_essential_ones_are_checked(tmp_path):
-    from bids_dl.workflows.interfaces.models import model_lesions
+    from bids_dl.workflows.interfaces.deep_learning import model_lesions
 
     bundle = _lesion_bundle(tmp_path / "tumor", "tumor", ["FLAIR", "T1ce", "T1w", "T2w"])
     shape, affine = (20, 22, 18), np.diag([2.0, 2.0, 2.0, 1.0])
@@ -514,7 +493,7 @@ def test_a_contrast_covering_little_of_the_brain_is_measured_and_warned_about(
 ):
     """A FLAIR slab over a third of the brain (or a misregistered one) is still used where it
     was acquired, and the user hears of it."""
-    from bids_dl.workflows.interfaces.models import model_lesions
+    from bids_dl.workflows.interfaces.deep_learning import model_lesions
 
     bundle = _lesion_bundle(tmp_path / "wmh", "wmh", ["FLAIR", "T1w"])
     shape, affine = (20, 22, 18), np.diag([2.0, 2.0, 2.0, 1.0])
@@ -526,7 +505,7 @@ def test_a_contrast_covering_little_of_the_brain_is_measured_and_warned_about(
                        ("mask", np.ones(shape)), ("coverage", coverage)):  # fmt: skip
         paths[name] = str(tmp_path / f"{name}.nii.gz")
         nb.save(nb.Nifti1Image(data.astype(np.float32), affine), paths[name])
-    # a CLI run earlier in the session stops bids_dl's records at its own handler
+    # a CLI run earlier in the test run stops bids_dl's records at its own handler
     monkeypatch.setattr(logging.getLogger("bids_dl"), "propagate", True)
     with caplog.at_level("WARNING", logger="bids_dl.lesions"):
         measures, _ = model_lesions(
@@ -810,20 +789,17 @@ def test_nested_region_decoding_against_hand_worked_voxels():
     assert lowered.ravel().tolist() == [2, 2, 1, 1, 3]
 
 
-def test_region_dice_loss_scores_the_brats_regions():
+def test_brats_regions_as_class_indices_and_the_class_dice_loss():
     config = TrainConfig(name="t", task="tumor", train_subjects=[], validation_subjects=[],
                          test_subjects=[])  # fmt: skip
     _, _, names = lookup_tables(config)
-    regions = brats_region_classes(config, names)
-    assert regions == [[1, 2, 3], [1, 3], [3]]
+    assert brats_region_classes(config, names) == [[1, 2, 3], [1, 3], [3]]
     with pytest.raises(ValueError, match="tumor task"):
         brats_region_classes(dataclasses.replace(config, task="wmh"), names)
     target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
     target[0, 0] = 1  # four core voxels
     logits = torch.full((1, 4, 2, 2, 2), -50.0)
     logits[0, 0][target[0] == 0] = 50
-    logits[0, 3][target[0] == 1] = 50  # all called enhancing: right whole tumour and core
-    # Dice of the regions: WT 1, TC 1, ET 0 -> loss 1/3; of the classes: core 0, edema 1
-    # (absent from both, smoothed), enhancing 0 -> loss 2/3
-    assert soft_dice_loss(logits, target, regions).item() == pytest.approx(1 / 3, abs=1e-3)
+    logits[0, 3][target[0] == 1] = 50  # all called enhancing
+    # Dice of the classes: core 0, edema 1 (absent from both, smoothed), enhancing 0
     assert soft_dice_loss(logits, target).item() == pytest.approx(2 / 3, abs=1e-3)

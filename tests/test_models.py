@@ -12,24 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from bids_dl.models.bundle import (
-    BundleError,
-    ModelCard,
-    load_bundle,
-    save_bundle,
-    weights_sha256,
-)
-from bids_dl.models.inference import predict_probabilities, segment, to_native
+from bids_dl.models.bundle import load_bundle, save_bundle
+from bids_dl.models.card import BundleError, ModelCard, weights_sha256
+from bids_dl.models.inference import segment, to_native
+from bids_dl.models.losses import soft_dice_loss
 from bids_dl.models.metrics import dice
 from bids_dl.models.networks import UNet3D
+from bids_dl.models.sliding_window import predict_probabilities
 from bids_dl.models.synthesis import (
     LabelSynthesiser,
     SynthesisParameters,
     deform_labels,
-    normalise_intensities,
     synthesise_test_image,
 )
-from bids_dl.models.train import soft_dice_loss
+from bids_dl.models.transforms import normalise_intensities
 
 ARCHITECTURE = {"name": "UNet3D", "args": {"in_channels": 1, "out_channels": 2, "features": [2, 4]}}
 
@@ -132,17 +128,17 @@ def test_mirroring_averages_the_mirrored_predictions():
 def test_cpu_bfloat16_is_used_only_where_the_card_asks_and_the_cpu_has_it(monkeypatch):
     """A card's ``cpu_bfloat16`` runs the network in bfloat16 on a CPU with bfloat16
     instructions: probabilities within rounding of float32; float32 everywhere else."""
-    from bids_dl.models import inference
+    from bids_dl.models import sliding_window
 
     torch.manual_seed(0)
     network = UNet3D(2, 3, features=(4, 8)).eval()
     volume = torch.randn(2, 16, 16, 16)
     plain = predict_probabilities(network, volume, 3, None)
-    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(sliding_window, "cpu_has_native_bfloat16", lambda: True)
     mixed = predict_probabilities(network, volume, 3, None, cpu_bfloat16=True)
     assert not torch.equal(mixed, plain) and torch.allclose(mixed, plain, atol=0.02)
     assert torch.equal(predict_probabilities(network, volume, 3, None), plain)
-    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(sliding_window, "cpu_has_native_bfloat16", lambda: False)
     assert torch.equal(predict_probabilities(network, volume, 3, None, cpu_bfloat16=True), plain)
 
 
@@ -362,7 +358,8 @@ def _tiny_training_setup(tmp_path, iterations: int) -> Path:
 
 
 def test_train_writes_a_loadable_bundle_and_resumes(tmp_path):
-    from bids_dl.models.train import TrainConfig, train
+    from bids_dl.models.train import train
+    from bids_dl.models.train_config import TrainConfig
 
     bundle = train(TrainConfig.from_file(_tiny_training_setup(tmp_path, 2)), tmp_path / "run")
     card, _ = load_bundle(bundle)
@@ -377,7 +374,7 @@ def test_train_writes_a_loadable_bundle_and_resumes(tmp_path):
 
 def test_worker_batches_are_reproducible_and_keep_each_samples_source():
     from bids_dl.models.sample_workers import worker_batches
-    from bids_dl.models.synthesis import MixedSampler
+    from bids_dl.models.samplers import MixedSampler
 
     generation = torch.tensor([0, 1, 2, 3])
     # the second source labels nothing, so a sample's target tells which source drew it
@@ -403,7 +400,8 @@ def test_worker_batches_are_reproducible_and_keep_each_samples_source():
 
 
 def test_train_stops_after_max_minutes_with_sample_workers_and_resumes(tmp_path):
-    from bids_dl.models.train import TrainConfig, train
+    from bids_dl.models.train import train
+    from bids_dl.models.train_config import TrainConfig
 
     config = TrainConfig.from_file(_tiny_training_setup(tmp_path, 4))
     config.sample_workers = 1
@@ -482,8 +480,7 @@ def test_train_and_evaluate_from_the_command_line(tmp_path):
 
 
 def test_model_brain_mask_node_records_the_model(tmp_path):
-    from bids_dl.models.bundle import weights_sha256
-    from bids_dl.workflows.interfaces.models import model_brain_mask
+    from bids_dl.workflows.interfaces.deep_learning import model_brain_mask
 
     save_bundle(
         tmp_path / "b",
@@ -505,10 +502,10 @@ def test_model_brain_mask_node_records_the_model(tmp_path):
 def test_a_changed_model_changes_the_node_hash(tmp_path, interface):
     """nipype hashes files, not folders: new weights or a new card under the same bundle path
     must re-run a node, not reuse a cached result from an older model."""
-    from bids_dl.workflows.interfaces import models
+    from bids_dl.workflows.interfaces import deep_learning
 
     def node_hash(**inputs) -> str:
-        return getattr(models, interface)(**inputs).inputs.get_hashval("content")[1]
+        return getattr(deep_learning, interface)(**inputs).inputs.get_hashval("content")[1]
 
     torch.manual_seed(0)
     save_bundle(tmp_path / "b", _card(), UNet3D(1, 2, features=(2, 4)))
@@ -516,7 +513,7 @@ def test_a_changed_model_changes_the_node_hash(tmp_path, interface):
     save_bundle(tmp_path / "b", _card(), UNet3D(1, 2, features=(2, 4)))  # new weights
     after_weights = node_hash(bundle=str(tmp_path / "b"))
     save_bundle(tmp_path / "b", _card(version="1"), UNet3D(1, 2, features=(2, 4)))
-    interface_set_later = getattr(models, interface)()
+    interface_set_later = getattr(deep_learning, interface)()
     interface_set_later.inputs.bundle = str(tmp_path / "b")
     assert len({before, after_weights, node_hash(bundle=str(tmp_path / "b"))}) == 3
     assert interface_set_later.inputs.get_hashval("content")[1] == node_hash(
@@ -562,7 +559,8 @@ def test_fixed_test_contrasts_follow_the_tissue_tables():
 
 def test_structures_task_maps_label_values_to_sorted_channels(tmp_path):
     from bids_dl.models.labels import STRUCTURES
-    from bids_dl.models.train import TrainConfig, lookup_tables
+    from bids_dl.models.train_config import TrainConfig
+    from bids_dl.models.training_data import lookup_tables
 
     config = TrainConfig.from_file(_tiny_training_setup(tmp_path, 1))
     np.save(tmp_path / "maps" / "labels.npy", np.array([0, 2, 3, 17, 24, 99, 502]))
@@ -589,7 +587,7 @@ def test_a_brain_mask_restricts_a_brain_centred_model_to_its_box():
 
 def test_model_structures_node_writes_labels_tissues_and_probabilities(tmp_path):
     from bids_dl.models.labels import STRUCTURES
-    from bids_dl.workflows.interfaces.models import model_structures
+    from bids_dl.workflows.interfaces.deep_learning import model_structures
 
     labels = {0: "background"} | {v: row[0] for v, row in STRUCTURES.items()}
     card = _card(

@@ -1,12 +1,10 @@
 """The participant workflow through a real Slurm (``.ci/start_slurm.sh`` starts one).
 
-sub-01 of the small sample runs with MultiProc, then with ``--plugin SLURM`` (every node a
-batch job that asks for the memory and CPUs its node declares), then ``SLURMGraph`` (the whole
-graph submitted at once with dependencies) reuses that work dir into a new output folder; both
-Slurm runs must write the same derivatives as the MultiProc run. All three use one thread per
-node and a fixed ANTs seed, which makes registration reproducible; Atropos is not, even so
-(measured between two MultiProc runs: GM/WM probabilities differ by up to 0.06 in ~5 % of the
-voxels, labels in ~1e-5 of them), so tissue outputs are compared within such bounds.
+sub-01 of the small sample runs with ``--plugin SLURM`` (every node a batch job that asks for
+the memory and CPUs its node declares), then ``SLURMGraph`` (the whole graph submitted at once
+with dependencies) reuses that work dir into a new output folder; both Slurm runs must write
+the same derivatives as the MultiProc smoke run, whose options they share (one thread per node
+and a fixed ANTs seed, which make registration reproducible).
 The tests skip where Slurm is absent, except in CI (``BIDS_DL_REQUIRE_SLURM=1``), where they
 fail.
 """
@@ -22,14 +20,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import nibabel as nb
-import numpy as np
-import pandas as pd
 import pytest
 
 from bids_dl.models.registry import shipped_bundles
 from bids_dl.workflows.resources import MEM_GB
-from tests.conftest import run_cli
+from tests.conftest import SMOKE_OPTIONS, assert_same_derivatives, run_cli
 
 REQUIRED = os.environ.get("BIDS_DL_REQUIRE_SLURM") == "1"
 pytestmark = [
@@ -69,13 +64,7 @@ def _run_participant(bids: Path, output: Path, work: Path, *extra: str):
         "participant",
         "-w",
         str(work),
-        "--nprocs",
-        "2",
-        "--omp-nthreads",
-        "1",
-        "--random-seed",
-        "42",
-        "--sloppy",
+        *SMOKE_OPTIONS,
         "--skip-bids-validation",
         "--participant-label",
         SUBJECT,
@@ -84,88 +73,33 @@ def _run_participant(bids: Path, output: Path, work: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def slurm_runs(sample_small, tmp_path_factory) -> dict:
+def slurm_runs(smoke_run, tmp_path_factory) -> dict:
     if REQUIRED:
         assert shutil.which("sbatch"), "BIDS_DL_REQUIRE_SLURM=1 but sbatch is not installed"
     _slurm_is_up()
-    base = tmp_path_factory.mktemp("slurm")
+    bids, base = smoke_run["bids"], tmp_path_factory.mktemp("slurm")
     work = base / "work"
-    multiproc = _run_participant(sample_small, base / "out_multiproc", base / "work_multiproc")
-    assert multiproc.returncode == 0, multiproc.stderr[-3000:]
     slurm_config = base / "slurm.yml"
     slurm_config.write_text(
         "plugin: SLURM\nplugin_args:\n  poll_sleep_duration: 1\n  sbatch_args: --time=30\n"
     )
     per_node = _run_participant(
-        sample_small,
-        base / "out_slurm",
-        work,
-        "--plugin-config",
-        str(slurm_config),
-        "--resource-monitor",
+        bids, base / "out_slurm", work, "--plugin-config", str(slurm_config), "--resource-monitor"
     )
     graph_config = base / "slurm_graph.yml"
     graph_config.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --time=30\n")
     graph_args = ("--plugin-config", str(graph_config))
-    graph = _run_participant(sample_small, base / "out_graph", work, *graph_args)
+    graph = _run_participant(bids, base / "out_graph", work, *graph_args)
     _wait_for_graph_jobs()
-    reports = _run_participant(
-        sample_small, base / "out_graph", work, *graph_args, "--reports-only"
-    )
+    reports = _run_participant(bids, base / "out_graph", work, *graph_args, "--reports-only")
     return {
         "base": base,
         "work": work,
         "slurm": per_node,
         "graph": graph,
         "graph_reports": reports,
-        "reference": base / "out_multiproc",
+        "reference": smoke_run["output"],
     }
-
-
-def _derivatives(output: Path) -> dict[str, Path]:
-    """The subject's derivative files (logs excluded: they name the run)."""
-    folder = output / f"sub-{SUBJECT}"
-    return {
-        path.relative_to(folder).as_posix(): path
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and "log" not in path.relative_to(folder).parts
-    }
-
-
-#: Atropos outputs, which differ a little between runs (see the module's docstring).
-TISSUE_OUTPUTS = ("_probseg.nii.gz", "_dseg.nii.gz", "_measures.tsv")
-
-
-def _assert_same_derivatives(output: Path, reference: Path) -> None:
-    ours, theirs = _derivatives(output), _derivatives(reference)
-    assert sorted(ours) == sorted(theirs)
-    for name, path in ours.items():
-        tissue = name.endswith(TISSUE_OUTPUTS)
-        if name.endswith(".nii.gz"):
-            a, b = nb.load(path), nb.load(theirs[name])
-            np.testing.assert_allclose(a.affine, b.affine, atol=1e-5, err_msg=name)
-            x, y = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
-            if not tissue:
-                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=name)
-            elif "probseg" in name:
-                assert np.abs(x - y).max() < 0.2 and np.mean(np.abs(x - y) > 1e-3) < 0.15, name
-            else:  # labels
-                assert np.mean(x != y) < 1e-3, name
-        elif name.endswith(".tsv") and tissue:
-            _assert_close_table(path, theirs[name])
-        elif name.endswith((".json", ".tsv")):
-            assert path.read_text() == theirs[name].read_text(), name
-        else:  # figures, transforms (HDF5 metadata differ): written, non-empty
-            assert path.stat().st_size > 0, name
-
-
-def _assert_close_table(path: Path, reference: Path) -> None:
-    """Same columns and subjects; numbers within 0.1 %."""
-    ours, theirs = pd.read_csv(path, sep="\t"), pd.read_csv(reference, sep="\t")
-    assert list(ours.columns) == list(theirs.columns)
-    numeric = ours.select_dtypes("number").columns
-    np.testing.assert_allclose(ours[numeric], theirs[numeric], rtol=1e-3, err_msg=str(path))
-    assert ours.drop(columns=numeric).equals(theirs.drop(columns=numeric))
 
 
 def test_slurm_run_succeeds_through_batch_jobs(slurm_runs):
@@ -176,7 +110,7 @@ def test_slurm_run_succeeds_through_batch_jobs(slurm_runs):
 
 
 def test_slurm_derivatives_equal_multiproc(slurm_runs):
-    _assert_same_derivatives(slurm_runs["base"] / "out_slurm", slurm_runs["reference"])
+    assert_same_derivatives(slurm_runs["base"] / "out_slurm", slurm_runs["reference"], SUBJECT)
 
 
 def _finished_jobs(work_dir: Path) -> dict[str, dict[str, str]]:
@@ -237,6 +171,6 @@ def test_slurm_graph_submits_then_reports(slurm_runs):
     assert "--reports-only" in slurm_runs["graph"].stdout
     assert slurm_runs["graph_reports"].returncode == 0, slurm_runs["graph_reports"].stderr[-3000:]
     output = slurm_runs["base"] / "out_graph"
-    _assert_same_derivatives(output, slurm_runs["reference"])
+    assert_same_derivatives(output, slurm_runs["reference"], SUBJECT)
     description = json.loads((output / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from bids_dl.inputs import validator_command
-from bids_dl.models.bundle import weights_sha256
+from bids_dl.models.card import weights_sha256
 from bids_dl.models.metrics import dice
 from bids_dl.models.registry import shipped_bundles
-from tests.conftest import run_cli, tree_digest
+from tests.conftest import SMOKE_OPTIONS, run_cli, tree_digest
 
 pytestmark = pytest.mark.slow
 SPACE = "MNI152NLin2009aSym"
@@ -48,7 +48,16 @@ EXPECTED_PER_SUBJECT = [
 def test_participant_and_group_succeed(smoke_run):
     assert smoke_run["participant"].returncode == 0, smoke_run["participant"].stderr[-3000:]
     assert smoke_run["group"].returncode == 0, smoke_run["group"].stderr[-3000:]
-    assert "Report:" in smoke_run["participant"].stdout
+
+
+def test_progress_lines_and_summary_go_to_stderr(smoke_run):
+    participant = smoke_run["participant"]
+    for label in ("01", "02"):
+        step = rf"\[sub-{label}\] anat_preproc_wf\.n4  finished in \d+\.\d s"
+        assert re.search(step, participant.stderr), participant.stderr[-3000:]
+    reports = smoke_run["output"] / "sub-<label>.html"
+    assert f"2 subject(s) done, 0 failed; reports: {reports}" in participant.stderr
+    assert "finished in" not in participant.stdout  # stdout: nipype's own log only
 
 
 def test_every_derivative_is_written(smoke_run):
@@ -146,10 +155,8 @@ def test_rerun_reuses_the_cache(smoke_run):
         "participant",
         "-w",
         str(work),
-        "--nprocs",
-        "2",
-        "--sloppy",
         "--skip-bids-validation",
+        *SMOKE_OPTIONS,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in results} == before
@@ -245,10 +252,12 @@ def _validator_errors(output) -> list:
 
 
 @pytest.fixture(scope="module")
-def structures_run(sample_small, tmp_path_factory) -> dict:
-    """One subject through the CLI with a structures bundle (untrained: only the wiring
-    is under test here; the shipped models are measured in bench/)."""
-    from bids_dl.models.bundle import ModelCard, save_bundle
+def structures_run(smoke_run, tmp_path_factory) -> dict:
+    """sub-01 through the CLI with a structures bundle (untrained: only the wiring is under
+    test here; the shipped models are measured in bench/). It shares the smoke run's work dir
+    and options, so only the segmentation and the steps after it run again."""
+    from bids_dl.models.bundle import save_bundle
+    from bids_dl.models.card import ModelCard
     from bids_dl.models.labels import STRUCTURES
     from bids_dl.models.networks import UNet3D
 
@@ -262,12 +271,13 @@ def structures_run(sample_small, tmp_path_factory) -> dict:
     )  # fmt: skip
     torch.manual_seed(0)
     save_bundle(base / "bundle", card, UNet3D(1, 33, features=(2, 4)))
-    output = base / "out"
+    bids, output = smoke_run["bids"], base / "out"
     participant = run_cli(
-        str(sample_small), str(output), "participant", "-w", str(base / "work"),
-        "--participant-label", "01", "--sloppy", "--segmentation-model", str(base / "bundle"),
+        str(bids), str(output), "participant", "-w", str(smoke_run["work"]), *SMOKE_OPTIONS,
+        "--skip-bids-validation", "--participant-label", "01",
+        "--segmentation-model", str(base / "bundle"),
     )  # fmt: skip
-    group = run_cli(str(sample_small), str(output), "group")
+    group = run_cli(str(bids), str(output), "group")
     return {"output": output, "participant": participant, "group": group}
 
 

@@ -16,8 +16,8 @@ from bids_dl.workflows.interfaces.ants import (
     TemplateRegistration,
 )
 from bids_dl.workflows.interfaces.conform import Conform
+from bids_dl.workflows.interfaces.deep_learning import ModelBrainMask, ModelSegmentation
 from bids_dl.workflows.interfaces.images import ApplyBrainMask, BrainMaskFromBackground
-from bids_dl.workflows.interfaces.models import ModelBrainMask, ModelSegmentation
 from bids_dl.workflows.resources import MEM_GB
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_dl.models.bundle import load_card
+from bids_dl.models.card import load_card
 from bids_dl.workflows.interfaces.ants import CoregisterToT1w
-from bids_dl.workflows.interfaces.models import ModelLesions
+from bids_dl.workflows.interfaces.deep_learning import ModelLesions
 from bids_dl.workflows.resources import MEM_GB
 
 #: The contrasts a lesion workflow can use beside the T1w (input names of ``SubjectInputs``).

@@ -91,8 +91,13 @@ def write_participant_report(
     source: str,
     methods: list[str],
     references: list[str],
+    stopped_by: str | None = None,
 ) -> Path:
-    """Write ``OUTPUT_DIR/sub-<label>.html``; images are linked relative to it."""
+    """Write ``OUTPUT_DIR/sub-<label>.html``; images are linked relative to it.
+
+    ``stopped_by`` names the signal (``Ctrl-C``, ``SIGTERM``) that stopped the run before
+    this subject's steps had all finished: the report then says so.
+    """
     output_dir = Path(output_dir)
     figures_dir = output_dir / f"sub-{subject}" / "figures"
     figures = []
@@ -123,6 +128,7 @@ def write_participant_report(
             methods=methods,
             references=references,
             crashes=crashes,
+            stopped_by=stopped_by,
             resources=latest_resources(output_dir, subject),
         )
     )

@@ -17,7 +17,10 @@ from nipype.interfaces.base import (
 )
 
 from bids_dl.images import save_image
-from bids_dl.models.labels import TISSUE_CLASSES
+from bids_dl.models.card import CARD, WEIGHTS, ModelCard, weights_sha256
+from bids_dl.models.labels import TISSUE_CLASSES, TUMOR_REGIONS, tissue_groups, tissue_lookup
+from bids_dl.models.metrics import connected_lesions, voxel_volume_mm3
+from bids_dl.models.postprocessing import postprocess
 from bids_dl.workflows.interfaces.images import largest_component_filled
 
 LOGGER = logging.getLogger("bids_dl.lesions")
@@ -25,32 +28,24 @@ LOGGER = logging.getLogger("bids_dl.lesions")
 LOW_BRAIN_COVERAGE = 0.5
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` is CUDA when torch sees a GPU, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _load_model(bundle: str, task: str, num_threads: int):
-    """The card and network of a bundle made for ``task``, torch limited to ``num_threads``."""
+def _load_model(bundle: str, task: str, num_threads: int, device: str):
+    """The card and network of a bundle made for ``task``, torch limited to ``num_threads``,
+    and the device it runs on (``auto`` resolved)."""
+    # torch is imported where a model runs, so that building a workflow does not load it
     import torch
 
     from bids_dl.models.bundle import load_bundle
+    from bids_dl.models.device import resolve_device
 
     torch.set_num_threads(max(1, num_threads))
     card, network = load_bundle(bundle)
     if card.task != task:
         raise ValueError(f"{bundle} is a {card.task!r} model, not a {task!r} model")
-    return card, network
+    return card, network, resolve_device(device)
 
 
-def _identity(card, bundle: str) -> dict:
+def _identity(card: ModelCard, bundle: str) -> dict:
     """Name, version and weights' sha256 of a model, for the sidecars."""
-    from bids_dl.models.bundle import weights_sha256
-
     return {"Name": card.name, "Version": card.version, "SHA256": weights_sha256(bundle)}
 
 
@@ -63,9 +58,9 @@ def model_brain_mask(
     """
     from bids_dl.models.inference import segment
 
-    card, network = _load_model(bundle, "brain_mask", num_threads)
+    card, network, device = _load_model(bundle, "brain_mask", num_threads, device)
     image = nb.load(in_file)
-    labels, _ = segment(image, card, network, device=resolve_device(device))
+    labels, _ = segment(image, card, network, device=device)
     mask = largest_component_filled(labels == 1)
     if not mask.any():
         raise ValueError(
@@ -90,13 +85,12 @@ def model_structures(
     clipped to the mask. Tissue labels (1 GM, 2 WM, 3 CSF) are the structures' classes.
     """
     from bids_dl.models.inference import segment
-    from bids_dl.models.labels import TISSUE_CLASSES, tissue_groups, tissue_lookup
 
-    card, network = _load_model(bundle, "structures", num_threads)
+    card, network, device = _load_model(bundle, "structures", num_threads, device)
     image = nb.load(in_file)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     labels, tissues = segment(
-        image, card, network, device=resolve_device(device), mask=mask, groups=tissue_groups()
+        image, card, network, device=device, mask=mask, groups=tissue_groups()
     )
     out = Path(out_dir)
     save_image(labels.astype(np.uint8), image.affine, out / "aseg.nii.gz")
@@ -132,8 +126,6 @@ class _ModelInterface(SimpleInterface):
         self._list_model_files()
 
     def _list_model_files(self) -> None:
-        from bids_dl.models.bundle import CARD, WEIGHTS
-
         if isdefined(self.inputs.bundle):
             folder = Path(self.inputs.bundle)
             files = (folder / CARD, folder / WEIGHTS)  # a bad bundle fails when the node runs
@@ -204,9 +196,6 @@ class ModelSegmentation(_ModelInterface):
 def lesion_measures(labels: np.ndarray, voxel_mm3: float, task: str) -> dict[str, float | int]:
     """Tumour: volumes (mm^3) of the BraTS regions and of edema; WMH: lesion count (26-connected
     components) and volume."""
-    from bids_dl.models.labels import TUMOR_REGIONS
-    from bids_dl.models.metrics import connected_lesions
-
     if task == "wmh":
         lesions = labels > 0
         _, count = connected_lesions(lesions)
@@ -244,10 +233,9 @@ def model_lesions(
     Returns the measures (volumes, lesion count, and the share of the brain each registered
     contrast the model used covers, ``<contrast>_brain_coverage``) and the model's identity.
     """
-    from bids_dl.models.inference import postprocess, segment
-    from bids_dl.models.metrics import voxel_volume_mm3
+    from bids_dl.models.inference import segment
 
-    card, network = _load_model(bundle, task, num_threads)
+    card, network, device = _load_model(bundle, task, num_threads, device)
     available = {**contrasts, reference_contrast: t1w}
     wanted = card.inputs["contrasts"]
     essential = {"tumor": ("FLAIR", "T1ce"), "wmh": ("FLAIR",)}[task]
@@ -270,7 +258,7 @@ def model_lesions(
                 contrast, 100 * share, task,
             )  # fmt: skip
     labels, probabilities = segment(
-        images, card, network, device=resolve_device(device), mask=mask,
+        images, card, network, device=device, mask=mask,
         coverage=[coverage.get(c) for c in wanted],
     )  # fmt: skip
     labels[~mask] = 0

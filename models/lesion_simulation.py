@@ -23,17 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from bids_dl.models.labels import BRAIN_LABEL_RANGE, LESION_VALUES
+from bids_dl.models.samplers import Sampler
 from bids_dl.models.synthesis import (
-    Sampler,
     SynthesisParameters,
-    central_crop,
     contrast_means,
     corrupt,
     deform_labels,
-    normalise_in_mask,
     smooth_field,
     uniform,
 )
+from bids_dl.models.transforms import normalise_in_mask
 
 CEREBRAL_WHITE_MATTER = (2, 41)
 LATERAL_VENTRICLES = (4, 5, 43, 44)
@@ -273,8 +272,7 @@ class LesionSynthesiser(Sampler):
     normalised inside the brain; random channels left out as zeros.
 
     ``task`` is ``"tumor"`` (tumours are the target; WMH may be planted as distractors) or
-    ``"wmh"``. With a ``context_shape``, each sample is drawn and normalised at that larger
-    size and cropped to its central ``out_shape`` (see ``PairedAugmenter``).
+    ``"wmh"``.
     """
 
     def __init__(
@@ -288,7 +286,6 @@ class LesionSynthesiser(Sampler):
         synthesis: SynthesisParameters,
         lesion: LesionParameters,
         seed: int = 0,
-        context_shape: tuple[int, int, int] | None = None,
     ) -> None:
         if not label_maps:
             raise ValueError("at least one label map is needed")
@@ -300,7 +297,6 @@ class LesionSynthesiser(Sampler):
         self.label_maps = label_maps
         self.target_lut = target_lut.long()
         self.out_shape = out_shape
-        self.draw_shape = context_shape or out_shape
         self.channels = channels
         self.task = task
         self.voxel_mm = voxel_mm
@@ -316,7 +312,7 @@ class LesionSynthesiser(Sampler):
         """One ``(images [C, D, H, W] float, target [D, H, W] long)`` pair."""
         g = self.generator
         index = int(torch.randint(0, len(self.label_maps), (1,), generator=g))
-        labels = deform_labels(self.label_maps[index], self.draw_shape, self.synthesis, g)
+        labels = deform_labels(self.label_maps[index], self.out_shape, self.synthesis, g)
         if self.task == "tumor" and self._chance(self.lesion.tumor_probability):
             labels = plant_tumor(labels, self.voxel_mm, self.lesion, g)
         if self._chance(self.lesion.wmh_probability):
@@ -335,6 +331,4 @@ class LesionSynthesiser(Sampler):
             for c, keep in zip(self.channels, kept, strict=True)
         ]
         target = self.target_lut[labels.clamp(0, len(self.target_lut) - 1)]
-        return central_crop(torch.stack(images), self.out_shape), central_crop(
-            target, self.out_shape
-        )
+        return torch.stack(images), target

@@ -1,0 +1,196 @@
+"""From the command line's options to a checked :class:`~bids_dl.config.Config` and the
+participants' inputs, before any work starts (:class:`~bids_dl.inputs.InputError` if not)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from bids_dl.config import (
+    ANALYSES,
+    PLUGINS,
+    Config,
+    ExecutionSettings,
+    NipypeSettings,
+    WorkflowSettings,
+)
+from bids_dl.inputs import (
+    InputError,
+    SubjectInputs,
+    check_folders,
+    collect_inputs,
+    load_filters,
+    plan_analyses,
+    plan_skull_stripping,
+    strip_prefix,
+    validate_dataset,
+)
+
+LOGGER = logging.getLogger("bids_dl")
+
+
+def build_config(options: dict) -> Config:
+    """The run's settings from the parsed options; the folders and model bundles checked."""
+    bids_dir, output_dir = options["bids_dir"], options["output_dir"]
+    work_dir = options["work_dir"].absolute()
+    check_folders(bids_dir, output_dir, work_dir)
+    unknown = sorted(set(options["analyses"]) - set(ANALYSES))
+    if unknown:
+        raise InputError(f"unknown analysis {', '.join(unknown)} (known: {', '.join(ANALYSES)})")
+    execution = ExecutionSettings(
+        bids_dir=bids_dir.absolute(),
+        output_dir=output_dir.absolute(),
+        work_dir=work_dir,
+        participant_labels=strip_prefix(options["participant_label"], "sub"),
+        session_labels=strip_prefix(options["session_label"], "ses"),
+        bids_filters=load_filters(options["bids_filter_file"]),
+        analyses=list(options["analyses"]) or list(ANALYSES),
+        analyses_requested=bool(options["analyses"]),
+        skip_bids_validation=options["skip_bids_validation"],
+        dry_run=options["dry_run"],
+        boilerplate_only=options["boilerplate_only"],
+        reports_only=options["reports_only"],
+        verbosity=verbosity(options),
+    )
+    return Config(execution=execution, nipype=_nipype(options), workflow=_workflow(options))
+
+
+def verbosity(options: dict) -> int:
+    """-1 with ``--quiet``, else the number of ``-v``."""
+    if options["quiet"] and options["verbose"]:
+        raise InputError("--quiet and --verbose contradict each other: give one of them")
+    return -1 if options["quiet"] else options["verbose"]
+
+
+def _nipype(options: dict) -> NipypeSettings:
+    nprocs = options["nprocs"] or os.cpu_count() or 1
+    plugin = {"plugin": options["plugin"], "plugin_args": {}, "gpu_sbatch_args": ""}
+    if options["plugin_config"]:
+        plugin = _read_plugin_config(options["plugin_config"], options["plugin"])
+    return NipypeSettings(
+        plugin=plugin["plugin"],
+        plugin_args=plugin["plugin_args"],
+        gpu_sbatch_args=plugin["gpu_sbatch_args"],
+        use_gpu=_local_gpu(options["device"], plugin["plugin"]),
+        resource_monitor=options["resource_monitor"],
+        nprocs=nprocs,
+        omp_nthreads=options["omp_nthreads"] or min(nprocs, 8),
+        mem_gb=options["mem_gb"],
+        stop_on_first_crash=options["stop_on_first_crash"],
+    )
+
+
+def _workflow(options: dict) -> WorkflowSettings:
+    return WorkflowSettings(
+        device=options["device"],
+        sloppy=options["sloppy"],
+        random_seed=options["random_seed"],
+        skull_strip_t1w=options["skull_strip_t1w"],
+        brain_extraction_bundle=_model_bundle(
+            options["brain_extraction_model"],
+            "--brain-extraction-model",
+            task="brain_mask",
+            classical="template",
+        ),
+        segmentation_bundle=_model_bundle(
+            options["segmentation_model"],
+            "--segmentation-model",
+            task="structures",
+            classical="atropos",
+        ),
+        tumor_bundle=_model_bundle(
+            options["tumor_model"], "--tumor-model", task="tumor", classical="none"
+        ),
+        wmh_bundle=_model_bundle(options["wmh_model"], "--wmh-model", task="wmh", classical="none"),
+    )
+
+
+def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
+    """Validate the dataset, find each participant's inputs and plan what runs for whom."""
+    execution = config.execution
+    if not execution.skip_bids_validation and not execution.reports_only:
+        for code in validate_dataset(execution.bids_dir, execution.participant_labels):
+            LOGGER.info("BIDS validator warning: %s", code)
+    subjects = collect_inputs(
+        execution.bids_dir,
+        execution.participant_labels,
+        execution.session_labels,
+        execution.bids_filters,
+        database_dir=execution.work_dir / "bids_db",
+    )
+    plan_analyses(
+        subjects,
+        execution.analyses,
+        execution.analyses_requested,
+        {"tumor": config.workflow.tumor_bundle, "wmh": config.workflow.wmh_bundle},
+    )
+    plan_skull_stripping(subjects, config.workflow.skull_strip_t1w)
+    return subjects
+
+
+def _model_bundle(choice: str, option: str, task: str, classical: str) -> str | None:
+    """Resolve a model option to a checked bundle folder, or None for the classical method.
+
+    ``auto`` is the shipped bundle of ``task`` when there is one; ``classical`` names the
+    baseline; anything else is a shipped name or a bundle folder whose card is for ``task``.
+    """
+    from bids_dl.models.card import BundleError, load_card
+    from bids_dl.models.registry import find_bundle, shipped_bundles
+
+    if choice == classical:
+        return None
+    if choice == "auto":
+        shipped = shipped_bundles().get(task)
+        return str(shipped) if shipped else None
+    try:
+        folder = find_bundle(choice)
+        card = load_card(folder)
+    except BundleError as error:
+        raise InputError(f"{option}: {error}") from error
+    if card.task != task:
+        raise InputError(f"{option}: {folder} is a {card.task!r} model, not a {task!r} model")
+    return str(folder.absolute())
+
+
+def _local_gpu(device: str, plugin: str) -> bool:
+    """Whether the deep-learning nodes run on a GPU of this machine (InputError if asked for
+    and absent). Under Slurm the GPUs are on the compute nodes: ``auto`` decides there."""
+    from bids_dl.execution import SLURM_PLUGINS
+
+    if device == "cpu" or plugin in SLURM_PLUGINS:
+        return False
+    from bids_dl.models.device import resolve_device
+
+    local = resolve_device("auto")
+    if device == "cuda" and local != "cuda":
+        raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+    return local == "cuda"
+
+
+def _read_plugin_config(path: Path, plugin: str) -> dict:
+    """``--plugin-config``: ``plugin``, ``plugin_args`` and ``gpu_sbatch_args`` (YAML/JSON)."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise InputError(f"--plugin-config {path}: not valid YAML ({problem}{where})") from error
+    known = {"plugin", "plugin_args", "gpu_sbatch_args"}
+    if not isinstance(content, dict) or set(content) - known:
+        raise InputError(
+            f"--plugin-config {path}: expected a mapping with keys among {sorted(known)}"
+        )
+    settings = {
+        "plugin": content.get("plugin", plugin),
+        "plugin_args": content.get("plugin_args") or {},
+        "gpu_sbatch_args": content.get("gpu_sbatch_args") or "",
+    }
+    if settings["plugin"] not in PLUGINS:
+        raise InputError(f"--plugin-config {path}: plugin must be one of {', '.join(PLUGINS)}")
+    if not isinstance(settings["plugin_args"], dict):
+        raise InputError(f"--plugin-config {path}: plugin_args must be a mapping")
+    return settings
