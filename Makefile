@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	@test -f $(DEMO)/sample/dataset_description.json || $(BIN)/bids_dl-sample $(DEMO)/sample
+	@test -f $(DEMO)/sample/dataset_description.json || $(BIN)/bids_dl-sample --small $(DEMO)/sample
 	$(BIN)/bids_dl $(DEMO)/sample $(DEMO)/output participant -w $(DEMO)/work
 	$(BIN)/bids_dl $(DEMO)/sample $(DEMO)/output group
 
