@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,12 +48,36 @@ def tiny_bids(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_small(tmp_path_factory) -> Path:
-    """The real sample dataset at 2 mm, two subjects."""
+    """The sample dataset at 2 mm: a healthy subject (01), one with a simulated glioma (02)
+    and one with simulated white-matter hyperintensities (03)."""
     from bids_dl.sample import write_sample_dataset
 
     root = tmp_path_factory.mktemp("sample") / "bids"
-    write_sample_dataset(root, n_subjects=2, voxel_mm=2.0, seed=7)
+    write_sample_dataset(root, n_subjects=1, voxel_mm=2.0, seed=3, lesions=True)
     return root
+
+
+def copy_as_brats(bids: Path, source: str, target: str) -> None:
+    """A BraTS-style participant: ``source``'s images (ce-T1w, FLAIR, T2w) without its T1w,
+    skull-stripped with the true brain mask and z-scored inside it, as the BraTS cases are."""
+    shutil.copytree(bids / f"sub-{source}", bids / f"sub-{target}")
+    truth = bids / "derivatives" / "sample-truth" / f"sub-{source}" / "anat"
+    brain = nb.load(truth / f"sub-{source}_desc-brain_mask.nii.gz").get_fdata() > 0
+    for path in sorted((bids / f"sub-{target}").rglob("*.*")):
+        renamed = path.with_name(path.name.replace(f"sub-{source}", f"sub-{target}"))
+        if renamed.name.startswith(f"sub-{target}_T1w."):
+            path.unlink()
+            continue
+        path.rename(renamed)
+        if renamed.name.endswith(".nii.gz"):
+            image = nb.load(renamed)
+            data = image.get_fdata() * brain
+            zscored = (data - data[brain].mean()) / data[brain].std()
+            nb.save(nb.Nifti1Image(zscored.astype(np.float32), image.affine), renamed)
+    table = bids / "participants.tsv"
+    rows = table.read_text().splitlines()
+    copied = next(r for r in rows if r.startswith(f"sub-{source}\t"))
+    table.write_text("\n".join([*rows, copied.replace(source, target, 1)]) + "\n")
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -65,16 +90,18 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def smoke_run(sample_small: Path, tmp_path_factory) -> dict:
-    """participant then group level on the small sample, through the real CLI (MultiProc)."""
+    """participant then group level through the real CLI (MultiProc), with the shipped
+    models, on the sample plus sub-04: sub-02 as a BraTS case (``copy_as_brats``). The one
+    end-to-end run that the smoke, lesion, interrupt and Slurm tests share."""
     base = tmp_path_factory.mktemp("smoke")
-    output, work = base / "out", base / "work"
-    input_before = tree_digest(sample_small)
-    participant = run_cli(
-        str(sample_small), str(output), "participant", "-w", str(work), *SMOKE_OPTIONS
-    )
-    group = run_cli(str(sample_small), str(output), "group")
+    bids, output, work = base / "bids", base / "out", base / "work"
+    shutil.copytree(sample_small, bids)
+    copy_as_brats(bids, "02", "04")
+    input_before = tree_digest(bids)
+    participant = run_cli(str(bids), str(output), "participant", "-w", str(work), *SMOKE_OPTIONS)
+    group = run_cli(str(bids), str(output), "group")
     return {
-        "bids": sample_small,
+        "bids": bids,
         "output": output,
         "work": work,
         "input_before": input_before,

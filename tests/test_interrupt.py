@@ -55,45 +55,56 @@ def _group_is_gone(pgid: int, timeout_s: float = 10) -> bool:
     return False
 
 
-@pytest.mark.slow
-def test_a_run_stopped_by_sigterm_leaves_its_reports_and_resumes(smoke_run, tmp_path):
-    """SIGTERM to the process group, as Slurm sends it, once a step has finished; the rerun
-    with the same work dir reuses that step and writes what an uninterrupted run writes."""
-    output, work = tmp_path / "out", tmp_path / "work"
+def _stop_after_a_step(command: list[str], signum: int) -> tuple[int, str, list[str]]:
+    """Start ``command`` in its own process group and send ``signum`` to the whole group, as
+    a terminal's Ctrl-C or Slurm does, once a step has finished; its exit code, its stderr and
+    that step's path in the subject's workflow."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     run = subprocess.Popen(
-        _participant(smoke_run["bids"], output, work),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
     )  # fmt: skip
     watchdog = threading.Timer(RUN_TIMEOUT_S, os.killpg, (run.pid, signal.SIGKILL))
     watchdog.start()
-    seen = []
+    seen, finished = [], None
     for line in run.stderr:
         seen.append(line)
         if finished := FINISHED.search(line):
-            os.killpg(run.pid, signal.SIGTERM)
+            os.killpg(run.pid, signum)
             break
     rest = run.communicate(timeout=120)[1]
     watchdog.cancel()
     stderr = "".join(seen) + rest
     assert finished, stderr[-3000:]
-    assert run.returncode == 143, stderr[-3000:]
-    assert "stopped by SIGTERM" in stderr and "1 unfinished (sub-01)" in stderr
     assert _group_is_gone(run.pid), "worker processes outlived the run"
-    assert (output / "dataset_description.json").is_file()
-    assert 'id="stopped"' in (output / "sub-01.html").read_text()
-    step = finished["step"].split(".")
-    result = work.joinpath("bids_dl_wf", "single_subject_01_wf", *step, f"result_{step[-1]}.pklz")
-    computed = result.stat().st_mtime_ns
+    return run.returncode, stderr, finished["step"].split(".")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_a_signal_leaves_its_reports_and_resumes(smoke_run, tmp_path):
+    """Ctrl-C once a step has finished, then SIGTERM in the resumed run; each leaves
+    ``dataset_description.json`` and a report that says the run stopped, and the last run with
+    the same work dir reuses the finished steps and writes what an uninterrupted run writes."""
+    output, work = tmp_path / "out", tmp_path / "work"
+    command = _participant(smoke_run["bids"], output, work)
+    computed = {}
+    for signum, code, name in ((signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")):
+        returncode, stderr, step = _stop_after_a_step(command, signum)
+        assert returncode == code, stderr[-3000:]
+        assert f"stopped by {name}" in stderr and "1 unfinished (sub-01)" in stderr
+        assert (output / "dataset_description.json").is_file()
+        assert 'id="stopped"' in (output / "sub-01.html").read_text()
+        result = work.joinpath("bids_dl_wf", "single_subject_01_wf", *step)
+        computed[result] = (result / f"result_{step[-1]}.pklz").stat().st_mtime_ns
 
     rerun = subprocess.run(
-        _participant(smoke_run["bids"], output, work, "--quiet"),
-        capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S, check=False,
+        [*command, "--quiet"], capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     quiet = rerun.stdout + rerun.stderr
     assert "finished in" not in quiet and "subject(s) done" not in quiet, quiet[-3000:]
-    assert result.stat().st_mtime_ns == computed  # reused, not computed again
+    for folder, mtime in computed.items():  # reused, not computed again
+        assert (folder / f"result_{folder.name}.pklz").stat().st_mtime_ns == mtime
     assert 'id="stopped"' not in (output / "sub-01.html").read_text()
     assert_same_derivatives(output, smoke_run["output"], "01")

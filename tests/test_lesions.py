@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 
 import nibabel as nb
 import numpy as np
@@ -45,7 +44,6 @@ from bids_dl.models.synthesis import PairedAugmenter, SynthesisParameters
 from bids_dl.models.train import train
 from bids_dl.models.train_config import TrainConfig
 from bids_dl.models.training_data import brats_region_classes, lookup_tables, make_samplers
-from tests.conftest import run_cli
 
 #: No artefacts: intensities are the drawn means, so labels and intensities can be compared.
 CLEAN = SynthesisParameters(
@@ -568,56 +566,15 @@ def test_a_contrast_is_normalised_inside_its_coverage_and_missing_outside(tmp_pa
     assert zero_filled[inside].mean() > 0.5  # the zeros pulled the mean down: tissue looked bright
 
 
-def _copy_as_brats(bids, source: str, target: str) -> None:
-    """A BraTS-style participant: ``source``'s images (ce-T1w, FLAIR, T2w) without its T1w,
-    skull-stripped with the true brain mask and z-scored inside it, as the BraTS cases are."""
-    shutil.copytree(bids / f"sub-{source}", bids / f"sub-{target}")
-    truth = bids / "derivatives" / "sample-truth" / f"sub-{source}" / "anat"
-    brain = nb.load(truth / f"sub-{source}_desc-brain_mask.nii.gz").get_fdata() > 0
-    for path in sorted((bids / f"sub-{target}").rglob("*.*")):
-        renamed = path.with_name(path.name.replace(f"sub-{source}", f"sub-{target}"))
-        if renamed.name.startswith(f"sub-{target}_T1w."):
-            path.unlink()
-            continue
-        path.rename(renamed)
-        if renamed.name.endswith(".nii.gz"):
-            image = nb.load(renamed)
-            data = image.get_fdata() * brain
-            zscored = (data - data[brain].mean()) / data[brain].std()
-            nb.save(nb.Nifti1Image(zscored.astype(np.float32), image.affine), renamed)
-    table = bids / "participants.tsv"
-    rows = table.read_text().splitlines()
-    copied = next(r for r in rows if r.startswith(f"sub-{source}\t"))
-    table.write_text("\n".join([*rows, copied.replace(source, target, 1)]) + "\n")
-
-
 @pytest.fixture(scope="module")
-def lesion_run(tmp_path_factory) -> dict:
-    """The sample's tumour and WMH subjects (2 mm) through the CLI with the shipped lesion
-    models, or untrained bundles where none ships (then only the wiring is under test)."""
-    from bids_dl.sample import write_sample_dataset
-
-    base = tmp_path_factory.mktemp("lesions")
-    bids = base / "bids"
-    write_sample_dataset(bids, n_subjects=1, voxel_mm=2.0, seed=3, lesions=True)
-    _copy_as_brats(bids, "02", "04")
-    models = {}
-    for task, contrasts in (("tumor", ["FLAIR", "T1ce", "T1w", "T2w"]), ("wmh", ["FLAIR", "T1w"])):
-        shipped = shipped_bundles().get(task)
-        models[task] = shipped or _lesion_bundle(base / task, task, contrasts)
-    output = base / "out"
-    participant = run_cli(
-        str(bids), str(output), "participant", "-w", str(base / "work"), "--participant-label",
-        "02", "03", "04", "--sloppy", "--nprocs", "2", "--tumor-model", str(models["tumor"]),
-        "--wmh-model", str(models["wmh"]),
-    )  # fmt: skip
-    group = run_cli(str(bids), str(output), "group")
-    cards = {task: load_card(folder) for task, folder in models.items()}
+def lesion_run(smoke_run) -> dict:
+    """The smoke run's tumour (02), WMH (03) and BraTS-style (04) subjects, segmented by the
+    shipped lesion models, with what their cards say of them."""
+    cards = {task: load_card(shipped_bundles()[task]) for task in ("tumor", "wmh")}
     names = {task: card.name for task, card in cards.items()}
     versions = {task: card.version for task, card in cards.items()}
     members = {task: card.architecture["args"].get("members") for task, card in cards.items()}
-    return {"bids": bids, "output": output, "participant": participant, "group": group,
-            "names": names, "versions": versions, "members": members}  # fmt: skip
+    return {**smoke_run, "names": names, "versions": versions, "members": members}
 
 
 @pytest.mark.slow

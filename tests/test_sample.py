@@ -16,7 +16,7 @@ def test_sample_is_valid_bids(sample_small):
             assert (
                 sample_small / f"sub-{label}" / "anat" / f"sub-{label}_{suffix}.nii.gz"
             ).exists()
-    assert (sample_small / "participants.tsv").read_text().count("sub-") == 2
+    assert (sample_small / "participants.tsv").read_text().count("sub-") == 3
 
 
 def test_subjects_differ_in_pose_and_voxel_order(sample_small):

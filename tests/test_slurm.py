@@ -168,7 +168,7 @@ def test_resource_monitor_table_and_report(slurm_runs):
 
 def test_slurm_graph_submits_then_reports(slurm_runs):
     assert slurm_runs["graph"].returncode == 0, slurm_runs["graph"].stderr[-3000:]
-    assert "--reports-only" in slurm_runs["graph"].stdout
+    assert "--reports-only" in slurm_runs["graph"].stderr
     assert slurm_runs["graph_reports"].returncode == 0, slurm_runs["graph_reports"].stderr[-3000:]
     output = slurm_runs["base"] / "out_graph"
     assert_same_derivatives(output, slurm_runs["reference"], SUBJECT)

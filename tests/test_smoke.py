@@ -56,7 +56,7 @@ def test_progress_lines_and_summary_go_to_stderr(smoke_run):
         step = rf"\[sub-{label}\] anat_preproc_wf\.n4  finished in \d+\.\d s"
         assert re.search(step, participant.stderr), participant.stderr[-3000:]
     reports = smoke_run["output"] / "sub-<label>.html"
-    assert f"2 subject(s) done, 0 failed; reports: {reports}" in participant.stderr
+    assert f"4 subject(s) done, 0 failed; reports: {reports}" in participant.stderr
     assert "finished in" not in participant.stdout  # stdout: nipype's own log only
 
 
@@ -96,7 +96,7 @@ def test_outputs_keep_the_native_grid_in_ras(smoke_run):
 
 def test_brain_mask_and_tissues_agree_with_the_simulation_truth(smoke_run):
     output, truth = smoke_run["output"], smoke_run["bids"] / "derivatives" / "sample-truth"
-    for label in ("01", "02"):
+    for label in ("01", "03"):  # the healthy subject, and the one with WMH in its WM
         true_mask = nb.as_closest_canonical(
             nb.load(truth / f"sub-{label}/anat/sub-{label}_desc-brain_mask.nii.gz")
         )
@@ -127,9 +127,11 @@ def test_sidecars_name_their_sources(smoke_run):
 
 def test_group_table_reads_with_plain_pandas(smoke_run):
     table = pd.read_csv(smoke_run["output"] / "phenotype" / "anatomical.tsv", sep="\t")
-    assert list(table["participant_id"]) == ["sub-01", "sub-02"]
+    assert list(table["participant_id"]) == ["sub-01", "sub-02", "sub-03", "sub-04"]
     assert (table[["gm_mm3", "wm_mm3", "csf_mm3"]] > 0).all().all()
-    assert (table["template_correlation"] > 0.8).all()
+    correlation = table.set_index("participant_id")["template_correlation"]
+    assert (correlation[["sub-01", "sub-03"]] > 0.8).all()
+    assert (correlation > 0.75).all()  # a glioma (sub-02 and its BraTS copy sub-04) lowers it
     dictionary = json.loads((smoke_run["output"] / "phenotype" / "anatomical.json").read_text())
     assert set(dictionary) == set(table.columns)
 
@@ -145,7 +147,7 @@ def test_derivatives_pass_the_bids_validator(smoke_run):
 def test_rerun_reuses_the_cache(smoke_run):
     work = smoke_run["work"]
     results = sorted(work.rglob("result_registration.pklz")) + sorted(work.rglob("result_n4.pklz"))
-    assert len(results) == 4
+    assert len(results) == 8  # 4 subjects
     before = {p: p.stat().st_mtime_ns for p in results}
     deleted = smoke_run["output"] / "sub-01" / "anat" / "sub-01_dseg.nii.gz"
     deleted.unlink()
