@@ -12,10 +12,6 @@ from pathlib import Path
 import numpy as np
 
 TEMPLATE_NAME = "MNI152NLin2009aSym"
-TEMPLATE_CITATION = (
-    "Fonov VS, Evans AC, McKinstry RC, Almli CR, Collins DL. Unbiased nonlinear average "
-    "age-appropriate brain templates from birth to adulthood. NeuroImage 47 (2009) S102."
-)
 
 
 @dataclass(frozen=True)
