@@ -11,7 +11,7 @@ from pathlib import Path
 #: nipype execution plugins bids_dl runs on.
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 #: Analyses bids_dl knows, in the order they run.
-ANALYSES = ("anat", "tumor", "wmh")
+ANALYSES = ("anat", "tumor", "wmh", "dwi")
 
 
 @dataclass
@@ -90,6 +90,10 @@ class WorkflowSettings:
     #: folders of the lesion bundles (None: that analysis cannot run)
     tumor_bundle: str | None = None
     wmh_bundle: str | None = None
+    #: folder of the DTI network's bundle, or None for the measured tensor fit only
+    dwi_bundle: str | None = None
+    #: ``--dwi-denoise``: auto (MP-PCA for series of at least ``MIN_MPPCA_VOLUMES``), mppca, none
+    dwi_denoise: str = "auto"
 
 
 @dataclass

@@ -19,10 +19,11 @@ import nibabel as nb
 from bids_dl import __version__
 from bids_dl.models.labels import STRUCTURES, TUMOR_LABELS, volume_column
 
-#: Entity order of the BIDS specification (plus BEP016's model/param for diffusion maps).
+#: Entity order of the BIDS specification, plus BEP016's model and param for diffusion maps
+#: (``model-tensor_desc-dtinet_param-fa_dwimap``: param last, as that proposal writes it).
 ENTITY_ORDER = (
     "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part",
-    "space", "res", "den", "from", "to", "mode", "model", "param", "label", "desc",
+    "space", "res", "den", "from", "to", "mode", "model", "label", "desc", "param",
 )  # fmt: skip
 #: Entities of the source file that its derivatives keep.
 INHERITED_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
@@ -190,14 +191,22 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
 #: Files that BIDS has no name for yet: reports, figures, logs, transforms (BEP014) and
 #: per-subject measure tables.
 # The validator matches folders without a trailing slash ("sub-*/figures/" would not match).
-BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "*_xfm.h5", "*_measures.tsv")
+#: Files the validator does not know yet: BEP016's diffusion maps (``*_dwimap``), the
+#: rotated gradient files of a preprocessed series, the b=0 reference (``*_dwiref``) and the
+#: diffusion confounds; and crash logs (``sub-*/log``).
+BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "sub-*/log", "*_xfm.h5",
+              "*_measures.tsv", "*_dwimap.nii.gz", "*_dwimap.json", "*_desc-preproc_dwi.bval",
+              "*_desc-preproc_dwi.bvec", "*_dwiref.nii.gz", "*_dwiref.json",
+              "**/dwi/*_timeseries.tsv", "**/dwi/*_timeseries.json")  # fmt: skip
 
 
 _DERIVATIVES_README = """bids_dl derivatives
 ==================
 
-Written by bids_dl {version}. Each participant has a folder of BIDS derivatives (sub-<label>/anat)
-and an HTML report (sub-<label>.html, figures in sub-<label>/figures). The group level writes
+Written by bids_dl {version}. Each participant has a folder of BIDS derivatives (sub-<label>/anat,
+and sub-<label>/dwi for diffusion: preprocessed series, confounds, and tensor maps named after
+the BEP016 proposal, *_dwimap, listed in .bidsignore until the validator knows them) and an HTML
+report (sub-<label>.html, figures in sub-<label>/figures). The group level writes
 phenotype/anatomical.tsv (one row per participant) with its data dictionary, and group.html.
 The methods text of the run is in logs/CITATION.md.
 """
@@ -319,5 +328,30 @@ MEASURES_DICTIONARY.update(
             ("T1ce", "contrast-enhanced T1w"),
             ("T2w", "T2w"),
         )
+    }
+)
+
+#: Regions of the diffusion measures: column part -> (label image, label value, name); the
+#: structures' rows need the structures model's labels (``aseg``)
+DWI_MEASURE_REGIONS = {
+    "gm": ("dseg", 1, "grey matter (tissue labels)"),
+    "wm": ("dseg", 2, "white matter (tissue labels)"),
+    "csf": ("dseg", 3, "CSF (tissue labels)"),
+    "left_cerebral_wm": ("aseg", 2, "left cerebral white matter (structures)"),
+    "right_cerebral_wm": ("aseg", 41, "right cerebral white matter (structures)"),
+    "left_cerebellum_wm": ("aseg", 7, "left cerebellar white matter (structures)"),
+    "right_cerebellum_wm": ("aseg", 46, "right cerebellar white matter (structures)"),
+    "brainstem": ("aseg", 16, "brain stem (structures)"),
+}
+MEASURES_DICTIONARY.update(
+    {
+        f"dwi_{measure}_mean_{region}": {
+            "Description": f"mean {label} of the measured tensor fit (the participant's first "
+            f"diffusion series) in {name}, inside the diffusion brain mask on the T1w grid; n/a "
+            "below 10 voxels",
+            **({"Units": "10^-3 mm^2/s"} if measure == "md" else {}),
+        }
+        for region, (_, _, name) in DWI_MEASURE_REGIONS.items()
+        for measure, label in (("fa", "FA"), ("md", "MD"))
     }
 )

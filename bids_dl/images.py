@@ -33,7 +33,7 @@ def load_3d_image(path: str | Path, require_signal: bool = False) -> nb.Nifti1Im
 def save_image(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     """Save ``data`` as NIfTI with millimetre units and both qform and sform set (scanner)."""
     image = nb.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm")
+    image.header.set_xyzt_units("mm", "sec" if data.ndim == 4 else None)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     nb.save(image, str(path))

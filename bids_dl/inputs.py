@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bids_dl.dwi_inputs import DwiInputError, DwiSeries, check_dwi_series
 from bids_dl.images import ImageError, foreground_ml, is_skull_stripped, load_3d_image
 
 LOGGER = logging.getLogger("bids_dl.inputs")
@@ -24,13 +25,16 @@ DEFAULT_QUERIES = {
     "t1ce": {"datatype": "anat", "suffix": "T1w", "ceagent": "*", "extension": [".nii", ".nii.gz"]},
     "t2w": {"datatype": "anat", "suffix": "T2w", "extension": [".nii", ".nii.gz"]},
     "flair": {"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]},
+    "dwi": {"datatype": "dwi", "suffix": "dwi", "extension": [".nii", ".nii.gz"]},
 }
 #: Top-level folders of a BIDS dataset that pybids does not index by default.
 UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
 #: The inputs each analysis needs (any one of them), beyond the T1w.
-ANALYSIS_INPUTS = {"tumor": ("t1ce", "flair"), "wmh": ("flair",)}
+ANALYSIS_INPUTS = {"tumor": ("t1ce", "flair"), "wmh": ("flair",), "dwi": ("dwi",)}
 #: The input that makes an analysis run by default (without ``--analyses``).
-ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair"}
+ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair", "dwi": "dwi"}
+#: Analyses that run without a model (their model adds outputs): the rest need one.
+MODEL_OPTIONAL = ("dwi",)
 
 
 class InputError(Exception):
@@ -43,6 +47,8 @@ class SubjectInputs:
 
     label: str
     files: dict[str, list[str]] = field(default_factory=dict)
+    #: every diffusion series (each run and session), with its gradient files
+    dwi: list[DwiSeries] = field(default_factory=list)
 
     analyses: list[str] = field(default_factory=lambda: ["anat"])
     #: the T1w is already skull-stripped: its background gives the brain mask
@@ -210,7 +216,8 @@ def collect_inputs(
     subjects = {}
     for label in labels:
         files = {kind: sorted(found[label].get(kind, [])) for kind in DEFAULT_QUERIES}
-        subjects[label] = _check_subject(SubjectInputs(label=label, files=files), session_labels)
+        subject = SubjectInputs(label=label, files=files, dwi=_dwi_series(layout, files["dwi"]))
+        subjects[label] = _check_subject(subject, session_labels)
     return subjects
 
 
@@ -233,6 +240,15 @@ def _query_files(
     return found
 
 
+def _dwi_series(layout, paths: list[str]) -> list[DwiSeries]:
+    """Each diffusion image with its nearest ``.bval`` and ``.bvec`` (BIDS inheritance)."""
+
+    def nearest(path: str, extension: str) -> str | None:
+        return layout.get_nearest(path, suffix="dwi", extension=extension)
+
+    return [DwiSeries(p, nearest(p, ".bval"), nearest(p, ".bvec")) for p in sorted(paths)]
+
+
 def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> SubjectInputs:
     """Refuse a participant without a T1w or with an unreadable image; warn about choices."""
     label, files = subject.label, subject.files
@@ -253,6 +269,11 @@ def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> Subject
         path = subject.t1w if kind == "t1w" else subject.first(kind)
         if path is not None:
             _check_image(subject, kind, path)
+    for series in subject.dwi:
+        try:
+            check_dwi_series(series)
+        except DwiInputError as error:
+            raise InputError(f"sub-{label}: {error}") from None
     return subject
 
 
@@ -309,14 +330,19 @@ def plan_analyses(
 ) -> None:
     """Decide, per subject, which analyses run (``SubjectInputs.analyses``).
 
-    Without ``--analyses`` (``requested`` False), a lesion analysis runs where its trigger
-    input exists (tumour: a contrast-enhanced T1w; WMH: a FLAIR, unless the tumour analysis
-    runs) and its model is installed.
+    Without ``--analyses`` (``requested`` False), an analysis runs where its trigger input
+    exists (tumour: a contrast-enhanced T1w; WMH: a FLAIR, unless the tumour analysis runs;
+    diffusion: a DWI series) and its model is installed (diffusion runs without one: its
+    model only adds the network's maps).
     Named with ``--analyses``, it runs wherever any of its inputs exists, and a subject with
     none of them, or a missing model, is an error.
     """
+
+    def available(analysis: str) -> bool:
+        return bundles.get(analysis) is not None or analysis in MODEL_OPTIONAL
+
     for analysis in ANALYSIS_INPUTS:
-        if analysis in analyses and requested and bundles.get(analysis) is None:
+        if analysis in analyses and requested and not available(analysis):
             raise InputError(
                 f"--analyses {analysis}: no {analysis} model is installed; give one with "
                 f"--{analysis}-model PATH"
@@ -324,7 +350,7 @@ def plan_analyses(
     for subject in subjects.values():
         subject.analyses = ["anat"]
         for analysis, kinds in ANALYSIS_INPUTS.items():
-            if analysis not in analyses or bundles.get(analysis) is None:
+            if analysis not in analyses or not available(analysis):
                 continue
             if requested:
                 if not any(subject.first(kind) for kind in kinds):

@@ -138,19 +138,38 @@ def ensemble_command(
 )
 def train_main(config: Path, output: Path, max_minutes: float | None) -> None:
     """Train a model from CONFIG (JSON); resume from OUTPUT/checkpoint when present."""
+    command = " ".join(["bids_dl-train", *sys.argv[1:]])
+    try:
+        if json.loads(config.read_text(encoding="utf-8")).get("task") == "dti":
+            bundle = _train_tensor_network(config, output, command)
+        else:
+            bundle = _train_segmentation(config, output, command, max_minutes)
+    except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
+        _fail(f"{config}: {error}")
+    click.echo(f"bundle written to {bundle}")
+
+
+def _train_segmentation(
+    config: Path, output: Path, command: str, max_minutes: float | None
+) -> Path:
     from bids_dl.models.train import train
     from bids_dl.models.train_config import TrainConfig
 
     try:
         settings = TrainConfig.from_file(config)
-    except (TypeError, ValueError, json.JSONDecodeError) as error:
+    except (TypeError, ValueError) as error:
         _fail(f"{config}: {error}")
+    return train(settings, output, command=command, max_minutes=max_minutes)
+
+
+def _train_tensor_network(config: Path, output: Path, command: str) -> Path:
+    from bids_dl.models.tensor_training import TensorTrainingConfig, train_tensor_network
+
     try:
-        command = " ".join(["bids_dl-train", *sys.argv[1:]])
-        bundle = train(settings, output, command=command, max_minutes=max_minutes)
-    except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
+        settings = TensorTrainingConfig.from_file(config)
+    except TypeError as error:
         _fail(f"{config}: {error}")
-    click.echo(f"bundle written to {bundle}")
+    return train_tensor_network(settings, output, command=command)
 
 
 def _case_images(argument: str) -> Path | tuple[Path | None, ...]:

@@ -4,13 +4,17 @@ Each subject is the ICBM152 2009a brain wrapped in a simulated head (CSF rim, sk
 placed with its own random affine pose, field of view and voxel order, multiplied by a smooth
 bias field and given Rician noise. A T2w-like image is synthesised from the same tissue maps.
 The true brain mask and tissue labels go to ``derivatives/sample-truth`` so that the pipeline's
-outputs can be scored. Everything is deterministic for a given seed.
+outputs can be scored. The healthy subjects with an odd number also get a diffusion series: a
+diffusion phantom (``models.diffusion_phantom``) drawn on their tissue maps, scanned with small
+known head motion between volumes; its true FA and the motion go to the truth folder too.
+Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nb
 import numpy as np
@@ -20,6 +24,11 @@ from scipy import ndimage
 from bids_dl import __version__
 from bids_dl.derivatives import write_json_atomic, write_nifti_atomic, write_text_atomic
 from bids_dl.models.geometry import resample_voxels
+
+if TYPE_CHECKING:
+    from bids_dl.models.diffusion_phantom import Phantom
+
+Scheme = tuple[np.ndarray, np.ndarray]
 
 #: Mean intensity of each tissue class in the simulated contrasts (WM of T1w = 1).
 TISSUE_INTENSITY = {
@@ -43,6 +52,23 @@ LESION_SUBJECTS = {"tumor": ("T1ce", "FLAIR"), "wmh": ("FLAIR",)}
 #: Voxel orders the subjects cycle through, so that every run meets non-RAS data.
 ORIENTATIONS = (("L", "I", "A"), ("R", "A", "S"), ("L", "P", "S"))
 HEAD_MARGIN_MM = 24
+
+#: Diffusion protocol of the odd-numbered healthy subjects: b=0 volumes, then well-spread
+#: directions on one shell (s/mm^2), isotropic voxels (mm), SNR on white matter's b=0 and the
+#: stored value of that b=0.
+DWI_B0_VOLUMES = 2
+DWI_DIRECTIONS = 12
+DWI_B_VALUE = 1000.0
+DWI_VOXEL_MM = 2.5
+DWI_SNR = 25.0
+DWI_WHITE_MATTER_B0 = 1000.0
+#: Head motion of each diffusion volume after the first: uniform within +- these.
+DWI_MAX_ROTATION_DEG = 1.5
+DWI_MAX_TRANSLATION_MM = 1.0
+#: The diffusion series draw from their own generators, seeded from the dataset seed and these
+#: keys, so that adding them leaves every anatomical image as it was.
+DWI_SCHEME_KEY = 1
+DWI_SUBJECT_KEY = 2
 
 
 @dataclass(frozen=True)
@@ -173,6 +199,18 @@ def _draw_subject(label: str, rng: np.random.Generator, index: int) -> SampleSub
     )
 
 
+def _pose(
+    rotation_deg: tuple[float, ...],
+    translation_mm: tuple[float, ...],
+    scale: tuple[float, ...] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """The 4x4 world transform: rotation (``_rotation``) times scales, then the translation."""
+    pose = np.eye(4)
+    pose[:3, :3] = _rotation(np.array(rotation_deg)) @ np.diag(scale)
+    pose[:3, 3] = translation_mm
+    return pose
+
+
 def _simulate_subject(
     subject: SampleSubject,
     tissues: np.ndarray,
@@ -190,9 +228,7 @@ def _simulate_subject(
     skull, scalp = _head_layers(brain, rng)
     head_classes = np.stack([skull, scalp]).astype(np.float32)
 
-    pose = np.eye(4)
-    pose[:3, :3] = _rotation(np.array(subject.rotation_deg)) @ np.diag(subject.scale)
-    pose[:3, 3] = subject.translation_mm
+    pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
     shape, affine = _target_grid(np.array(subject.fov_mm), voxel_mm, tuple(subject.orientation))
     # output voxel -> world -> (inverse pose) template world -> template voxel
     voxel_to_source = np.linalg.inv(template_affine) @ np.linalg.inv(pose) @ affine
@@ -268,6 +304,147 @@ def _to_int16_image(data: np.ndarray, affine: np.ndarray) -> nb.Nifti1Image:
     return image
 
 
+@dataclass(frozen=True)
+class SampleDwi:
+    """One subject's diffusion series, its gradient table (``bvecs`` in the FSL voxel axes of
+    ``image``), the true FA on its grid and each volume's head motion (``_draw_motion``)."""
+
+    image: nb.Nifti1Image
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    fa: nb.Nifti1Image
+    motion: list[dict[str, list[float]]]
+
+
+def has_dwi(index: int, kind: str | None) -> bool:
+    """Whether the subject ``index`` (0-based) gets a diffusion series: healthy and odd-numbered."""
+    return kind is None and index % 2 == 0
+
+
+def dwi_scheme(seed: int) -> Scheme:
+    """The sample's diffusion protocol (the same for every subject of a seed): bvals and unit
+    scanner directions in world (RAS+) axes."""
+    from bids_dl.models.diffusion_simulation import well_spread_scheme
+
+    rng = np.random.default_rng([seed, DWI_SCHEME_KEY])
+    return well_spread_scheme(DWI_DIRECTIONS, DWI_B_VALUE, DWI_B0_VOLUMES, rng)
+
+
+def _draw_motion(n_volumes: int, rng: np.random.Generator) -> list[dict[str, list[float]]]:
+    """Rigid head motion per volume: none for the first, then uniform rotations (degrees about
+    world x, y, z, see ``_rotation``) and translations (mm) within the ``DWI_MAX_*`` bounds."""
+    motion = [{"RotationDeg": [0.0] * 3, "TranslationMm": [0.0] * 3}]
+    for _ in range(n_volumes - 1):
+        rotation = rng.uniform(-DWI_MAX_ROTATION_DEG, DWI_MAX_ROTATION_DEG, 3)
+        translation = rng.uniform(-DWI_MAX_TRANSLATION_MM, DWI_MAX_TRANSLATION_MM, 3)
+        motion.append(
+            {
+                "RotationDeg": np.round(rotation, 3).tolist(),
+                "TranslationMm": np.round(translation, 3).tolist(),
+            }
+        )
+    return motion
+
+
+def _scan_moving_head(
+    phantom: Phantom, scheme: Scheme, poses: list[np.ndarray], affine: np.ndarray
+) -> np.ndarray:
+    """The noiseless series (X, Y, Z, N) of a head that moves between volumes: each volume's
+    signal for the direction in the head's frame (Q^T g for head rotation Q, scanner direction
+    g), its image content then moved by the volume's pose on the grid ``affine``."""
+    from bids_dl.models.diffusion_phantom import acquire
+
+    bvals, bvecs = scheme
+    head_bvecs = np.stack([pose[:3, :3].T @ g for pose, g in zip(poses, bvecs, strict=True)])
+    # np.inf: no noise here (it comes after the motion)
+    series = acquire(phantom, (bvals, head_bvecs), np.inf, np.random.default_rng(0))
+    for volume, pose in enumerate(poses):
+        if not np.allclose(pose, np.eye(4)):
+            # moved voxel -> world -> (inverse pose) head world -> voxel of the unmoved head
+            voxel_map = np.linalg.inv(affine) @ np.linalg.inv(pose) @ affine
+            series[..., volume] = resample_voxels(series[..., volume], voxel_map, series.shape[:3])
+    return series
+
+
+def _truth_fa(phantom: Phantom) -> np.ndarray:
+    from bids_dl.models.tensor_features import tensor_maps
+
+    fa = np.zeros(phantom.mask.shape, dtype=np.float32)
+    fa[phantom.mask] = tensor_maps(phantom.truth[phantom.mask])[0].fa
+    return fa
+
+
+def _simulate_dwi(
+    subject: SampleSubject,
+    tissues: np.ndarray,
+    template_affine: np.ndarray,
+    scheme: Scheme,
+    rng: np.random.Generator,
+) -> SampleDwi:
+    """The subject's diffusion series on a ``DWI_VOXEL_MM`` grid with the T1w's field of view
+    and voxel order, its tissue fractions placed with the subject's pose. Noise (Rician, SNR
+    ``DWI_SNR``) is added after the motion: it belongs to the scanner, not to the head."""
+    from bids_dl.models.diffusion_phantom import draw_phantom
+    from bids_dl.models.diffusion_simulation import rician_noise
+    from bids_dl.models.gradients import bvecs_to_voxel
+
+    orientation = tuple(subject.orientation)
+    shape, affine = _target_grid(np.array(subject.fov_mm), DWI_VOXEL_MM, orientation)
+    pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
+    voxel_to_source = np.linalg.inv(template_affine) @ np.linalg.inv(pose) @ affine
+    fractions = np.stack([resample_voxels(t, voxel_to_source, shape, 1) for t in tissues])
+    motion = _draw_motion(len(scheme[0]), rng)
+    poses = [_pose(m["RotationDeg"], m["TranslationMm"]) for m in motion]
+    phantom = draw_phantom(fractions, DWI_B_VALUE, rng, with_truth=True)
+    series = rician_noise(_scan_moving_head(phantom, scheme, poses, affine), DWI_SNR, rng)
+    image = _to_int16_image(series * DWI_WHITE_MATTER_B0, affine)
+    fa = nb.Nifti1Image(_truth_fa(phantom), affine)
+    for output in (image, fa):
+        output.header.set_xyzt_units("mm", "sec")
+        output.set_qform(affine, code=1)
+        output.set_sform(affine, code=1)
+    image.header.set_zooms((DWI_VOXEL_MM,) * 3 + (DWI_SIDECAR["RepetitionTime"],))
+    return SampleDwi(image, scheme[0], bvecs_to_voxel(scheme[1], affine), fa, motion)
+
+
+def _write_dwi(output_dir: Path, truth_dir: Path, label: str, dwi: SampleDwi) -> None:
+    """The series with its .bval, .bvec (FSL layout) and sidecar; the true FA and the motion."""
+    prefix = f"sub-{label}"
+    folder = output_dir / prefix / "dwi"
+    write_nifti_atomic(dwi.image, folder / f"{prefix}_dwi.nii.gz")
+    write_text_atomic(" ".join(f"{b:g}" for b in dwi.bvals) + "\n", folder / f"{prefix}_dwi.bval")
+    rows = (" ".join(f"{value:.6f}" for value in row) for row in dwi.bvecs.T)
+    write_text_atomic("\n".join(rows) + "\n", folder / f"{prefix}_dwi.bvec")
+    write_json_atomic(DWI_SIDECAR, folder / f"{prefix}_dwi.json")
+    name = f"{prefix}_model-tensor_param-fa_dwimap"
+    truth = truth_dir / prefix / "dwi"
+    write_nifti_atomic(dwi.fa, truth / f"{name}.nii.gz")
+    write_json_atomic(
+        {
+            "Description": "true fractional anisotropy of the simulated diffusion phantom (the "
+            "tensor fitted to its noiseless signal on a dense 64-direction shell at b=1000), on "
+            "the grid of the series' first volume",
+            "Sources": [f"bids:raw:{prefix}/dwi/{prefix}_dwi.nii.gz"],
+            "SimulationParameters": {
+                "Simulator": "bids_dl.models.diffusion_phantom (draw_phantom, acquire)",
+                "BValue": DWI_B_VALUE,
+                "B0Volumes": DWI_B0_VOLUMES,
+                "Directions": DWI_DIRECTIONS,
+                "VoxelSizeMm": DWI_VOXEL_MM,
+                "SNR": DWI_SNR,
+                "WhiteMatterB0": DWI_WHITE_MATTER_B0,
+            },
+            "MotionDescription": "rigid head motion of each volume relative to the first: "
+            "scanner position = R head position + T, R = Rz Ry Rx of RotationDeg (about the "
+            "world x, y, z axes through the world origin), T = TranslationMm; each volume's "
+            "signal was simulated for the direction R^T g (g, the scanner direction, is in the "
+            ".bvec)",
+            "Motion": dwi.motion,
+        },
+        truth / f"{name}.json",
+    )
+
+
 def _dataset_description(name: str, dataset_type: str) -> dict:
     return {
         "Name": name,
@@ -293,6 +470,14 @@ T2W_SIDECAR = {
     "RepetitionTime": 3.2,
     "EchoTime": 0.409,
 }
+DWI_SIDECAR = {
+    "Manufacturer": "bids_dl simulation",
+    "MagneticFieldStrength": 3,
+    "RepetitionTime": 8.0,
+    "EchoTime": 0.08,
+    "PhaseEncodingDirection": "j-",
+    "TotalReadoutTime": 0.05,
+}
 SIDECARS = {
     "T1ce": T1W_SIDECAR | {"ContrastBolusIngredient": "GADOLINIUM"},
     "FLAIR": {"Manufacturer": "bids_dl simulation", "MagneticFieldStrength": 3,
@@ -311,7 +496,8 @@ def write_sample_dataset(
 
     With ``lesions``, two more subjects follow the ``n_subjects`` healthy ones: one with a
     simulated glioma (plus contrast-enhanced T1w and FLAIR) and one with simulated white-matter
-    hyperintensities (plus FLAIR); their true lesion labels go to the truth folder.
+    hyperintensities (plus FLAIR); their true lesion labels go to the truth folder. The healthy
+    subjects with an odd number also get a diffusion series (``_simulate_dwi``).
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -319,6 +505,7 @@ def write_sample_dataset(
     truth_dir = output_dir / "derivatives" / "sample-truth"
     rng = np.random.default_rng(seed)
     tissues, template_t1, template_affine = _template_tissues()
+    scheme = dwi_scheme(seed)
 
     subjects = []
     kinds = [None] * n_subjects + (list(LESION_SUBJECTS) if lesions else [])
@@ -357,6 +544,10 @@ def write_sample_dataset(
             {"Sources": source, "SimulationParameters": subject.__dict__},
             truth_anat / f"{prefix}_dseg.json",
         )
+        if has_dwi(index, kind):
+            dwi_rng = np.random.default_rng([seed, DWI_SUBJECT_KEY, index])
+            dwi = _simulate_dwi(subject, tissues, template_affine, scheme, dwi_rng)
+            _write_dwi(output_dir, truth_dir, subject.label, dwi)
         subjects.append(subject)
 
     ages = rng.integers(20, 80, len(subjects))
@@ -381,6 +572,7 @@ def write_sample_dataset(
     write_json_atomic(description, output_dir / "dataset_description.json")
     write_text_atomic(
         _README.format(n=len(subjects), voxel=voxel_mm, seed=seed)
+        + _dwi_readme([s.label for i, s in enumerate(subjects) if has_dwi(i, kinds[i])])
         + (_LESION_README.format(tumor=n_subjects + 1, wmh=n_subjects + 2) if lesions else ""),
         output_dir / "README",
     )
@@ -406,9 +598,24 @@ bias field and Rician noise, and a T2w-like image synthesised from the tissue ma
 The true brain masks and tissue labels are in derivatives/sample-truth.
 This is simulated data: it checks the pipeline, it says nothing about real anatomy.
 """
+_DWI_README = """
+{subjects} also {verb} diffusion MRI (2 b=0 volumes, then 12 well-spread directions at
+b=1000 s/mm^2; 2.5 mm voxels in the T1w's voxel order), simulated by the bids_dl diffusion
+phantom on the subject's tissue maps with Rician noise (SNR 25 on white matter's b=0) and small
+random head motion between volumes (within 1.5 degrees and 1 mm). The true FA map and each
+volume's motion are in derivatives/sample-truth (sub-*/dwi).
+"""
 _LESION_README = """
 sub-{tumor:02d} has a simulated glioma (necrotic core, enhancing rim, edema) and sub-{wmh:02d}
 simulated white-matter hyperintensities, planted by the bids_dl lesion simulator; they also have
 a FLAIR (and sub-{tumor:02d} a contrast-enhanced T1w). Their true lesion labels are in
 derivatives/sample-truth (desc-tumor_dseg, BraTS labels; desc-wmh_mask).
 """
+
+
+def _dwi_readme(labels: list[str]) -> str:
+    names = [f"sub-{label}" for label in labels]
+    if not names:
+        return ""
+    subjects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return _DWI_README.format(subjects=subjects, verb="has" if len(names) == 1 else "have")

@@ -22,9 +22,9 @@ from bids_dl.models.card import (
     weights_sha256,
     write_card,
 )
-from bids_dl.models.networks import UNet3D, UNet3DEnsemble
+from bids_dl.models.networks import TensorNet, UNet3D, UNet3DEnsemble
 
-ARCHITECTURES = {"UNet3D": UNet3D, "UNet3DEnsemble": UNet3DEnsemble}
+ARCHITECTURES = {"UNet3D": UNet3D, "UNet3DEnsemble": UNet3DEnsemble, "TensorNet": TensorNet}
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
@@ -34,7 +34,7 @@ def build_network(architecture: dict) -> torch.nn.Module:
     if name not in ARCHITECTURES:
         raise BundleError(f"unknown architecture {name!r} (known: {sorted(ARCHITECTURES)})")
     args = dict(architecture.get("args", {}))
-    if "features" in args:
+    if isinstance(args.get("features"), list):
         args["features"] = tuple(args["features"])
     return ARCHITECTURES[name](**args)
 
@@ -65,7 +65,7 @@ def load_bundle(folder: str | os.PathLike) -> tuple[ModelCard, torch.nn.Module]:
     """Load a bundle: check the card, refuse pickles, build the network, load the weights.
 
     The card must match the weights: same parameter names and shapes, and as many output
-    channels as labels.
+    channels as the card names (labels, or regressed channels).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -86,9 +86,9 @@ def load_bundle(folder: str | os.PathLike) -> tuple[ModelCard, torch.nn.Module]:
         differing = sorted(set(expected.items()) ^ set(found.items()))[:3]
         raise BundleError(f"{folder}: the weights do not match the card's architecture {differing}")
     out_channels = card.architecture.get("args", {}).get("out_channels")
-    if out_channels != len(card.labels):
+    if out_channels != card.output_channels:
         raise BundleError(
-            f"{folder}: {out_channels} output channels but {len(card.labels)} labels in the card"
+            f"{folder}: {out_channels} output channels but the card names {card.output_channels}"
         )
     network.load_state_dict(state)
     network.eval()

@@ -38,7 +38,8 @@ class ModelCard:
     ``inputs``: contrasts, voxel_size_mm, orientation, normalisation, window (voxels); optional
     postprocessing, min_lesion_mm3, test_time_mirror_axes (axes of the RAS model grid),
     cpu_bfloat16 (bfloat16 on CPUs that have it, as measured for the card's numbers).
-    ``outputs``: labels as {index: name}.
+    ``outputs``: labels as {index: name} for a segmentation, or ``channels`` (a list of names)
+    for a network that regresses maps.
     """
 
     name: str
@@ -53,7 +54,12 @@ class ModelCard:
 
     @property
     def labels(self) -> dict[int, str]:
-        return {int(k): v for k, v in self.outputs["labels"].items()}
+        return {int(k): v for k, v in self.outputs.get("labels", {}).items()}
+
+    @property
+    def output_channels(self) -> int:
+        """How many channels the network returns: one per label, or per named channel."""
+        return len(self.outputs["channels"]) if "channels" in self.outputs else len(self.labels)
 
 
 def write_card(folder: Path, card: ModelCard) -> None:
@@ -85,8 +91,8 @@ def load_card(folder: str | os.PathLike) -> ModelCard:
         raise BundleError(
             f"{path}: card version {content['card_version']}, this bids_dl reads {CARD_VERSION}"
         )
-    if "labels" not in content["outputs"]:
-        raise BundleError(f"{path}: the card's outputs name no labels")
+    if not {"labels", "channels"} & set(content["outputs"]):
+        raise BundleError(f"{path}: the card's outputs name no labels and no channels")
     mirror_axes = content["inputs"].get("test_time_mirror_axes", [])
     if not isinstance(mirror_axes, list) or not set(mirror_axes) <= {0, 1, 2}:
         raise BundleError(

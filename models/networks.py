@@ -114,3 +114,43 @@ class UNet3DEnsemble(nn.Module):
             [torch.softmax(member(x).float(), dim=1) for member in self.members]
         ).mean(dim=0)
         return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+
+
+class TensorNet(nn.Module):
+    """A small fully convolutional network that corrects a projected diffusion tensor.
+
+    It reads ``in_channels`` maps (the first six: the tensor projected from the acquired
+    directions, see ``tensor_features``; the last: the brain mask), looks at a neighbourhood of
+    ``2 * context_layers + 1`` voxels through 3x3x3 convolutions, and returns the projected
+    tensor plus a learned correction, zero outside the mask. Any spatial size works.
+
+    Args:
+        in_channels: input maps.
+        out_channels: tensor elements (6).
+        features: channels of every hidden layer.
+        context_layers: 3x3x3 convolutions before the voxel-wise (1x1x1) ones.
+        voxel_layers: hidden 1x1x1 convolutions.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 15,
+        out_channels: int = 6,
+        features: int = 32,
+        context_layers: int = 2,
+        voxel_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index in range(context_layers + voxel_layers):
+            kernel = 3 if index < context_layers else 1
+            layers += [nn.Conv3d(channels, features, kernel, padding=kernel // 2), nn.GELU()]
+            channels = features
+        layers.append(nn.Conv3d(channels, out_channels, 1))
+        self.body = nn.Sequential(*layers)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = x[:, -1:]
+        return (x[:, : self.out_channels] + self.body(x)) * mask

@@ -93,7 +93,7 @@ def test_bundle_refuses_a_card_that_does_not_match(tmp_path):
     card["architecture"]["args"]["features"] = [2, 4]
     card["outputs"]["labels"]["2"] = "extra"
     (tmp_path / "b" / "model.json").write_text(json.dumps(card))
-    with pytest.raises(BundleError, match="2 output channels but 3 labels"):
+    with pytest.raises(BundleError, match="2 output channels but the card names 3"):
         load_bundle(tmp_path / "b")
     card["card_version"] = 99
     (tmp_path / "b" / "model.json").write_text(json.dumps(card))

@@ -10,6 +10,8 @@ from nipype.pipeline import engine as pe
 from bids_dl.config import Config
 from bids_dl.inputs import SubjectInputs
 from bids_dl.workflows.anat import init_anat_preproc_wf
+from bids_dl.workflows.dwi import DWI_PREPROC_OUTPUTS, init_dwi_preproc_wf, init_dwi_tensor_wf
+from bids_dl.workflows.dwi_outputs import init_dwi_outputs_wf
 from bids_dl.workflows.interfaces.morphometry import AnatomicalMeasures
 from bids_dl.workflows.lesion import LESION_CONTRASTS, init_lesion_wf
 from bids_dl.workflows.outputs import (
@@ -151,7 +153,6 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
                 ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
                 ("outputnode.brain_mask", "inputnode.brain_mask"),
             ]),
-            (lesion_wf, measures, [("outputnode.measures", "extra_measures")]),
             (inputnode, lesion_outputs_wf, [("t1w", "inputnode.source_file")]),
             (anat_preproc_wf, lesion_outputs_wf, [
                 ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
@@ -161,6 +162,10 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
                 (f"outputnode.{f}", f"inputnode.{f}") for f in fields
             ]),
         ])  # fmt: skip
+    extra_measures = [(lesion_wf, "outputnode.measures")] if lesion_tasks else []
+    if "dwi" in inputs.analyses:
+        extra_measures += _connect_dwi(workflow, config, inputs, anat_preproc_wf, structures)
+    _connect_extra_measures(workflow, extra_measures, measures)
     if structures:
         workflow.connect([
             (anat_preproc_wf, measures, [("outputnode.aseg", "aseg")]),
@@ -168,3 +173,82 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
             (anat_preproc_wf, anat_reports_wf, [("outputnode.aseg", "inputnode.aseg")]),
         ])  # fmt: skip
     return workflow
+
+
+def _connect_extra_measures(
+    workflow: pe.Workflow, sources: list[tuple[pe.Node, str]], measures: pe.Node
+) -> None:
+    """Feed the measures of other analyses (lesions, diffusion) into the measures table."""
+    if len(sources) == 1:
+        workflow.connect([(sources[0][0], measures, [(sources[0][1], "extra_measures")])])
+    elif sources:
+        merge = pe.Node(niu.Merge(len(sources), ravel_inputs=True), name="merge_measures",
+                        run_without_submitting=True)  # fmt: skip
+        for index, (node, field) in enumerate(sources, start=1):
+            workflow.connect([(node, merge, [(field, f"in{index}")])])
+        workflow.connect([(merge, measures, [("out", "extra_measures")])])
+
+
+def _connect_dwi(
+    workflow: pe.Workflow,
+    config: Config,
+    inputs: SubjectInputs,
+    anat_preproc_wf: pe.Workflow,
+    structures: bool,
+) -> list[tuple[pe.Node, str]]:
+    """One preprocessing, tensor and outputs workflow per diffusion series; the measures of
+    the first series go to the measures table (returned as its source)."""
+    settings = config.workflow
+    tensor_wfs = []
+    for index, series in enumerate(inputs.dwi):
+        preproc_wf = init_dwi_preproc_wf(
+            omp_nthreads=config.nipype.omp_nthreads, denoise=settings.dwi_denoise,
+            brain_mask_bundle=settings.brain_extraction_bundle, device=settings.device,
+            name=f"dwi_preproc_{index}_wf",
+        )  # fmt: skip
+        preproc_wf.inputs.inputnode.dwi = series.path
+        preproc_wf.inputs.inputnode.bval = series.bval
+        preproc_wf.inputs.inputnode.bvec = series.bvec
+        tensor_wf = init_dwi_tensor_wf(
+            template_dir=str(config.template_dir), dwi_bundle=settings.dwi_bundle,
+            structures=structures, omp_nthreads=config.nipype.omp_nthreads,
+            device=settings.device, name=f"dwi_tensor_{index}_wf",
+        )  # fmt: skip
+        outputs_wf = init_dwi_outputs_wf(
+            output_dir=str(config.execution.output_dir), bids_dir=str(config.execution.bids_dir),
+            dwi_file=series.path, bval_file=series.bval, bvec_file=series.bvec,
+            network=settings.dwi_bundle is not None, name=f"dwi_outputs_{index}_wf",
+        )  # fmt: skip
+        _connect_dwi_series(workflow, anat_preproc_wf, preproc_wf, tensor_wf, outputs_wf,
+                            structures)  # fmt: skip
+        tensor_wfs.append(tensor_wf)
+    return [(tensor_wfs[0], "outputnode.measures")]
+
+
+def _connect_dwi_series(
+    workflow: pe.Workflow,
+    anat_preproc_wf: pe.Workflow,
+    preproc_wf: pe.Workflow,
+    tensor_wf: pe.Workflow,
+    outputs_wf: pe.Workflow,
+    structures: bool,
+) -> None:
+    anat = [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.brain_mask", "inputnode.t1w_mask")]  # fmt: skip
+    tensor_outputs = [f for f in tensor_wf.get_node("outputnode").outputs.copyable_trait_names()
+                      if f != "measures" and f != "t1w_mask"]  # fmt: skip
+    workflow.connect([
+        # separate lists: nipype edits a connection list while flattening the graph
+        (anat_preproc_wf, preproc_wf, list(anat)),
+        (anat_preproc_wf, outputs_wf, list(anat)),
+        (anat_preproc_wf, tensor_wf, [
+            ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.dseg", "inputnode.dseg"),
+            ("outputnode.forward_transform", "inputnode.forward_transform"),
+        ] + ([("outputnode.aseg", "inputnode.aseg")] if structures else [])),
+        (preproc_wf, tensor_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in (
+            "dwi_preproc", "bval", "world_bvecs", "brain_mask", "b0_to_t1w")]),
+        (preproc_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}")
+                                  for f in DWI_PREPROC_OUTPUTS]),
+        (tensor_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in tensor_outputs]),
+    ])  # fmt: skip

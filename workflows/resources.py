@@ -31,4 +31,9 @@ MEM_GB = {
     "model": 0.9,
     "lesion_model": 1.2,
     "structures": 1.45,
+    # diffusion (estimates for series up to ~128x128x60x70 in float32, ~0.3 GB each; to be
+    # measured with bench/bench_node_memory.py): MP-PCA holds the series twice plus patches
+    "dwi_denoise": 1.5,
+    "dwi_motion": 1.2,
+    "dwi_tensor": 1.2,
 }

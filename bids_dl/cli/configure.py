@@ -103,6 +103,8 @@ def _workflow(options: dict) -> WorkflowSettings:
             options["tumor_model"], "--tumor-model", task="tumor", classical="none"
         ),
         wmh_bundle=_model_bundle(options["wmh_model"], "--wmh-model", task="wmh", classical="none"),
+        dwi_bundle=_model_bundle(options["dwi_model"], "--dwi-model", task="dti", classical="none"),
+        dwi_denoise=options["dwi_denoise"],
     )
 
 

@@ -174,9 +174,10 @@ PARAMETERS = (
         group=WORKFLOW,
         help="Analyses to run, separated by spaces (default: every one whose inputs exist: "
         "tumor where a contrast-enhanced T1w exists, wmh where a FLAIR exists and tumor does "
-        "not run, since edema would pass for white-matter lesions). Known: anat, tumor, wmh. "
-        "Named here, tumor runs on a FLAIR or ce-T1w, wmh on a FLAIR, and a subject without "
-        "them is an error.",
+        "not run, since edema would pass for white-matter lesions; dwi where a diffusion "
+        "series exists). Known: anat, tumor, wmh, dwi. Named here, tumor runs on a FLAIR or "
+        "ce-T1w, wmh on a FLAIR, dwi on every diffusion series, and a subject without them "
+        "is an error.",
     ),
     _option(
         "--skull-strip-t1w",
@@ -224,6 +225,22 @@ PARAMETERS = (
         "--wmh-model",
         "White-matter hyperintensity segmentation: a wmh model bundle folder or shipped "
         "name, 'auto' (the shipped wmh model) or 'none'.",
+    ),
+    _model_option(
+        "--dwi-model",
+        "DTI maps predicted from few directions: a dti model bundle folder or shipped name, "
+        "'auto' (the shipped dti model) or 'none' (the measured tensor fit only; it is always "
+        "written).",
+    ),
+    _option(
+        "--dwi-denoise",
+        type=click.Choice(["auto", "mppca", "none"]),
+        default="auto",
+        show_default=True,
+        group=WORKFLOW,
+        help="MP-PCA denoising of each diffusion series before anything else (dipy): auto "
+        "applies it to series of at least 12 volumes (with fewer it can hardly tell noise "
+        "from signal), mppca always, none never.",
     ),
     _flag("--reports-only", group=SUBSET, help="Only rewrite the reports from existing outputs."),
     _flag(

@@ -1,4 +1,5 @@
-"""Report figures: mosaics of an anatomical image with contours or label overlays (nilearn)."""
+"""Report figures: mosaics of an anatomical image with contours or label overlays (nilearn),
+and the diffusion figures (FA, colour FA, head motion)."""
 
 from __future__ import annotations
 
@@ -47,12 +48,15 @@ def _mosaic(
     extent_mask: np.ndarray | None,
     decorate,
     title: str,
+    window: tuple[float, float] | None = None,
 ) -> Path:
+    """Rows of cuts (``MOSAIC_ROWS``) through ``extent_mask``; ``window`` fixes the grey levels
+    (otherwise ``display_range``)."""
     anat = nb.as_closest_canonical(nb.load(str(anat_file)))
     data = anat.get_fdata(dtype=np.float32)
     mask = extent_mask if extent_mask is not None else data > np.percentile(data, 60)
     figure = plt.figure(figsize=(12, 2.2 * len(MOSAIC_ROWS)), facecolor="black")
-    vmin, vmax = display_range(data, mask)
+    vmin, vmax = window if window is not None else display_range(data, mask)
     for row, (mode, count) in enumerate(MOSAIC_ROWS):
         axes = figure.add_axes((0, 1 - (row + 1) / len(MOSAIC_ROWS), 1, 1 / len(MOSAIC_ROWS)))
         display = plotting.plot_anat(
@@ -208,3 +212,143 @@ def plot_lesions(anat_file: str, labels_file: str, task: str, out_file: str) -> 
         extent = None
         title += " (none found)"
     return _mosaic(anat_file, out_file, extent, _indexed_overlay(labels_file, colours), title)
+
+
+def plot_fa(fa_file: str, mask_file: str, out_file: str) -> Path:
+    """Fractional anisotropy in grey (0 black, 1 white) with the brain-mask outline (red)."""
+    mask_image, mask = _canonical_mask(mask_file)
+
+    def decorate(display):
+        display.add_contours(mask_image, levels=[0.5], colors=["#ff3030"], linewidths=1.0)
+
+    return _mosaic(fa_file, out_file, mask, decorate, "FA", window=(0.0, 1.0))
+
+
+def color_fa(fa: np.ndarray, v1: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Directionally encoded colour: RGB = |V1| * FA, V1's components along the world axes
+    (red left-right, green anterior-posterior, blue inferior-superior); outside ``mask`` black.
+    Returns the array of ``fa``'s shape plus a last axis of 3, in 0-1."""
+    fa = np.asarray(fa)
+    v1 = np.nan_to_num(np.asarray(v1, dtype=np.float32)).reshape(fa.shape + (3,))
+    norm = np.linalg.norm(v1, axis=-1, keepdims=True)
+    direction = np.abs(v1) / np.where(norm > 0, norm, 1)
+    rgb = direction * np.clip(np.nan_to_num(fa), 0, 1)[..., None]
+    if mask is not None:
+        rgb[~mask] = 0
+    return np.clip(rgb, 0, 1)
+
+
+def _slice_indices(mask: np.ndarray, axis: int, count: int) -> list[int]:
+    """``count`` evenly spaced voxel indices through the mask along ``axis``."""
+    indices = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    if indices.size == 0:
+        indices = np.arange(mask.shape[axis])
+    positions = np.linspace(indices.min(), indices.max(), count + 2)[1:-1]
+    return sorted({int(round(p)) for p in positions})
+
+
+#: Per cut axis of a RAS array: the letters at the image's left and right edges, as nilearn
+#: draws them (neurological: the subject's left on the image's left; anterior to the right).
+_EDGE_LETTERS = {0: ("P", "A"), 1: ("L", "R"), 2: ("L", "R")}
+
+
+def _rgb_panel(axes, rgb: np.ndarray, zooms, axis: int, index: int, letters: bool) -> None:
+    """One cut of a RAS RGB volume: the first remaining axis across, the second upwards."""
+    plane = np.take(rgb, index, axis=axis)  # (across, up, 3)
+    across, up = (zooms[a] for a in range(3) if a != axis)
+    axes.imshow(
+        np.transpose(plane, (1, 0, 2)), origin="lower", aspect=up / across, interpolation="none"
+    )
+    axes.set_axis_off()
+    if letters:
+        style = {"color": "white", "va": "center", "fontsize": 11, "transform": axes.transAxes}
+        left, right = _EDGE_LETTERS[axis]
+        axes.text(0.02, 0.5, left, ha="left", **style)
+        axes.text(0.98, 0.5, right, ha="right", **style)
+
+
+def plot_color_fa(fa_file: str, v1_file: str, mask_file: str, out_file: str) -> Path:
+    """Colour FA (``color_fa``) in sagittal, coronal and axial cuts through the brain mask,
+    on the RAS-reoriented grid, left-right as in the nilearn figures (neurological). Brightness
+    is stretched so that the 99th percentile of FA in the brain is full colour."""
+    fa_image = nb.as_closest_canonical(nb.load(str(fa_file)))
+    v1_image = nb.as_closest_canonical(nb.load(str(v1_file)))  # components stay world axes
+    _, mask = _canonical_mask(mask_file)
+    rgb = color_fa(fa_image.get_fdata(dtype=np.float32), v1_image.get_fdata(), mask)
+    brightest = np.percentile(rgb.max(axis=-1)[mask], 99) if mask.any() else 1.0
+    rgb = np.clip(rgb / max(float(brightest), 1e-3), 0, 1)
+    zooms = fa_image.header.get_zooms()[:3]
+    figure = plt.figure(figsize=(12, 2.2 * len(MOSAIC_ROWS)), facecolor="black")
+    for row, (mode, count) in enumerate(MOSAIC_ROWS):
+        axis = "xyz".index(mode)
+        indices = _slice_indices(mask, axis, count)
+        for column, index in enumerate(indices):
+            axes = figure.add_axes(
+                (column / count, 1 - (row + 1) / len(MOSAIC_ROWS), 1 / count, 0.86 / 3)
+            )
+            axes.set_facecolor("black")
+            _rgb_panel(axes, rgb, zooms, axis, index, letters=column == 0)
+    figure.text(0.01, 0.985, "colour FA", color="white", fontsize=13, va="top")
+    for x, (words, colour) in zip(
+        (0.78, 0.85, 0.92),
+        (("red L-R,", "#ff4040"), ("green A-P,", "#40ff40"), ("blue S-I", "#6080ff")),
+        strict=True,
+    ):
+        figure.text(x, 0.985, words, color=colour, fontsize=10, va="top")
+    out_file = Path(out_file)
+    figure.savefig(out_file, dpi=80, facecolor="black")
+    plt.close(figure)
+    return out_file
+
+
+#: Columns of a confounds table (fMRIPrep names): translations in mm, rotations in radians.
+TRANSLATIONS = ("trans_x", "trans_y", "trans_z")
+ROTATIONS = ("rot_x", "rot_y", "rot_z")
+
+
+def _motion_title(fd: np.ndarray) -> str:
+    finite = fd[np.isfinite(fd)]
+    if finite.size == 0:
+        return "head motion: FD n/a"
+    return f"head motion: mean FD {finite.mean():.2f} mm, max FD {finite.max():.2f} mm"
+
+
+def _mark_b0(axes, confounds) -> None:
+    """Thin vertical lines at the b=0 volumes (``b_value`` below 50 s/mm²), where present."""
+    if "b_value" not in confounds:
+        return
+    for volume in np.flatnonzero(confounds["b_value"].to_numpy(dtype=float) < 50):
+        axes.axvline(volume, color="#666666", linewidth=0.6, zorder=0)
+
+
+def plot_motion(confounds_file: str, out_file: str) -> Path:
+    """Framewise displacement (mm) and the six rigid motion parameters (translations in mm,
+    rotations in degrees) per volume; b=0 volumes marked by grey lines."""
+    import pandas as pd
+
+    confounds = pd.read_csv(confounds_file, sep="\t", na_values=["n/a"])
+    volumes = np.arange(len(confounds))
+    fd = confounds.get("framewise_displacement", pd.Series(np.nan, index=volumes))
+    fd = fd.to_numpy(dtype=float)
+    with plt.style.context("dark_background"):
+        figure, (top, bottom) = plt.subplots(2, 1, figsize=(12, 4.4), sharex=True)
+        figure.patch.set_facecolor("black")
+        top.plot(volumes, fd, color="#ffd700", marker=".", linewidth=1)
+        top.set_ylabel("FD (mm)")
+        top.set_ylim(bottom=0)
+        for names, scale, style in ((TRANSLATIONS, 1.0, "-"), (ROTATIONS, np.degrees(1), "--")):
+            for name, colour in zip(names, ("#ff5050", "#50ff50", "#6080ff"), strict=True):
+                if name in confounds:
+                    values = confounds[name].to_numpy(dtype=float) * scale
+                    bottom.plot(volumes, values, style, color=colour, linewidth=1, label=name)
+        bottom.set_ylabel("mm / degrees")
+        bottom.set_xlabel("volume")
+        bottom.legend(ncol=6, fontsize=8, loc="upper left", frameon=False)
+        for axes in (top, bottom):
+            _mark_b0(axes, confounds)
+        top.set_title(_motion_title(fd))
+        figure.tight_layout()
+        out_file = Path(out_file)
+        figure.savefig(out_file, dpi=80, facecolor="black")
+        plt.close(figure)
+    return out_file

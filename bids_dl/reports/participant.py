@@ -12,7 +12,9 @@ from bids_dl import __version__
 from bids_dl.derivatives import write_text_atomic
 
 #: The figures of the report, in display order: (desc entity, title, caption); each is drawn
-#: over the T1w (``_T1w.png``), some also or only over the FLAIR or T2w (``_FLAIR.png``...).
+#: over the T1w (``_T1w.png``), some also or only over the FLAIR or T2w (``_FLAIR.png``...);
+#: the last ones, and ``coreg`` too, for each diffusion series (``_dwi.png``, named after the
+#: raw DWI file), shown in the report's Diffusion section (``FIGURE_GROUPS``).
 ANAT_FIGURES = (
     ("brain", "Brain mask", "Contour of the brain mask (red) on the bias-corrected T1w."),
     (
@@ -32,9 +34,10 @@ ANAT_FIGURES = (
     (
         "coreg",
         "Coregistration",
-        "Each other contrast (FLAIR, contrast-enhanced T1w, T2w) after rigid registration to the "
-        "T1w, with the T1w's brain outline (red) and its ventricle and sulcal edges (cyan) on "
-        "top: the anatomy should follow the lines.",
+        "Each other contrast (FLAIR, contrast-enhanced T1w, T2w) and the b=0 reference of each "
+        "diffusion series after rigid registration to the T1w, with the T1w's brain outline "
+        "(red) and its ventricle and sulcal edges (cyan) on top: the anatomy should follow the "
+        "lines.",
     ),
     (
         "tumor",
@@ -50,7 +53,41 @@ ANAT_FIGURES = (
         "Lesions (magenta) over the FLAIR registered to the T1w; total volume in the title. "
         "Cuts go through the lesions.",
     ),
+    (
+        "fa",
+        "Fractional anisotropy",
+        "FA of the diffusion tensor in the T1w space, from 0 (black) to 1 (white), with the "
+        "T1w's brain-mask outline (red): white-matter tracts should stand out bright.",
+    ),
+    (
+        "colorfa",
+        "Colour FA",
+        "The principal diffusion direction, coloured by axis (red left-right, green "
+        "anterior-posterior, blue superior-inferior) and weighted by FA; the subject's left "
+        "is on the image's left, as in the other figures. The corpus callosum should be red, "
+        "the cingulum green and the corticospinal tracts blue.",
+    ),
+    (
+        "motion",
+        "Head motion",
+        "Framewise displacement (top; Power et al. 2012: the sum of the absolute changes of the "
+        "six rigid motion parameters from one volume to the next, rotations counted as arc "
+        "length on a 50 mm sphere) and the motion parameters themselves (bottom: translations "
+        "in mm, rotations in degrees), per volume; grey lines mark the b=0 volumes.",
+    ),
 )
+
+#: Suffixes of the figure files: the image each figure is drawn over or about.
+FIGURE_SUFFIXES = ("T1w", "FLAIR", "T2w", "dwi")
+
+#: Sections of the report: (HTML id, heading, suffixes of the figures they show).
+FIGURE_GROUPS = (
+    ("anatomical", "Anatomical", ("T1w", "FLAIR", "T2w")),
+    ("diffusion", "Diffusion", ("dwi",)),
+)
+
+#: The order of each diffusion series' figures (desc entities) in the Diffusion section.
+DIFFUSION_ORDER = ("fa", "colorfa", "coreg", "motion")
 
 
 def template_environment() -> jinja2.Environment:
@@ -85,6 +122,41 @@ def latest_resources(output_dir: Path, subject: str) -> dict | None:
     return {"run": tables[-1].parent.name, "period": MONITOR_PERIOD_S, "rows": rows}
 
 
+def _series_order(path: Path) -> tuple[str, int]:
+    """Sort key of a diffusion figure: its series (the name before ``_desc-``), then its kind
+    in ``DIFFUSION_ORDER``, so that each series' figures stay together."""
+    series, _, rest = path.name.partition("_desc-")
+    desc = rest.rsplit("_", 1)[0]
+    order = DIFFUSION_ORDER.index(desc) if desc in DIFFUSION_ORDER else len(DIFFUSION_ORDER)
+    return series, order
+
+
+def find_figures(output_dir: Path, subject: str) -> list[dict]:
+    """The figures in ``OUTPUT_DIR/sub-<label>/figures``, per ``FIGURE_GROUPS`` section:
+    dicts with ``id``, ``heading`` and ``figures`` (each with ``path`` relative to
+    ``output_dir``, ``title`` and ``caption``). Anatomical figures come in ``ANAT_FIGURES``
+    order, then suffix order; diffusion figures series by series."""
+    output_dir = Path(output_dir)
+    figures_dir = output_dir / f"sub-{subject}" / "figures"
+    found = [
+        (suffix, path, title, caption)
+        for desc, title, caption in ANAT_FIGURES
+        for suffix in FIGURE_SUFFIXES
+        for path in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_{suffix}.png"))
+    ]
+    groups = []
+    for group_id, heading, suffixes in FIGURE_GROUPS:
+        members = [item for item in found if item[0] in suffixes]
+        if "dwi" in suffixes:
+            members.sort(key=lambda item: _series_order(item[1]))
+        figures = [
+            {"path": path.relative_to(output_dir).as_posix(), "title": title, "caption": caption}
+            for _, path, title, caption in members
+        ]
+        groups.append({"id": group_id, "heading": heading, "figures": figures})
+    return groups
+
+
 def write_participant_report(
     output_dir: Path,
     subject: str,
@@ -99,17 +171,8 @@ def write_participant_report(
     this subject's steps had all finished: the report then says so.
     """
     output_dir = Path(output_dir)
-    figures_dir = output_dir / f"sub-{subject}" / "figures"
-    figures = []
-    for desc, title, caption in ANAT_FIGURES:
-        found = [
-            p
-            for suffix in ("T1w", "FLAIR", "T2w")
-            for p in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_{suffix}.png"))
-        ]
-        for path in found:  # fmt: skip
-            relative = path.relative_to(output_dir).as_posix()
-            figures.append({"path": relative, "title": title, "caption": caption})
+    groups = find_figures(output_dir, subject)
+    figures = [figure for group in groups for figure in group["figures"]]
     measures_files = sorted((output_dir / f"sub-{subject}").glob("**/*_desc-anat_measures.tsv"))
     crashes = [
         {"path": path.relative_to(output_dir).as_posix(), "text": path.read_text(errors="replace")}
@@ -125,6 +188,7 @@ def write_participant_report(
             source=source,
             measures=read_measures(measures_files[0]) if measures_files else {},
             figures=figures,
+            groups=groups,
             methods=methods,
             references=references,
             crashes=crashes,

@@ -126,3 +126,52 @@ class LesionsFigure(_FigureInterface):
         from bids_dl.reports.figures import plot_lesions
 
         plot_lesions(self.inputs.anat, self.inputs.labels, self.inputs.task, out_file)
+
+
+class _FAFigureInputSpec(TraitedSpec):
+    fa = File(exists=True, mandatory=True, desc="FA map on the T1w grid")
+    brain_mask = File(exists=True, mandatory=True, desc="the T1w brain mask")
+
+
+class FAFigure(_FigureInterface):
+    """FA in grey (0 to 1) with the brain-mask outline."""
+
+    input_spec = _FAFigureInputSpec
+    figure_name = "fa.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_fa
+
+        plot_fa(self.inputs.fa, self.inputs.brain_mask, out_file)
+
+
+class _ColorFAFigureInputSpec(_FAFigureInputSpec):
+    v1 = File(exists=True, mandatory=True, desc="principal eigenvector, 4D, world RAS axes")
+
+
+class ColorFAFigure(_FigureInterface):
+    """Colour FA: |V1| * FA, red left-right, green anterior-posterior, blue inferior-superior."""
+
+    input_spec = _ColorFAFigureInputSpec
+    figure_name = "colorfa.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_color_fa
+
+        plot_color_fa(self.inputs.fa, self.inputs.v1, self.inputs.brain_mask, out_file)
+
+
+class _MotionFigureInputSpec(TraitedSpec):
+    confounds = File(exists=True, mandatory=True, desc="confounds TSV (fMRIPrep column names)")
+
+
+class MotionFigure(_FigureInterface):
+    """Framewise displacement and the six motion parameters per volume."""
+
+    input_spec = _MotionFigureInputSpec
+    figure_name = "motion.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_motion
+
+        plot_motion(self.inputs.confounds, out_file)
