@@ -195,8 +195,9 @@ def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-#: report figures: brain mask, registration, tissues, and structures when the model ships
-SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles())
+#: sub-01's report figures: brain mask, registration, tissues, structures when the model
+#: ships, and its diffusion series' FA, colour FA, coregistration and motion
+SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4
 
 
 @pytest.mark.parametrize(

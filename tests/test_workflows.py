@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bids_dl.boilerplate import methods_text
@@ -170,3 +171,52 @@ def test_a_contrast_enhanced_reference_is_not_registered_to_itself(config, tiny_
         "single_subject_01_wf"
     ))  # fmt: skip
     assert "other contrasts" not in " ".join(paragraphs)
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_each_diffusion_series_gets_its_own_workflows(config, tiny_bids, tmp_path, network):
+    """Two DWI runs: preprocessing, tensor and outputs per run, the network's nodes only with a
+    bundle, every mandatory input of every node connected or set, first run's measures used."""
+    from bids_dl.dwi_inputs import DwiSeries
+    from bids_dl.models.diffusion_simulation import well_spread_scheme
+    from tests.test_dwi import write_dwi
+
+    scheme = well_spread_scheme(6, 1000.0, 1, np.random.default_rng(0))
+    series = []
+    for run in ("1", "2"):
+        path = write_dwi(tiny_bids / "sub-01" / "dwi", f"sub-01_run-{run}", *scheme)
+        series.append(DwiSeries(str(path), str(path).replace(".nii.gz", ".bval"),
+                                str(path).replace(".nii.gz", ".bvec")))  # fmt: skip
+    subjects = _subjects(tiny_bids)
+    subjects["01"].dwi, subjects["01"].analyses = series, ["anat", "dwi"]
+    if network:
+        (tmp_path / "dti").mkdir()
+        config.workflow.dwi_bundle = str(tmp_path / "dti")
+    workflow = init_bids_dl_wf(config, subjects)
+    names = set(workflow.list_node_names())
+    prefix = "single_subject_01_wf."
+    for index in (0, 1):
+        steps = ("dwi_preproc_{}_wf.motion_correct", "dwi_tensor_{}_wf.fit_tensor",
+                 "dwi_outputs_{}_wf.ds_fit_t1w_fa",
+                 "dwi_outputs_{}_wf.dwi_colorfa_figure")  # fmt: skip
+        for step in steps:
+            assert prefix + step.format(index) in names
+        assert (prefix + f"dwi_tensor_{index}_wf.predict_tensor" in names) == network
+    assert not any(name.startswith("single_subject_02_wf.dwi") for name in names)
+    flat = workflow.get_node("single_subject_01_wf")._create_flat_graph()
+    for node in flat.nodes():
+        assert not _unset_inputs(flat, node), node.fullname
+
+
+def _unset_inputs(graph, node) -> set[str]:
+    """Inputs a node needs that are neither connected nor set: mandatory ones, and for an
+    identity node (a workflow's inputnode) every field that it passes on."""
+    connected = {field for _, _, data in graph.in_edges(node, data=True)
+                 for _, field in data["connect"]}  # fmt: skip
+    needed = {field for field in node.inputs.copyable_trait_names()
+              if node.inputs.trait(field).mandatory}  # fmt: skip
+    if node.name == "inputnode":
+        needed |= {source for _, _, data in graph.out_edges(node, data=True)
+                   for source, _ in data["connect"]}  # fmt: skip
+    values = node.inputs.get()
+    return {field for field in needed - connected if values.get(field) is None}

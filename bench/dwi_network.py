@@ -13,20 +13,23 @@ a 10^3-voxel patch shipped in dipy's wheel):
   ``random`` subsets are uniform draws (seeded); ``well_spread`` subsets are the ones of lowest
   tensor-design condition number (``design_condition_number``) among all subsets of the scan's
   directions, or among 50 000 random draws when there are more (64 choose k);
-- per subset: the direct WLS fit on the subset (the baseline a user would pick) against the
-  reference: FA RMSE and median relative MD error (|MD - MD_ref| / MD_ref, voxels with
+- per subset, two methods: ``direct``, the WLS fit on the subset (the baseline a user would
+  pick), and ``network``, the DTI bundle's prediction from the same b~0 volumes and directions
+  (``tensor_inference.predict_tensor`` on the whole image, brain mask as above); each against
+  the reference: FA RMSE and median relative MD error (|MD - MD_ref| / MD_ref, voxels with
   MD_ref > 0) in brain and WM, and the median principal-direction angle (degrees, sign ignored)
   in WM; and the subset's design condition number;
 - noise floor: random splits of the directions into two disjoint halves, each fitted with all
   the b~0 volumes and compared with each other by the same measures (the second half in the
   reference's place; brain and WM from the reference);
-- time of dipy's full WLS fit of the brain voxels, with BLAS/OpenMP pools held to 2 threads
-  (threadpoolctl; nothing here uses torch).
+- time of dipy's full WLS fit of the brain voxels and of one network inference on all the
+  scan's directions, in the same run, BLAS/OpenMP pools and torch held to 2 threads
+  (threadpoolctl, ``torch.set_num_threads``); the process's peak resident memory.
 
-Writes mean, sd and max over subsets per scan, k and kind (JSON and TSV, aggregates only) and
-prints the table:
+Writes mean, sd and max over subsets per scan, k, kind and method (JSON and TSV, aggregates
+only) and prints the table:
 
-    python bench/dwi_subsets.py [--subsets 20] [--splits 10] [--out bench/results/dwi_subsets]
+    python bench/dwi_network.py [--bundle dti] [--subsets 20] [--splits 10]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import itertools
 import json
 import math
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -43,11 +47,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from dipy.data import get_fnames
 from dipy.io.gradients import read_bvals_bvecs
 from dipy.segment.mask import median_otsu
 from threadpoolctl import threadpool_limits
 
+from bids_dl.models.bundle import load_bundle
+from bids_dl.models.card import load_card, weights_sha256, write_card
 from bids_dl.models.diffusion_simulation import fit_tensor_wls, tensor_metrics
 from bids_dl.models.gradients import (
     B0_THRESHOLD,
@@ -57,10 +64,13 @@ from bids_dl.models.gradients import (
     design_condition_number,
     read_gradients,
 )
+from bids_dl.models.registry import find_bundle
+from bids_dl.models.tensor_features import tensor_maps
+from bids_dl.models.tensor_inference import predict_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-DEFAULT_OUT = ROOT / "bench" / "results" / "dwi_subsets"
+DEFAULT_OUT = ROOT / "bench" / "results" / "dwi_network"
 #: scan name -> path stem under the data folder
 SHARED_SCANS = {
     "philips_dti12": "dwi/philips_dti12/philips_dti12",
@@ -76,13 +86,19 @@ METRICS = ("fa_rmse_brain", "fa_rmse_wm", "md_rel_brain", "md_rel_wm", "angle_wm
 
 @dataclass(frozen=True)
 class Scan:
-    """Brain voxels of one scan: signal (voxels, volumes), b-values, world b-vectors."""
+    """One scan: its series (X, Y, Z, volumes), brain mask, b-values, world b-vectors."""
 
     name: str
-    signal: np.ndarray
+    series: np.ndarray
+    mask: np.ndarray
     bvals: np.ndarray
     bvecs: np.ndarray
     note: str
+
+    @property
+    def signal(self) -> np.ndarray:
+        """The brain voxels' signal (voxels, volumes)."""
+        return self.series[self.mask]
 
     @property
     def b0(self) -> np.ndarray:
@@ -107,6 +123,15 @@ def fit_maps(scan: Scan, volumes: np.ndarray) -> Maps:
     evals, evecs = fit_tensor_wls(scan.signal[:, volumes], scan.bvals[volumes], scan.bvecs[volumes])
     metrics = tensor_metrics(evals)
     return Maps(fa=metrics.fa, md=metrics.md, v1=evecs[..., 0])
+
+
+def network_maps(scan: Scan, volumes: np.ndarray, network: torch.nn.Module) -> Maps:
+    """The network's maps of the brain voxels from the given volumes."""
+    elements = predict_tensor(
+        network, scan.series[..., volumes], scan.bvals[volumes], scan.bvecs[volumes], scan.mask
+    )
+    metrics, v1 = tensor_maps(elements[scan.mask])
+    return Maps(fa=metrics.fa, md=metrics.md, v1=v1)
 
 
 def compare(test: Maps, ref: Maps, wm: np.ndarray) -> dict[str, float]:
@@ -150,16 +175,21 @@ def well_spread_subsets(
 
 
 def evaluate_subsets(
-    scan: Scan, ref: Maps, wm: np.ndarray, subsets: list[np.ndarray]
-) -> list[dict[str, float]]:
-    """Direct fit on b~0 + each subset of directions against the reference."""
-    records = []
+    scan: Scan, ref: Maps, wm: np.ndarray, subsets: list[np.ndarray], network: torch.nn.Module
+) -> dict[str, list[dict[str, float]]]:
+    """Direct fit and network on b~0 + each subset of directions against the reference."""
+    methods = {
+        "direct": lambda volumes: fit_maps(scan, volumes),
+        "network": lambda volumes: network_maps(scan, volumes, network),
+    }
+    records: dict[str, list[dict[str, float]]] = {method: [] for method in methods}
     for subset in subsets:
         directions = scan.weighted[subset]
-        maps = fit_maps(scan, np.concatenate([scan.b0, directions]))
-        record = compare(maps, ref, wm)
-        record["condition"] = design_condition_number(scan.bvecs[directions])
-        records.append(record)
+        volumes = np.concatenate([scan.b0, directions])
+        for method, maps in methods.items():
+            record = compare(maps(volumes), ref, wm)
+            record["condition"] = design_condition_number(scan.bvecs[directions])
+            records[method].append(record)
     return records
 
 
@@ -204,7 +234,7 @@ def make_scan(name: str, image: nib.Nifti1Image, gradients: Gradients, note: str
     bvecs = bvecs_to_world(gradients.bvecs, image.affine)
     bvecs[gradients.bvals <= B0_THRESHOLD] = 0.0
     mask = brain_mask(data, gradients.bvals)
-    return Scan(name, data[mask], gradients.bvals, bvecs, note)
+    return Scan(name, data, mask, gradients.bvals, bvecs, note)
 
 
 def load_shared(name: str, stem: Path) -> Scan:
@@ -237,9 +267,13 @@ def timed(function: Callable[[], Maps]) -> tuple[Maps, float]:
     return result, time.perf_counter() - start
 
 
-def scan_rows(scan: Scan, subsets: int, splits: int) -> list[dict[str, object]]:
-    """Aggregate rows (random, well_spread per k, noise floor) of one scan."""
-    ref, full_fit_s = timed(lambda: fit_maps(scan, np.arange(len(scan.bvals))))
+def scan_rows(
+    scan: Scan, subsets: int, splits: int, network: torch.nn.Module
+) -> list[dict[str, object]]:
+    """Aggregate rows (random, well_spread per k and method; noise floor) of one scan."""
+    every_volume = np.arange(len(scan.bvals))
+    ref, full_fit_s = timed(lambda: fit_maps(scan, every_volume))
+    _, network_s = timed(lambda: network_maps(scan, every_volume, network))
     wm = ref.fa > WM_FA
     rng = np.random.default_rng(SEED)
     common = {
@@ -247,10 +281,11 @@ def scan_rows(scan: Scan, subsets: int, splits: int) -> list[dict[str, object]]:
         "n_b0": len(scan.b0),
         "n_directions": len(scan.weighted),
         "b_value": round(float(np.median(scan.bvals[scan.weighted]))),
-        "brain_voxels": len(scan.signal),
+        "brain_voxels": int(scan.mask.sum()),
         "wm_voxels": int(wm.sum()),
         "full_condition": design_condition_number(scan.bvecs[scan.weighted]),
         "full_fit_s": full_fit_s,
+        "network_s": network_s,
         "note": scan.note,
     }
     directions = scan.bvecs[scan.weighted]
@@ -261,11 +296,18 @@ def scan_rows(scan: Scan, subsets: int, splits: int) -> list[dict[str, object]]:
     rows = []
     for k in SUBSET_SIZES[scan.name]:
         for kind, draw in kinds.items():
-            records = evaluate_subsets(scan, ref, wm, draw(k))
-            rows.append({**common, "k": k, "kind": kind, "n": len(records), **summarise(records)})
+            by_method = evaluate_subsets(scan, ref, wm, draw(k), network)
+            rows += [
+                {**common, "k": k, "kind": kind, "method": method, "n": len(records),
+                 **summarise(records)}
+                for method, records in by_method.items()
+            ]  # fmt: skip
     halves = noise_floor(scan, wm, splits, rng)
     k = len(scan.weighted) // 2
-    rows.append({**common, "k": k, "kind": "noise_floor", "n": len(halves), **summarise(halves)})
+    rows.append(
+        {**common, "k": k, "kind": "noise_floor", "method": "direct", "n": len(halves),
+         **summarise(halves)}
+    )  # fmt: skip
     return rows
 
 
@@ -283,8 +325,9 @@ def load_scans(data: Path) -> list[Scan]:
 def print_table(rows: list[dict[str, object]]) -> None:
     """One line per scan, k and kind: means (sd) of the metrics."""
     header = (
-        f"{'scan':<17}{'k':>3} {'kind':<12}{'FA RMSE brain':>16}{'FA RMSE WM':>16}"
+        f"{'scan':<17}{'k':>3} {'kind':<12}{'method':<8}{'FA RMSE brain':>16}{'FA RMSE WM':>16}"
         f"{'MD rel brain':>15}{'MD rel WM':>15}{'angle WM':>13}{'cond':>13}{'full fit s':>11}"
+        f"{'network s':>10}"
     )
     print(header)
     for row in rows:
@@ -294,19 +337,52 @@ def print_table(rows: list[dict[str, object]]) -> None:
             f"{row[f'{m}_mean']:>7.1f} ({row[f'{m}_sd']:.1f})"
             for m in METRICS
         )  # fmt: skip
-        print(f"{row['scan']:<17}{row['k']:>3} {row['kind']:<12}{cells}{row['full_fit_s']:>11.2f}")
+        print(
+            f"{row['scan']:<17}{row['k']:>3} {row['kind']:<12}{row['method']:<8}{cells}"
+            f"{row['full_fit_s']:>11.2f}{row['network_s']:>10.2f}"
+        )
 
 
 def write_results(rows: list[dict[str, object]], out: Path, settings: dict[str, object]) -> None:
-    """dwi_subsets.json (settings and rows) and dwi_subsets.tsv in ``out``."""
+    """dwi_network.json (settings and rows) and dwi_network.tsv in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "dwi_subsets.json").write_text(
+    (out / "dwi_network.json").write_text(
         json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n", encoding="utf-8"
     )
     columns = list(rows[0])
     lines = ["\t".join(columns)]
     lines += ["\t".join(_cell(row[column]) for column in columns) for row in rows]
-    (out / "dwi_subsets.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "dwi_network.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def card_metrics(rows: list[dict[str, object]], settings: dict[str, object]) -> dict:
+    """The card's ``real`` entry: per scan, k and kind, the means of both methods and the
+    floor, and a one-line headline of the 6-direction FA RMSE ratios."""
+    real: dict = {"data": "REAL scans: ../shared/data/dwi (Philips 12 directions b=1000, "
+                  "Siemens XA30 20 directions b=2500) and dipy's small_64D (64 directions "
+                  "b~1000, a 10^3 patch); reference: WLS fit on all directions",
+                  "settings": settings, "rows": {}}  # fmt: skip
+    ratios = []
+    for row in rows:
+        key = f"{row['scan']} k={row['k']} {row['kind']} {row['method']}"
+        real["rows"][key] = {m: round(float(row[f"{m}_mean"]), 4) for m in METRICS}
+    for row in rows:
+        if row["method"] == "network" and row["k"] == 6:
+            direct = real["rows"][f"{row['scan']} k=6 {row['kind']} direct"]
+            ratio = direct["fa_rmse_brain"] / float(row["fa_rmse_brain_mean"])
+            ratios.append(f"{row['scan']} {row['kind']} {ratio:.2f}x")
+    real["headline"] = "REAL, 6 directions: direct-fit FA RMSE / network FA RMSE: " + ", ".join(
+        ratios
+    )
+    return real
+
+
+def update_card(bundle: Path, rows: list[dict[str, object]], settings: dict[str, object]) -> None:
+    """Write the real-data figures into the bundle's card (``metrics.real``)."""
+    card = load_card(bundle)
+    card.metrics["real"] = card_metrics(rows, settings)
+    card.metrics["headline"] = card.metrics["real"]["headline"]
+    write_card(bundle, card)
 
 
 def _cell(value: object) -> str:
@@ -315,17 +391,25 @@ def _cell(value: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default="dti", help="DTI bundle: shipped name or folder")
     parser.add_argument("--subsets", type=int, default=20, help="subsets per kind and k")
     parser.add_argument("--splits", type=int, default=10, help="half/half noise-floor splits")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="../shared/data")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--update-card", action="store_true", help="write the figures into the card"
+    )
     args = parser.parse_args(argv)
     if not (args.data / "dwi").is_dir():
-        sys.exit(f"dwi_subsets: {args.data / 'dwi'} is absent; this benchmark needs the real scans")
+        sys.exit(f"dwi_network: {args.data / 'dwi'} is absent; this benchmark needs the real scans")
     start = time.perf_counter()
+    torch.set_num_threads(THREADS)
+    card, network = load_bundle(find_bundle(args.bundle))
     with threadpool_limits(limits=THREADS):
         scans = load_scans(args.data)
-        rows = [row for scan in scans for row in scan_rows(scan, args.subsets, args.splits)]
+        rows = [
+            row for scan in scans for row in scan_rows(scan, args.subsets, args.splits, network)
+        ]
     settings = {
         "subsets": args.subsets,
         "splits": args.splits,
@@ -334,9 +418,14 @@ def main(argv: list[str] | None = None) -> int:
         "b0_threshold": B0_THRESHOLD,
         "max_candidates": MAX_CANDIDATES,
         "threads": THREADS,
+        "bundle": f"{card.name} {card.version}",
+        "bundle_sha256": weights_sha256(find_bundle(args.bundle)),
+        "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "run_s": round(time.perf_counter() - start, 1),
     }
     write_results(rows, args.out, settings)
+    if args.update_card:
+        update_card(find_bundle(args.bundle), rows, settings)
     print_table(rows)
     print(f"run time {settings['run_s']} s; results in {args.out}")
     return 0
