@@ -54,8 +54,6 @@ class TensorTrainingConfig:
     well_spread_fraction: float = 0.5
     scans_per_phantom: int = 4
     fa_weight: float = 1.0
-    #: weight of MD's mean relative error in the loss
-    md_weight: float = 0.0
     validation_every: int = 250
     validation_phantoms: int = 4
     threads: int = 1
@@ -156,21 +154,14 @@ def fractional_anisotropy(elements: torch.Tensor) -> torch.Tensor:
 
 
 def tensor_loss(
-    predicted: torch.Tensor,
-    truth: torch.Tensor,
-    mask: torch.Tensor,
-    fa_weight: float,
-    md_weight: float = 0.0,
+    predicted: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, fa_weight: float
 ) -> torch.Tensor:
-    """Mean squared error of the elements, plus ``fa_weight`` times FA's mean absolute error
-    and ``md_weight`` times MD's mean relative error, over the brain voxels."""
+    """Mean squared error of the elements plus ``fa_weight`` times FA's mean absolute error,
+    over the brain voxels."""
     count = mask.sum().clamp_min(1)
     squared = ((predicted - truth) ** 2).sum(1) * mask
     fa_error = (fractional_anisotropy(predicted) - fractional_anisotropy(truth)).abs() * mask
-    md_true = truth[:, :3].mean(1)
-    md_error = (predicted[:, :3].mean(1) - md_true).abs() / md_true.clamp_min(0.05) * mask
-    total = squared.sum() + fa_weight * fa_error.sum() + md_weight * md_error.sum()
-    return total / count
+    return (squared.sum() + fa_weight * fa_error.sum()) / count
 
 
 def validation_set(config: TensorTrainingConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -269,9 +260,7 @@ def train_tensor_network(config: TensorTrainingConfig, output: Path, command: st
     started, losses = time.time(), []
     with (output / "log.jsonl").open("a", encoding="utf-8") as log:
         for step, (inputs, truth) in enumerate(loader, start=1):
-            loss = tensor_loss(
-                network(inputs), truth, inputs[:, -1], config.fa_weight, config.md_weight
-            )
+            loss = tensor_loss(network(inputs), truth, inputs[:, -1], config.fa_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

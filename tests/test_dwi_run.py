@@ -91,7 +91,7 @@ def test_confounds_recover_the_simulated_head_motion(smoke_run):
                                            "rot_z", "framewise_displacement"]  # fmt: skip
     errors = []
     for index, pose in enumerate(motion):
-        true = Rotation.from_euler("xyz", pose["rotation_deg"], degrees=True)
+        true = Rotation.from_euler("xyz", pose["RotationDeg"], degrees=True)
         found = Rotation.from_euler("xyz", confounds.loc[index, ["rot_x", "rot_y", "rot_z"]])
         errors.append(np.degrees((true * found.inv()).magnitude()))
     assert np.median(errors) < 0.5, errors

@@ -37,7 +37,9 @@ MAP_DESCRIPTIONS = {
     "v1": ("principal eigenvector, world RAS+ axes (x, y, z in the 4th dimension)", "arbitrary"),
 }
 CONFOUND_DESCRIPTIONS = {
-    "trans_x": ("translation along x (RAS+) at the image centre", "mm"),
+    "trans_x": ("translation along x (RAS+) at the image centre; for diffusion-weighted "
+                "volumes the rigid part of the eddy-current affine, so a shift along the "
+                "phase-encoding axis is partly eddy current", "mm"),
     "trans_y": ("translation along y", "mm"),
     "trans_z": ("translation along z", "mm"),
     "rot_x": ("rotation about x (Euler x-y-z)", "rad"),

@@ -31,8 +31,10 @@ MEM_GB = {
     "model": 0.9,
     "lesion_model": 1.2,
     "structures": 1.45,
-    # diffusion (estimates for series up to ~128x128x60x70 in float32, ~0.3 GB each; to be
-    # measured with bench/bench_node_memory.py): MP-PCA holds the series twice plus patches
+    # diffusion: measured on the REAL XA30 series (72x72x39x21, bench/results/node_memory_dwi.tsv)
+    # MP-PCA 0.17, motion correction 0.32, tensor fit 0.23, b=0 registration 0.37, the network
+    # 0.44, template resampling 0.64; declared for series up to ~128x128x60x70 (0.28 GB in
+    # float32), which these steps hold two to four times over (float64 inside dipy)
     "dwi_denoise": 1.5,
     "dwi_motion": 1.2,
     "dwi_tensor": 1.2,

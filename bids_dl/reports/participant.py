@@ -73,7 +73,10 @@ ANAT_FIGURES = (
         "Framewise displacement (top; Power et al. 2012: the sum of the absolute changes of the "
         "six rigid motion parameters from one volume to the next, rotations counted as arc "
         "length on a 50 mm sphere) and the motion parameters themselves (bottom: translations "
-        "in mm, rotations in degrees), per volume; grey lines mark the b=0 volumes.",
+        "in mm, rotations in degrees), per volume; grey lines mark the b=0 volumes. For "
+        "diffusion-weighted volumes the parameters are the rigid part of the affine "
+        "eddy-current registration: a shift along the phase-encoding axis is partly eddy "
+        "current, so FD there overstates head motion.",
     ),
 )
 

@@ -109,7 +109,8 @@ def _read_itk_affine(path: str) -> VolumeMotion:
 
 def _register_volume(fixed, moving, kind: str, prefix: str) -> tuple[object, VolumeMotion]:
     """Register one volume to the reference (``Rigid`` or ``Affine``, Mattes mutual
-    information, identity start: volumes of one series share the head position)."""
+    information, identity start: volumes of one series share the head position) and resample
+    it onto the reference (cubic B-spline)."""
     import ants
 
     result = ants.registration(
@@ -124,7 +125,10 @@ def _register_volume(fixed, moving, kind: str, prefix: str) -> tuple[object, Vol
         aff_smoothing_sigmas=(2, 1, 0),
         outprefix=prefix,
     )
-    return result["warpedmovout"], _read_itk_affine(result["fwdtransforms"][0])
+    # B-spline resampling: linear interpolation blurs each volume, lowering FA by ~0.05-0.1
+    # in thin tracts at 2.5 mm
+    warped = ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="bSpline")
+    return warped, _read_itk_affine(result["fwdtransforms"][0])
 
 
 def _as_ants(volume: np.ndarray, template):
@@ -186,7 +190,7 @@ def correct_motion(
 ) -> dict[str, str]:
     """Head-motion and eddy-current correction, as FSL's classical ``eddy_correct``: the b~0
     volumes rigidly and the diffusion-weighted ones affinely registered to the b=0
-    reference (mutual information) and resampled onto it (linear); each b-vector rotated by
+    reference (mutual information) and resampled onto it (cubic B-spline); each b-vector rotated by
     its volume's rotation (the affine's shears and scales, eddy currents, are not rotations).
 
     Returns the corrected series, the b=0 reference, the rotated ``.bval``/``.bvec`` (FSL
