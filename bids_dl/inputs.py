@@ -26,6 +26,7 @@ DEFAULT_QUERIES = {
     "t2w": {"datatype": "anat", "suffix": "T2w", "extension": [".nii", ".nii.gz"]},
     "flair": {"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]},
     "dwi": {"datatype": "dwi", "suffix": "dwi", "extension": [".nii", ".nii.gz"]},
+    "epi": {"datatype": "fmap", "suffix": "epi", "extension": [".nii", ".nii.gz"]},
 }
 #: Top-level folders of a BIDS dataset that pybids does not index by default.
 UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
@@ -274,6 +275,12 @@ def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> Subject
             check_dwi_series(series)
         except DwiInputError as error:
             raise InputError(f"sub-{label}: {error}") from None
+    if subject.dwi and files["epi"]:
+        LOGGER.warning(
+            "sub-%s: %s (a phase-encoding fieldmap) is not used: bids_dl does not correct "
+            "susceptibility distortions of the diffusion series",
+            label, Path(files["epi"][0]).name,
+        )  # fmt: skip
     return subject
 
 

@@ -111,6 +111,19 @@ def test_a_good_series_is_planned_and_inherited_gradients_are_found(tmp_path):
     assert "runs: anat\n" in named.stdout
 
 
+def test_a_reverse_phase_encoded_fieldmap_is_named_as_unused(tmp_path):
+    bids = write_tiny_bids(tmp_path / "bids")
+    write_dwi(bids / "sub-01" / "dwi", "sub-01", *_good_scheme())
+    fmap = bids / "sub-01" / "fmap"
+    fmap.mkdir()
+    nb.save(nb.Nifti1Image(np.ones((8, 8, 6), np.float32), LAS), fmap / "sub-01_dir-AP_epi.nii.gz")
+    (fmap / "sub-01_dir-AP_epi.json").write_text(json.dumps({"PhaseEncodingDirection": "j"}))
+    result = run_cli(str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                     "--dry-run", "-w", str(tmp_path / "work"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "sub-01_dir-AP_epi.nii.gz (a phase-encoding fieldmap) is not used" in result.stderr
+
+
 def test_analyses_dwi_without_a_series_is_an_error(tmp_path):
     bids = write_tiny_bids(tmp_path / "bids")
     result = run_cli(str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
