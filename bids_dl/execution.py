@@ -52,7 +52,10 @@ def configure_nipype(config: Config) -> None:
     settings = {
         "logging": {
             "log_directory": str(log_dir),
-            "log_to_file": "true",
+            # no pypeline.log: its handler locks with a lock *file* (SoftFileLock), which a
+            # worker killed by a signal or a Slurm time limit leaves behind, and every later
+            # run writing to this output folder would then wait on it forever
+            "log_to_file": "false",
             "workflow_level": nipype_level,
             "interface_level": nipype_level,
             "utils_level": nipype_level,

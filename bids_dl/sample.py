@@ -491,13 +491,15 @@ def write_sample_dataset(
     voxel_mm: float = 1.0,
     seed: int = 42,
     lesions: bool = False,
+    dwi: bool = True,
 ) -> list[SampleSubject]:
     """Write the sample BIDS dataset to ``output_dir`` and return what was drawn per subject.
 
     With ``lesions``, two more subjects follow the ``n_subjects`` healthy ones: one with a
     simulated glioma (plus contrast-enhanced T1w and FLAIR) and one with simulated white-matter
     hyperintensities (plus FLAIR); their true lesion labels go to the truth folder. The healthy
-    subjects with an odd number also get a diffusion series (``_simulate_dwi``).
+    subjects with an odd number also get a diffusion series (``_simulate_dwi``), unless
+    ``dwi`` is False.
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -544,7 +546,7 @@ def write_sample_dataset(
             {"Sources": source, "SimulationParameters": subject.__dict__},
             truth_anat / f"{prefix}_dseg.json",
         )
-        if has_dwi(index, kind):
+        if dwi and has_dwi(index, kind):
             dwi_rng = np.random.default_rng([seed, DWI_SUBJECT_KEY, index])
             dwi = _simulate_dwi(subject, tissues, template_affine, scheme, dwi_rng)
             _write_dwi(output_dir, truth_dir, subject.label, dwi)
@@ -572,7 +574,7 @@ def write_sample_dataset(
     write_json_atomic(description, output_dir / "dataset_description.json")
     write_text_atomic(
         _README.format(n=len(subjects), voxel=voxel_mm, seed=seed)
-        + _dwi_readme([s.label for i, s in enumerate(subjects) if has_dwi(i, kinds[i])])
+        + _dwi_readme([s.label for i, s in enumerate(subjects) if dwi and has_dwi(i, kinds[i])])
         + (_LESION_README.format(tumor=n_subjects + 1, wmh=n_subjects + 2) if lesions else ""),
         output_dir / "README",
     )

@@ -20,7 +20,9 @@ BIN = Path(sys.executable).parent
 #: The options of every end-to-end run that is compared with :func:`smoke_run`: one thread
 #: per node and a fixed ANTs seed make registration reproducible (Atropos is not, even so:
 #: see :func:`assert_same_derivatives`).
-SMOKE_OPTIONS = ("--nprocs", "2", "--omp-nthreads", "1", "--random-seed", "42", "--sloppy")
+#: MP-PCA is left out (a minute per sample series; ``tests/test_dwi.py`` tests it alone).
+SMOKE_OPTIONS = ("--nprocs", "2", "--omp-nthreads", "1", "--random-seed", "42", "--sloppy",
+                 "--dwi-denoise", "none")  # fmt: skip
 
 
 def write_tiny_bids(root: Path, subjects=("01",), shape=(12, 14, 10)) -> Path:

@@ -62,7 +62,9 @@ def test_truth_matches_image(sample_small):
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     paths = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        write_sample_dataset(tmp_path / name, n_subjects=1, voxel_mm=3.0, seed=seed)
+        write_sample_dataset(
+            tmp_path / name, n_subjects=1, voxel_mm=3.0, seed=seed, dwi=name != "c"
+        )
         paths.append(tmp_path / name / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     a, b, c = (nb.load(p) for p in paths)
     assert np.array_equal(a.get_fdata(), b.get_fdata()) and np.allclose(a.affine, b.affine)

@@ -94,8 +94,12 @@ def _command_line(process) -> list[str]:
 
 
 def exit_now(code: int) -> None:
-    """Flush the output and end the process without joining MultiProc's pool threads."""
-    logging.shutdown()
+    """Flush the output and end the process without joining MultiProc's pool threads.
+
+    ``logging.shutdown`` is not called: a signal that arrives while a handler holds its lock
+    leaves the lock held, and the shutdown would wait on it forever. Every handler has flushed
+    after each record anyway.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

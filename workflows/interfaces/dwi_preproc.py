@@ -125,8 +125,8 @@ def _register_volume(fixed, moving, kind: str, prefix: str) -> tuple[object, Vol
         aff_smoothing_sigmas=(2, 1, 0),
         outprefix=prefix,
     )
-    # B-spline resampling: linear interpolation blurs each volume, lowering FA by ~0.05-0.1
-    # in thin tracts at 2.5 mm
+    # B-spline resampling: linear interpolation blurs each volume (on the sample at 2.5 mm it
+    # lowered the median FA of voxels with true FA > 0.4 by 0.035 more)
     warped = ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="bSpline")
     return warped, _read_itk_affine(result["fwdtransforms"][0])
 
