@@ -121,13 +121,19 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def subject_derivatives(output: Path, subject: str) -> dict[str, Path]:
-    """A subject's derivative files by relative path (logs excluded: they name the run)."""
+def subject_derivatives(output: Path, subject: str, dwi: bool = True) -> dict[str, Path]:
+    """A subject's derivative files by relative path (logs excluded: they name the run;
+    diffusion outputs and figures too unless ``dwi``)."""
     folder = output / f"sub-{subject}"
-    return {
+    files = {
         path.relative_to(folder).as_posix(): path
         for path in sorted(folder.rglob("*"))
         if path.is_file() and "log" not in path.relative_to(folder).parts
+    }
+    return {
+        name: path
+        for name, path in files.items()
+        if dwi or not (name.startswith("dwi/") or name.endswith("_dwi.png"))
     }
 
 
@@ -137,17 +143,20 @@ def subject_derivatives(output: Path, subject: str) -> dict[str, Path]:
 TISSUE_OUTPUTS = ("_probseg.nii.gz", "_dseg.nii.gz", "_measures.tsv")
 
 
-def assert_same_derivatives(output: Path, reference: Path, subject: str) -> None:
+def assert_same_derivatives(output: Path, reference: Path, subject: str, dwi: bool = True) -> None:
     """The same files, the same images within float tolerance (Atropos' within its own
-    variation), the same JSON and tables; figures and HDF5 transforms written, non-empty."""
-    ours, theirs = subject_derivatives(output, subject), subject_derivatives(reference, subject)
+    variation), the same JSON and tables; figures and HDF5 transforms written, non-empty.
+    Without ``dwi``, ``output`` comes from a run without the diffusion analysis: the
+    reference's diffusion outputs and measures are left out."""
+    ours = subject_derivatives(output, subject, dwi)
+    theirs = subject_derivatives(reference, subject, dwi)
     assert sorted(ours) == sorted(theirs)
     for name, path in ours.items():
         tissue = name.endswith(TISSUE_OUTPUTS)
         if name.endswith(".nii.gz"):
             _assert_close_image(path, theirs[name], tissue)
         elif name.endswith(".tsv") and tissue:
-            _assert_close_table(path, theirs[name])
+            _assert_close_table(path, theirs[name], dwi)
         elif name.endswith((".json", ".tsv")):
             assert path.read_text() == theirs[name].read_text(), name
         else:  # figures, transforms (HDF5 metadata differ): written, non-empty
@@ -166,9 +175,12 @@ def _assert_close_image(path: Path, reference: Path, tissue: bool) -> None:
         assert np.mean(x != y) < 1e-3, path.name
 
 
-def _assert_close_table(path: Path, reference: Path) -> None:
-    """Same columns and subjects; numbers within 0.1 %."""
+def _assert_close_table(path: Path, reference: Path, dwi: bool = True) -> None:
+    """Same columns and subjects (the reference's ``dwi_`` columns dropped unless ``dwi``);
+    numbers within 0.1 %."""
     ours, theirs = pd.read_csv(path, sep="\t"), pd.read_csv(reference, sep="\t")
+    if not dwi:
+        theirs = theirs.drop(columns=[c for c in theirs.columns if c.startswith("dwi_")])
     assert list(ours.columns) == list(theirs.columns)
     numeric = ours.select_dtypes("number").columns
     np.testing.assert_allclose(ours[numeric], theirs[numeric], rtol=1e-3, err_msg=str(path))
