@@ -8,13 +8,13 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_dl.workflows.interfaces.ants import ApplyTransformToTemplate
+from bids_dl.workflows.interfaces.ants import ApplyTransformToTemplate, RegisterEpiToT1w
 from bids_dl.workflows.interfaces.deep_learning import ModelBrainMask
 from bids_dl.workflows.interfaces.dwi_preproc import (
     MIN_MPPCA_VOLUMES,
-    B0BrainMask,
     CorrectMotion,
     DenoiseDWI,
+    MedianOtsuBrainMask,
 )
 from bids_dl.workflows.interfaces.dwi_tensor import (
     MAPS,
@@ -22,7 +22,6 @@ from bids_dl.workflows.interfaces.dwi_tensor import (
     FitTensor,
     MapsToT1w,
     PredictTensor,
-    RegisterB0ToT1w,
 )
 from bids_dl.workflows.resources import MEM_GB
 
@@ -101,10 +100,10 @@ def init_dwi_preproc_wf(
         )
         workflow.connect([(masking, outputnode, [("model", "brain_mask_model")])])
     else:
-        masking = pe.Node(B0BrainMask(), name="b0_mask", mem_gb=MEM_GB["light"])
+        masking = pe.Node(MedianOtsuBrainMask(), name="b0_mask", mem_gb=MEM_GB["light"])
         outputnode.inputs.brain_mask_model = {}
     registration = pe.Node(
-        RegisterB0ToT1w(num_threads=omp_nthreads),
+        RegisterEpiToT1w(num_threads=omp_nthreads),
         name="b0_to_t1w",
         mem_gb=MEM_GB["coregister"],
         **threads,
@@ -114,14 +113,14 @@ def init_dwi_preproc_wf(
         (denoising, motion, [("out_file", "in_file")]),
         (inputnode, motion, [("bval", "bval"), ("bvec", "bvec")]),
         (motion, masking, [("b0_ref", "in_file")]),
-        (motion, registration, [("b0_ref", "b0_ref")]),
-        (masking, registration, [("out_file", "b0_mask")]),
+        (motion, registration, [("b0_ref", "reference")]),
+        (masking, registration, [("out_file", "reference_mask")]),
         (inputnode, registration, [("t1w_preproc", "t1w"), ("t1w_mask", "t1w_mask")]),
         (motion, outputnode, [("out_file", "dwi_preproc"), ("bval", "bval"), ("bvec", "bvec"),
                               ("world_bvecs", "world_bvecs"), ("b0_ref", "b0_ref"),
                               ("confounds", "confounds")]),
         (masking, outputnode, [("out_file", "brain_mask")]),
-        (registration, outputnode, [("transform", "b0_to_t1w"), ("b0_t1w", "b0_t1w")]),
+        (registration, outputnode, [("transform", "b0_to_t1w"), ("reference_t1w", "b0_t1w")]),
     ])  # fmt: skip
     return workflow
 

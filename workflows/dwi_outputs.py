@@ -16,7 +16,7 @@ from bids_dl.models.gradients import B0_THRESHOLD, Gradients, read_gradients
 from bids_dl.models.tensor_features import shell_volumes
 from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.dwi import DWI_PREPROC_OUTPUTS, TEMPLATE_MAPS
-from bids_dl.workflows.interfaces.bids import DerivativesDataSink
+from bids_dl.workflows.interfaces.bids import sink_node
 from bids_dl.workflows.interfaces.dwi_preproc import CONFOUND_COLUMNS
 from bids_dl.workflows.interfaces.dwi_tensor import MAPS, TENSOR_BIAS_B
 from bids_dl.workflows.interfaces.reports import (
@@ -71,17 +71,6 @@ def tensor_model_metadata(bvals: np.ndarray) -> dict:
     return model
 
 
-def _sink(output_dir: str, bids_dir: str, source_file: str, name: str, **kwargs) -> pe.Node:
-    return pe.Node(
-        DerivativesDataSink(
-            base_directory=output_dir, bids_dir=bids_dir, source_file=source_file, **kwargs
-        ),
-        name=name,
-        run_without_submitting=True,
-        mem_gb=MEM_GB["light"],
-    )
-
-
 def init_dwi_outputs_wf(
     *,
     output_dir: str,
@@ -126,22 +115,22 @@ def _series_sinks(sink_args: dict, inputnode: pe.Node) -> list:
     nifti = {"datatype": "dwi"}
     text = {"datatype": "dwi", "sidecar": False}
     sinks = {
-        "dwi_preproc": _sink(**sink_args, name="ds_dwi_preproc", suffix="dwi",
+        "dwi_preproc": sink_node(**sink_args, name="ds_dwi_preproc", suffix="dwi",
                              entities={"desc": "preproc"}, metadata={"SkullStripped": False,
                                  "Description": "denoising as the methods say, head motion and "
                                  "eddy currents corrected, on the b=0 reference's grid; "
                                  "b-vectors rotated (.bvec beside it)"}, **nifti),
-        "bval": _sink(**sink_args, name="ds_bval", suffix="dwi", extension=".bval",
+        "bval": sink_node(**sink_args, name="ds_bval", suffix="dwi", extension=".bval",
                       entities={"desc": "preproc"}, **text),
-        "bvec": _sink(**sink_args, name="ds_bvec", suffix="dwi", extension=".bvec",
+        "bvec": sink_node(**sink_args, name="ds_bvec", suffix="dwi", extension=".bvec",
                       entities={"desc": "preproc"}, **text),
-        "b0_ref": _sink(**sink_args, name="ds_b0_ref", suffix="dwiref",
+        "b0_ref": sink_node(**sink_args, name="ds_b0_ref", suffix="dwiref",
                         metadata={"Description": "b=0 reference: the b~0 volumes aligned and "
                                   "averaged"}, **nifti),
-        "brain_mask": _sink(**sink_args, name="ds_dwi_mask", suffix="mask",
+        "brain_mask": sink_node(**sink_args, name="ds_dwi_mask", suffix="mask",
                             entities={"desc": "brain"}, metadata={"Type": "Brain",
                             "Description": "brain mask of the b=0 reference"}, **nifti),
-        "confounds": _sink(**sink_args, name="ds_dwi_confounds", suffix="timeseries",
+        "confounds": sink_node(**sink_args, name="ds_dwi_confounds", suffix="timeseries",
                            extension=".tsv", entities={"desc": "confounds"},
                            metadata=_confounds_dictionary(), **nifti),
     }  # fmt: skip
@@ -169,7 +158,7 @@ def _map_sinks(
     for prefix, space in spaces:
         for name in MAPS if prefix != "std_" else TEMPLATE_MAPS:
             description, units = MAP_DESCRIPTIONS[name]
-            node = _sink(
+            node = sink_node(
                 **sink_args,
                 name=f"ds_{kind}_{prefix}{name}",
                 suffix="dwimap",
@@ -218,7 +207,7 @@ def _figure_sinks(sink_args: dict, inputnode: pe.Node) -> list:
     connections = []
     for desc, (interface, inputs) in figures.items():
         figure = pe.Node(interface, name=f"dwi_{desc}_figure", mem_gb=MEM_GB["figure"])
-        sink = _sink(
+        sink = sink_node(
             **sink_args,
             name=f"ds_dwi_{desc}_figure",
             suffix="dwi",

@@ -193,15 +193,23 @@ def segment_tissues(in_file: str, mask_file: str, out_prefix: str, num_threads: 
 
 
 def apply_transform(
-    in_file: str, reference_file: str, transform: str, out_file: str, labels: bool = False
+    in_file: str,
+    reference_file: str,
+    transform: str,
+    out_file: str,
+    labels: bool = False,
+    invert: bool = False,
 ) -> str:
-    """Resample ``in_file`` onto ``reference_file``'s grid through an ANTs transform."""
+    """Resample ``in_file`` onto ``reference_file``'s grid through an ANTs transform (or the
+    inverse of an affine one)."""
     import ants
 
     moving = ants.image_read(in_file)
     reference = ants.image_read(reference_file)
     interpolator = "genericLabel" if labels else "linear"
-    resampled = ants.apply_transforms(reference, moving, [transform], interpolator=interpolator)
+    resampled = ants.apply_transforms(
+        reference, moving, [transform], interpolator=interpolator, whichtoinvert=[invert]
+    )
     ants.image_write(resampled, out_file)
     return out_file
 
@@ -234,6 +242,40 @@ def coregister_rigid(
     # ants arrays are in the reference's voxel order; voxels touching the edge count as outside
     save_image((covered > 0.999).astype(np.uint8), nb.load(reference_file).affine, coverage_file)
     return out_file, coverage_file
+
+
+def register_epi_to_t1w(
+    reference_file: str,
+    reference_mask_file: str,
+    t1w_file: str,
+    t1w_mask_file: str,
+    out_dir: str,
+    num_threads: int = 1,
+) -> dict[str, str]:
+    """Rigid registration (Mattes mutual information) of the brain-masked reference of an
+    EPI series (a b=0, an ASL control mean) to the brain-masked T1w; the transform (ANTs,
+    T1w -> reference points) and the reference on the T1w grid."""
+    import ants
+
+    _set_threads(num_threads)
+    out = Path(out_dir)
+    moving = ants.image_read(reference_file) * ants.image_read(reference_mask_file)
+    t1w = ants.image_read(t1w_file) * ants.image_read(t1w_mask_file)
+    result = ants.registration(
+        fixed=t1w,
+        moving=moving,
+        type_of_transform="Rigid",
+        aff_metric="mattes",
+        outprefix=str(out / "to_t1w_"),
+    )
+    warped = ants.apply_transforms(
+        ants.image_read(t1w_file), ants.image_read(reference_file), result["fwdtransforms"]
+    )
+    ants.image_write(warped, str(out / "reference_t1w.nii.gz"))
+    return {
+        "transform": result["fwdtransforms"][0],
+        "reference_t1w": str(out / "reference_t1w.nii.gz"),
+    }
 
 
 class _N4InputSpec(TraitedSpec):
@@ -391,5 +433,64 @@ class CoregisterToT1w(SimpleInterface):
             str(Path(runtime.cwd) / "coregistered.nii.gz"),
             str(Path(runtime.cwd) / "coverage.nii.gz"),
             self.inputs.num_threads,
+        )
+        return runtime
+
+
+class _RegisterEpiInputSpec(TraitedSpec):
+    reference = File(exists=True, mandatory=True, desc="the EPI series' reference")
+    reference_mask = File(exists=True, mandatory=True)
+    t1w = File(exists=True, mandatory=True, desc="preprocessed T1w")
+    t1w_mask = File(exists=True, mandatory=True)
+    num_threads = traits.Int(1, usedefault=True)
+
+
+class _RegisterEpiOutputSpec(TraitedSpec):
+    transform = File(exists=True, desc="ANTs rigid transform (resamples the EPI onto the T1w)")
+    reference_t1w = File(exists=True, desc="the reference on the T1w grid")
+
+
+class RegisterEpiToT1w(SimpleInterface):
+    """Rigid EPI reference -> T1w registration (:func:`register_epi_to_t1w`)."""
+
+    input_spec = _RegisterEpiInputSpec
+    output_spec = _RegisterEpiOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results.update(
+            register_epi_to_t1w(
+                self.inputs.reference,
+                self.inputs.reference_mask,
+                self.inputs.t1w,
+                self.inputs.t1w_mask,
+                runtime.cwd,
+                self.inputs.num_threads,
+            )
+        )
+        return runtime
+
+
+class _ResampleInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True)
+    reference = File(exists=True, mandatory=True, desc="the grid to resample onto")
+    transform = File(exists=True, mandatory=True, desc="ANTs transform (reference -> in_file)")
+    invert = traits.Bool(False, usedefault=True, desc="apply the transform's inverse")
+    labels = traits.Bool(False, usedefault=True, desc="label image: no blending of labels")
+
+
+class ResampleThroughTransform(SimpleInterface):
+    """Resample an image onto another grid of the subject through a rigid transform."""
+
+    input_spec = _ResampleInputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_file"] = apply_transform(
+            self.inputs.in_file,
+            self.inputs.reference,
+            self.inputs.transform,
+            str(Path(runtime.cwd) / Path(self.inputs.in_file).name),
+            labels=self.inputs.labels,
+            invert=self.inputs.invert,
         )
         return runtime

@@ -1,4 +1,5 @@
-"""Nipype interface that saves a result as a BIDS derivative (name, sidecar, atomic write)."""
+"""Nipype interface that saves a result as a BIDS derivative (name, sidecar, atomic write),
+and the node that runs it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+from nipype.pipeline import engine as pe
 
 from bids_dl.derivatives import bids_uri, copy_atomic, derivative_path, write_json_atomic
+from bids_dl.workflows.resources import MEM_GB
 
 
 class _SinkInputSpec(TraitedSpec):
@@ -87,3 +90,15 @@ class DerivativesDataSink(SimpleInterface):
 
 def _sidecar_name(name: str) -> str:
     return name.split(".")[0] + ".json"
+
+
+def sink_node(output_dir: str, bids_dir: str, source_file: str, name: str, **kwargs):
+    """A :class:`DerivativesDataSink` node that runs in the main process (it only copies)."""
+    return pe.Node(
+        DerivativesDataSink(
+            base_directory=output_dir, bids_dir=bids_dir, source_file=source_file, **kwargs
+        ),
+        name=name,
+        run_without_submitting=True,
+        mem_gb=MEM_GB["light"],
+    )

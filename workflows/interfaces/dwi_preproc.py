@@ -9,13 +9,11 @@ without nipype.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
-from scipy.spatial.transform import Rotation
 
 from bids_dl.derivatives import write_text_atomic
 from bids_dl.images import save_image
@@ -28,27 +26,22 @@ from bids_dl.models.gradients import (
 )
 from bids_dl.workflows.interfaces.ants import _set_threads
 from bids_dl.workflows.interfaces.images import largest_component_filled
+from bids_dl.workflows.interfaces.motion import (
+    IDENTITY_MOTION,
+    MOTION_COLUMNS,
+    ants_template,
+    as_ants,
+    register_volume,
+    write_confounds,
+)
 
 LOGGER = logging.getLogger("bids_dl.dwi")
 #: ``--dwi-denoise auto`` applies MP-PCA to series of at least this many volumes: the
 #: Marchenko-Pastur fit separates noise from signal components only with enough of them
 #: (Veraart et al., NeuroImage 2016 used 30 and more; with 7-12 it removes little)
 MIN_MPPCA_VOLUMES = 12
-#: radius of a framewise-displacement rotation: arc length on a 50 mm sphere (Power et al. 2012)
-HEAD_RADIUS_MM = 50.0
-#: ITK transforms act on LPS points; this flips them to RAS and back
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: fMRIPrep's confound columns, then the b-value
-CONFOUND_COLUMNS = (
-    "trans_x",
-    "trans_y",
-    "trans_z",
-    "rot_x",
-    "rot_y",
-    "rot_z",
-    "framewise_displacement",
-    "b_value",
-)
+CONFOUND_COLUMNS = (*MOTION_COLUMNS, "b_value")
 
 
 def should_denoise(mode: str, n_volumes: int) -> bool:
@@ -75,106 +68,18 @@ def denoise_mppca(in_file: str, out_file: str) -> str:
     return out_file
 
 
-@dataclass(frozen=True)
-class VolumeMotion:
-    """One volume's registration to the b=0 reference, in RAS world coordinates.
-
-    ``matrix`` maps reference points to the volume's points (ITK's direction, the one that
-    resamples the volume onto the reference); ``translation`` is its shift at the centre.
-    """
-
-    matrix: np.ndarray
-    translation: np.ndarray
-
-    @property
-    def rotation(self) -> np.ndarray:
-        """The rotation part (polar decomposition) of ``matrix``."""
-        from scipy.linalg import polar
-
-        return polar(self.matrix)[0]
-
-
-IDENTITY_MOTION = VolumeMotion(np.eye(3), np.zeros(3))
-
-
-def _read_itk_affine(path: str) -> VolumeMotion:
-    """An ANTs affine transform file as a :class:`VolumeMotion` in RAS."""
-    import ants
-
-    transform = ants.read_transform(path)
-    parameters = np.asarray(transform.parameters, dtype=float)
-    matrix_lps = parameters[:9].reshape(3, 3)
-    return VolumeMotion(LPS_TO_RAS @ matrix_lps @ LPS_TO_RAS, LPS_TO_RAS @ parameters[9:12])
-
-
-def _register_volume(fixed, moving, kind: str, prefix: str) -> tuple[object, VolumeMotion]:
-    """Register one volume to the reference (``Rigid`` or ``Affine``, Mattes mutual
-    information, identity start: volumes of one series share the head position) and resample
-    it onto the reference (cubic B-spline)."""
-    import ants
-
-    result = ants.registration(
-        fixed=fixed,
-        moving=moving,
-        type_of_transform=kind,
-        initial_transform="Identity",
-        aff_metric="mattes",
-        aff_iterations=(50, 25, 10),
-        aff_random_sampling_rate=0.1,
-        aff_shrink_factors=(4, 2, 1),
-        aff_smoothing_sigmas=(2, 1, 0),
-        outprefix=prefix,
-    )
-    # B-spline resampling: linear interpolation blurs each volume (on the sample at 2.5 mm it
-    # lowered the median FA of voxels with true FA > 0.4 by 0.035 more)
-    warped = ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="bSpline")
-    return warped, _read_itk_affine(result["fwdtransforms"][0])
-
-
-def _as_ants(volume: np.ndarray, template):
-    return template.new_image_like(np.ascontiguousarray(volume, dtype=np.float32))
-
-
 def _b0_reference(series: np.ndarray, b0_volumes: np.ndarray, template, work: Path):
     """The first b~0 volume, the others rigidly aligned to it, all averaged; and each b~0
     volume's motion."""
-    first = _as_ants(series[..., b0_volumes[0]], template)
+    first = as_ants(series[..., b0_volumes[0]], template)
     aligned, motions = [first.numpy()], {int(b0_volumes[0]): IDENTITY_MOTION}
     for index in b0_volumes[1:]:
-        moving = _as_ants(series[..., index], template)
-        warped, motions[int(index)] = _register_volume(
+        moving = as_ants(series[..., index], template)
+        warped, motions[int(index)] = register_volume(
             first, moving, "Rigid", str(work / f"b0_{index}_")
         )
         aligned.append(warped.numpy())
-    return _as_ants(np.mean(aligned, axis=0), template), motions
-
-
-def motion_parameters(motions: list[VolumeMotion]) -> np.ndarray:
-    """Translations (mm) and rotations (radians, x-y-z Euler angles) per volume (N, 6)."""
-    rows = [
-        np.concatenate([m.translation, Rotation.from_matrix(m.rotation).as_euler("xyz")])
-        for m in motions
-    ]
-    return np.asarray(rows)
-
-
-def framewise_displacement(parameters: np.ndarray) -> np.ndarray:
-    """Power et al.'s FD (mm): summed absolute changes of the six parameters from the
-    previous volume, rotations as arc length on a 50 mm sphere; NaN for the first volume."""
-    change = np.abs(np.diff(parameters, axis=0))
-    change[:, 3:] *= HEAD_RADIUS_MM
-    return np.concatenate([[np.nan], change.sum(1)])
-
-
-def write_confounds(motions: list[VolumeMotion], bvals: np.ndarray, out_file: str) -> str:
-    """The confounds TSV (fMRIPrep's column names; n/a for the first volume's FD)."""
-    parameters = motion_parameters(motions)
-    columns = np.column_stack([parameters, framewise_displacement(parameters), bvals])
-    lines = ["\t".join(CONFOUND_COLUMNS)]
-    for row in columns:
-        lines.append("\t".join("n/a" if np.isnan(v) else f"{v:.6g}" for v in row))
-    write_text_atomic("\n".join(lines) + "\n", Path(out_file))
-    return out_file
+    return as_ants(np.mean(aligned, axis=0), template), motions
 
 
 def _write_gradients(bvals: np.ndarray, bvecs: np.ndarray, stem: Path) -> tuple[str, str]:
@@ -203,16 +108,16 @@ def correct_motion(
     series = np.asarray(image.dataobj, dtype=np.float32)
     gradients = read_gradients(bval_file, bvec_file, series.shape[3])
     b0_volumes = np.flatnonzero(gradients.bvals <= B0_THRESHOLD)
-    template = _ants_template(in_file, out)
+    template = ants_template(in_file, out)
     reference, motions = _b0_reference(series, b0_volumes, template, out)
     corrected = np.empty_like(series)
     for index in range(series.shape[3]):
         if index == b0_volumes[0]:
             corrected[..., index] = series[..., index]
             continue
-        moving = _as_ants(series[..., index], template)
+        moving = as_ants(series[..., index], template)
         kind = "Rigid" if index in b0_volumes else "Affine"
-        warped, motions[index] = _register_volume(reference, moving, kind, str(out / f"v{index}_"))
+        warped, motions[index] = register_volume(reference, moving, kind, str(out / f"v{index}_"))
         corrected[..., index] = warped.numpy()
     ordered = [motions[i] for i in range(series.shape[3])]
     world = bvecs_to_world(gradients.bvecs, image.affine)
@@ -222,7 +127,9 @@ def correct_motion(
     outputs = {
         "out_file": str(save_image(np.clip(corrected, 0, None), image.affine, out / "dwi.nii.gz")),
         "b0_ref": str(save_image(reference.numpy(), image.affine, out / "b0_ref.nii.gz")),
-        "confounds": write_confounds(ordered, gradients.bvals, str(out / "confounds.tsv")),
+        "confounds": write_confounds(
+            ordered, str(out / "confounds.tsv"), {"b_value": gradients.bvals}
+        ),
     }
     outputs["bval"], outputs["bvec"] = _write_gradients(
         gradients.bvals, bvecs_to_voxel(rotated, image.affine), out / "dwi"
@@ -232,23 +139,12 @@ def correct_motion(
     return outputs
 
 
-def _ants_template(in_file: str, out: Path):
-    """An ants image with the series' first volume geometry (ants reads 3D images)."""
-    import ants
-
-    first = nb.load(in_file).slicer[..., 0]
-    path = save_image(
-        np.asarray(first.dataobj, dtype=np.float32), first.affine, out / "geometry.nii.gz"
-    )
-    return ants.image_read(str(path))
-
-
-def b0_brain_mask(b0_file: str, out_file: str) -> str:
-    """Brain mask of a b=0 image without a model: dipy's median Otsu (median filter radius 2,
-    4 passes), the largest component with holes filled."""
+def median_otsu_brain_mask(reference_file: str, out_file: str) -> str:
+    """Brain mask of an EPI reference (b=0, ASL control mean) without a model: dipy's median
+    Otsu (median filter radius 2, 4 passes), the largest component with holes filled."""
     from dipy.segment.mask import median_otsu
 
-    image = nb.load(b0_file)
+    image = nb.load(reference_file)
     _, mask = median_otsu(np.asarray(image.dataobj, dtype=np.float32), median_radius=2, numpass=4)
     save_image(largest_component_filled(mask).astype(np.uint8), image.affine, out_file)
     return out_file
@@ -323,21 +219,21 @@ class CorrectMotion(SimpleInterface):
         return runtime
 
 
-class _B0MaskInputSpec(TraitedSpec):
-    in_file = File(exists=True, mandatory=True, desc="b=0 reference")
+class _MedianOtsuInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="EPI reference (b=0, ASL control mean)")
 
 
-class _B0MaskOutputSpec(TraitedSpec):
+class _MedianOtsuOutputSpec(TraitedSpec):
     out_file = File(exists=True)
 
 
-class B0BrainMask(SimpleInterface):
-    """Brain mask of the b=0 reference by median Otsu (without a brain-mask model)."""
+class MedianOtsuBrainMask(SimpleInterface):
+    """Brain mask of an EPI reference by median Otsu (without a brain-mask model)."""
 
-    input_spec = _B0MaskInputSpec
-    output_spec = _B0MaskOutputSpec
+    input_spec = _MedianOtsuInputSpec
+    output_spec = _MedianOtsuOutputSpec
 
     def _run_interface(self, runtime):
         out_file = str(Path(runtime.cwd) / "brain_mask.nii.gz")
-        self._results["out_file"] = b0_brain_mask(self.inputs.in_file, out_file)
+        self._results["out_file"] = median_otsu_brain_mask(self.inputs.in_file, out_file)
         return runtime

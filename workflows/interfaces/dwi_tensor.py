@@ -19,8 +19,8 @@ from bids_dl.images import save_image
 from bids_dl.models.diffusion_simulation import TensorMetrics
 from bids_dl.models.gradients import B0_THRESHOLD
 from bids_dl.models.tensor_features import tensor_maps
-from bids_dl.workflows.interfaces.ants import _set_threads
 from bids_dl.workflows.interfaces.deep_learning import _ModelInterface, _ModelRunInputSpec
+from bids_dl.workflows.interfaces.images import label_images, regional_means
 
 #: the maps of a tensor, in output order; ``v1`` is the principal eigenvector
 SCALAR_MAPS = ("fa", "md", "ad", "rd")
@@ -92,36 +92,6 @@ def predict_tensor_maps(
     return save_maps(metrics, v1, mask, image.affine, Path(out_dir)), _identity(card, bundle)
 
 
-def register_b0_to_t1w(
-    b0_file: str,
-    b0_mask_file: str,
-    t1w_file: str,
-    t1w_mask_file: str,
-    out_dir: str,
-    num_threads: int = 1,
-) -> dict[str, str]:
-    """Rigid registration (Mattes mutual information) of the brain-masked b=0 reference to
-    the brain-masked T1w; the transform (ANTs, T1w -> b=0 points) and the b=0 on the T1w grid."""
-    import ants
-
-    _set_threads(num_threads)
-    out = Path(out_dir)
-    b0 = ants.image_read(b0_file) * ants.image_read(b0_mask_file)
-    t1w = ants.image_read(t1w_file) * ants.image_read(t1w_mask_file)
-    result = ants.registration(
-        fixed=t1w,
-        moving=b0,
-        type_of_transform="Rigid",
-        aff_metric="mattes",
-        outprefix=str(out / "b0_to_t1w_"),
-    )
-    warped = ants.apply_transforms(
-        ants.image_read(t1w_file), ants.image_read(b0_file), result["fwdtransforms"]
-    )
-    ants.image_write(warped, str(out / "b0_t1w.nii.gz"))
-    return {"transform": result["fwdtransforms"][0], "b0_t1w": str(out / "b0_t1w.nii.gz")}
-
-
 def maps_to_t1w(
     maps: dict[str, str], mask_file: str, transform: str, t1w_file: str, out_dir: str
 ) -> dict[str, str]:
@@ -131,7 +101,7 @@ def maps_to_t1w(
     import ants
     from scipy.linalg import polar
 
-    from bids_dl.workflows.interfaces.dwi_preproc import _read_itk_affine
+    from bids_dl.workflows.interfaces.motion import read_itk_affine
 
     out = Path(out_dir)
     reference = ants.image_read(t1w_file)
@@ -147,7 +117,7 @@ def maps_to_t1w(
         )
     v1 = np.asarray(nb.load(maps["v1"]).dataobj, dtype=np.float32)
     # the transform maps T1w points to b=0 points: its inverse rotation carries directions
-    rotation = polar(_read_itk_affine(transform).matrix)[0].T
+    rotation = polar(read_itk_affine(transform).matrix)[0].T
     components = [
         ants.apply_transforms(
             reference, ants.image_read(source), [transform], interpolator="nearestNeighbor"
@@ -167,28 +137,18 @@ def _component_files(v1: np.ndarray, v1_file: str, out: Path) -> list[str]:
     ]
 
 
-def _mean(values: np.ndarray, region: np.ndarray) -> float | str:
-    return round(float(values[region].mean()), 4) if region.sum() >= 10 else "n/a"
-
-
 def diffusion_measures(
     t1w_maps: dict[str, str], dseg_file: str, aseg_file: str | None, prefix: str = "dwi"
 ) -> dict[str, float | str]:
     """Mean FA and MD (10^-3 mm^2/s) per region of ``DWI_MEASURE_REGIONS`` (structures only
     with ``aseg_file``), inside the diffusion brain mask on the T1w grid; n/a below 10 voxels."""
-    fa = np.asarray(nb.load(t1w_maps["fa"]).dataobj)
-    md = np.asarray(nb.load(t1w_maps["md"]).dataobj) * 1e3
+    maps = {
+        "fa": np.asarray(nb.load(t1w_maps["fa"]).dataobj),
+        "md": np.asarray(nb.load(t1w_maps["md"]).dataobj) * 1e3,
+    }
     inside = np.asarray(nb.load(t1w_maps["mask"]).dataobj) > 0.5
-    labels = {"dseg": np.asarray(nb.load(dseg_file).dataobj)}
-    if aseg_file:
-        labels["aseg"] = np.asarray(nb.load(aseg_file).dataobj)
-    measures: dict[str, float | str] = {}
-    for region, (image, value, _) in DWI_MEASURE_REGIONS.items():
-        if image in labels:
-            voxels = inside & (labels[image] == value)
-            measures[f"{prefix}_fa_mean_{region}"] = _mean(fa, voxels)
-            measures[f"{prefix}_md_mean_{region}"] = _mean(md, voxels)
-    return measures
+    labels = label_images(dseg_file, aseg_file)
+    return regional_means(maps, inside, labels, DWI_MEASURE_REGIONS, prefix)
 
 
 class _SeriesInputSpec(TraitedSpec):
@@ -252,39 +212,6 @@ class PredictTensor(_ModelInterface):
         )
         self._results.update(files)
         self._results["model"] = model
-        return runtime
-
-
-class _RegisterInputSpec(TraitedSpec):
-    b0_ref = File(exists=True, mandatory=True)
-    b0_mask = File(exists=True, mandatory=True)
-    t1w = File(exists=True, mandatory=True, desc="preprocessed T1w")
-    t1w_mask = File(exists=True, mandatory=True)
-    num_threads = traits.Int(1, usedefault=True)
-
-
-class _RegisterOutputSpec(TraitedSpec):
-    transform = File(exists=True, desc="ANTs rigid transform (resamples b=0 onto the T1w)")
-    b0_t1w = File(exists=True, desc="the b=0 reference on the T1w grid")
-
-
-class RegisterB0ToT1w(SimpleInterface):
-    """Rigid b=0 -> T1w registration (:func:`register_b0_to_t1w`)."""
-
-    input_spec = _RegisterInputSpec
-    output_spec = _RegisterOutputSpec
-
-    def _run_interface(self, runtime):
-        self._results.update(
-            register_b0_to_t1w(
-                self.inputs.b0_ref,
-                self.inputs.b0_mask,
-                self.inputs.t1w,
-                self.inputs.t1w_mask,
-                runtime.cwd,
-                self.inputs.num_threads,
-            )
-        )
         return runtime
 
 

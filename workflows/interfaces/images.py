@@ -21,6 +21,37 @@ def largest_component_filled(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def regional_means(
+    maps: dict[str, np.ndarray],
+    inside: np.ndarray,
+    labels: dict[str, np.ndarray],
+    regions: dict[str, tuple[str, int, str]],
+    prefix: str,
+) -> dict[str, float | str]:
+    """``<prefix>_<map>_mean_<region>`` of each map inside ``inside``, per region of
+    ``regions`` (column part -> (label image, value, name)) whose label image is in
+    ``labels``; n/a below 10 voxels."""
+    measures: dict[str, float | str] = {}
+    for region, (image, value, _) in regions.items():
+        if image not in labels:
+            continue
+        voxels = inside & (labels[image] == value)
+        for name, values in maps.items():
+            enough = voxels.sum() >= 10
+            measures[f"{prefix}_{name}_mean_{region}"] = (
+                round(float(values[voxels].mean()), 4) if enough else "n/a"
+            )
+    return measures
+
+
+def label_images(dseg_file: str, aseg_file: str | None) -> dict[str, np.ndarray]:
+    """The tissue labels and, when given, the structure labels, keyed as in the regions."""
+    labels = {"dseg": np.asarray(nb.load(dseg_file).dataobj)}
+    if aseg_file:
+        labels["aseg"] = np.asarray(nb.load(aseg_file).dataobj)
+    return labels
+
+
 def apply_brain_mask(in_file: str, mask_file: str, out_file: str) -> str:
     """Zero everything outside the brain mask (same grid required)."""
     image = nb.load(in_file)
