@@ -11,7 +11,7 @@ from pathlib import Path
 #: nipype execution plugins bids_dl runs on.
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 #: Analyses bids_dl knows, in the order they run.
-ANALYSES = ("anat", "tumor", "wmh", "dwi")
+ANALYSES = ("anat", "tumor", "wmh", "dwi", "asl")
 
 
 @dataclass
@@ -94,6 +94,8 @@ class WorkflowSettings:
     dwi_bundle: str | None = None
     #: ``--dwi-denoise``: auto (MP-PCA for series of at least ``MIN_MPPCA_VOLUMES``), mppca, none
     dwi_denoise: str = "auto"
+    #: folder of the ASL enhancement network's bundle, or None for the measured CBF only
+    asl_bundle: str | None = None
 
 
 @dataclass

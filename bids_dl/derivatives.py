@@ -355,3 +355,29 @@ MEASURES_DICTIONARY.update(
         for measure, label in (("fa", "FA"), ("md", "MD"))
     }
 )
+
+#: Regions of the perfusion measures, as ``DWI_MEASURE_REGIONS``
+ASL_MEASURE_REGIONS = {
+    "gm": ("dseg", 1, "grey matter (tissue labels)"),
+    "wm": ("dseg", 2, "white matter (tissue labels)"),
+    "left_cortex": ("aseg", 3, "left cerebral cortex (structures)"),
+    "right_cortex": ("aseg", 42, "right cerebral cortex (structures)"),
+    "left_thalamus": ("aseg", 10, "left thalamus (structures)"),
+    "right_thalamus": ("aseg", 49, "right thalamus (structures)"),
+    "left_putamen": ("aseg", 12, "left putamen (structures)"),
+    "right_putamen": ("aseg", 51, "right putamen (structures)"),
+    "left_hippocampus": ("aseg", 17, "left hippocampus (structures)"),
+    "right_hippocampus": ("aseg", 53, "right hippocampus (structures)"),
+    "left_cerebellum_cortex": ("aseg", 8, "left cerebellar cortex (structures)"),
+    "right_cerebellum_cortex": ("aseg", 47, "right cerebellar cortex (structures)"),
+}
+MEASURES_DICTIONARY.update(
+    {
+        f"asl_cbf_mean_{region}": {
+            "Description": f"mean measured CBF (the participant's first ASL series) in {name}, "
+            "on the T1w grid inside the brain mask; n/a below 10 voxels",
+            "Units": "mL/100 g/min",
+        }
+        for region, (_, _, name) in ASL_MEASURE_REGIONS.items()
+    }
+)

@@ -9,9 +9,11 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bids_dl.asl_inputs import AslInputError, AslSeries, check_asl_series, read_asl_series
 from bids_dl.dwi_inputs import DwiInputError, DwiSeries, check_dwi_series
 from bids_dl.images import ImageError, foreground_ml, is_skull_stripped, load_3d_image
 
@@ -27,15 +29,21 @@ DEFAULT_QUERIES = {
     "flair": {"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]},
     "dwi": {"datatype": "dwi", "suffix": "dwi", "extension": [".nii", ".nii.gz"]},
     "epi": {"datatype": "fmap", "suffix": "epi", "extension": [".nii", ".nii.gz"]},
+    "asl": {"datatype": "perf", "suffix": "asl", "extension": [".nii", ".nii.gz"]},
 }
 #: Top-level folders of a BIDS dataset that pybids does not index by default.
 UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
 #: The inputs each analysis needs (any one of them), beyond the T1w.
-ANALYSIS_INPUTS = {"tumor": ("t1ce", "flair"), "wmh": ("flair",), "dwi": ("dwi",)}
+ANALYSIS_INPUTS = {
+    "tumor": ("t1ce", "flair"),
+    "wmh": ("flair",),
+    "dwi": ("dwi",),
+    "asl": ("asl",),
+}
 #: The input that makes an analysis run by default (without ``--analyses``).
-ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair", "dwi": "dwi"}
+ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair", "dwi": "dwi", "asl": "asl"}
 #: Analyses that run without a model (their model adds outputs): the rest need one.
-MODEL_OPTIONAL = ("dwi",)
+MODEL_OPTIONAL = ("dwi", "asl")
 
 
 class InputError(Exception):
@@ -50,10 +58,18 @@ class SubjectInputs:
     files: dict[str, list[str]] = field(default_factory=dict)
     #: every diffusion series (each run and session), with its gradient files
     dwi: list[DwiSeries] = field(default_factory=list)
+    #: every ASL series (each run and session), with its sidecar's quantification fields
+    asl: list[AslSeries] = field(default_factory=list)
 
     analyses: list[str] = field(default_factory=lambda: ["anat"])
     #: the T1w is already skull-stripped: its background gives the brain mask
     skull_stripped: bool = False
+
+    @property
+    def has_anatomy(self) -> bool:
+        """Whether a T1w (plain or contrast-enhanced) exists; without one only the ASL runs,
+        on its own grid."""
+        return bool(self.files.get("t1w") or self.files.get("t1ce"))
 
     @property
     def t1w(self) -> str:
@@ -70,7 +86,8 @@ class SubjectInputs:
         """The file of an input kind (``flair``, ``t1ce``, ``t2w``) that is processed with the
         T1w: the first of the T1w's session, else the first of any session; or None."""
         files = self.files.get(kind) or []
-        same_session = [f for f in files if session_of(f) == session_of(self.t1w)]
+        reference = session_of(self.t1w) if self.has_anatomy else None
+        same_session = [f for f in files if session_of(f) == reference]
         return (same_session or files or [None])[0]
 
 
@@ -200,7 +217,8 @@ def collect_inputs(
     """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
     Raises :class:`InputError` for unknown participants, a participant without any T1w (plain
-    or contrast-enhanced), and an image that cannot be read as one 3D volume with contrast.
+    or contrast-enhanced) nor ASL, an image that cannot be read as one 3D volume with contrast,
+    and a diffusion or ASL series that cannot be processed.
     """
     layout = index_dataset(bids_dir, database_dir)
     available = sorted(layout.get_subjects())
@@ -217,7 +235,12 @@ def collect_inputs(
     subjects = {}
     for label in labels:
         files = {kind: sorted(found[label].get(kind, [])) for kind in DEFAULT_QUERIES}
-        subject = SubjectInputs(label=label, files=files, dwi=_dwi_series(layout, files["dwi"]))
+        subject = SubjectInputs(
+            label=label,
+            files=files,
+            dwi=_dwi_series(layout, files["dwi"]),
+            asl=_asl_series(layout, label, files["asl"]),
+        )
         subjects[label] = _check_subject(subject, session_labels)
     return subjects
 
@@ -250,12 +273,41 @@ def _dwi_series(layout, paths: list[str]) -> list[DwiSeries]:
     return [DwiSeries(p, nearest(p, ".bval"), nearest(p, ".bvec")) for p in sorted(paths)]
 
 
+def _asl_series(layout, label: str, paths: list[str]) -> list[AslSeries]:
+    """Each ASL series with its sidecar, aslcontext.tsv and M0 read (InputError if one is
+    inconsistent)."""
+    try:
+        return [read_asl_series(layout, path) for path in sorted(paths)]
+    except AslInputError as error:
+        raise InputError(f"sub-{label}: {error}") from None
+
+
 def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> SubjectInputs:
-    """Refuse a participant without a T1w or with an unreadable image; warn about choices."""
+    """Refuse a participant without a T1w nor ASL, or with an unreadable image; warn about
+    choices."""
     label, files = subject.label, subject.files
-    if not files["t1w"] and not files["t1ce"]:
+    if not subject.has_anatomy and not subject.asl:
         sessions = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
         raise InputError(f"sub-{label} has no T1w image (plain or contrast-enhanced){sessions}")
+    for series in subject.asl:
+        try:
+            check_asl_series(series)
+        except AslInputError as error:
+            raise InputError(f"sub-{label}: {error}") from None
+    if not subject.has_anatomy:
+        unused = [kind for kind in ("t2w", "flair", "dwi") if files[kind]]
+        LOGGER.warning(
+            "sub-%s has no T1w: its ASL is processed on its own grid only, without T1w/template "
+            "outputs or tissue measures%s",
+            label, f" (its {', '.join(unused)} images are not used)" if unused else "",
+        )  # fmt: skip
+        return subject
+    return _check_anatomy(subject)
+
+
+def _check_anatomy(subject: SubjectInputs) -> SubjectInputs:
+    """Check the anatomical images and diffusion series of a participant with a T1w."""
+    label, files = subject.label, subject.files
     if not files["t1w"]:
         LOGGER.warning(
             "sub-%s has no T1w without contrast; processing its contrast-enhanced T1w %s "
@@ -310,6 +362,8 @@ def plan_skull_stripping(subjects: dict[str, SubjectInputs], mode: str) -> None:
     is trained on heads).
     """
     for subject in subjects.values():
+        if not subject.has_anatomy:  # an ASL-only participant: no T1w to extract
+            continue
         if mode == "skip":
             volume = foreground_ml(subject.t1w)
             if not volume:
@@ -339,10 +393,10 @@ def plan_analyses(
 
     Without ``--analyses`` (``requested`` False), an analysis runs where its trigger input
     exists (tumour: a contrast-enhanced T1w; WMH: a FLAIR, unless the tumour analysis runs;
-    diffusion: a DWI series) and its model is installed (diffusion runs without one: its
-    model only adds the network's maps).
+    diffusion: a DWI series; ASL: an ASL series) and its model is installed (diffusion and ASL
+    run without one: their model only adds the network's maps).
     Named with ``--analyses``, it runs wherever any of its inputs exists, and a subject with
-    none of them, or a missing model, is an error.
+    none of them, or a missing model, is an error. A subject without a T1w runs ASL only.
     """
 
     def available(analysis: str) -> bool:
@@ -355,24 +409,49 @@ def plan_analyses(
                 f"--{analysis}-model PATH"
             )
     for subject in subjects.values():
-        subject.analyses = ["anat"]
-        for analysis, kinds in ANALYSIS_INPUTS.items():
-            if analysis not in analyses or not available(analysis):
-                continue
-            if requested:
-                if not any(subject.first(kind) for kind in kinds):
-                    names = " or ".join(
-                        DEFAULT_QUERIES[k]["suffix"] + (" (ce-)" if k == "t1ce" else "")
-                        for k in kinds
-                    )
-                    raise InputError(
-                        f"sub-{subject.label}: --analyses {analysis} needs a {names} image"
-                    )
-                subject.analyses.append(analysis)
-            elif subject.first(ANALYSIS_TRIGGERS[analysis]) and not (
-                analysis == "wmh" and "tumor" in subject.analyses
-            ):  # edema would pass for white-matter hyperintensities
-                subject.analyses.append(analysis)
+        if subject.has_anatomy:
+            subject.analyses = _analyses_with_anatomy(subject, analyses, requested, available)
+        else:
+            subject.analyses = _analyses_without_anatomy(subject, analyses, requested)
+
+
+def _analyses_with_anatomy(
+    subject: SubjectInputs, analyses: list[str], requested: bool, available: Callable
+) -> list[str]:
+    """``anat`` and each analysis of :func:`plan_analyses` whose inputs the subject has."""
+    planned = ["anat"]
+    for analysis, kinds in ANALYSIS_INPUTS.items():
+        if analysis not in analyses or not available(analysis):
+            continue
+        if requested:
+            if not any(subject.first(kind) for kind in kinds):
+                names = " or ".join(
+                    DEFAULT_QUERIES[k]["suffix"] + (" (ce-)" if k == "t1ce" else "") for k in kinds
+                )
+                raise InputError(
+                    f"sub-{subject.label}: --analyses {analysis} needs a {names} image"
+                )
+            planned.append(analysis)
+        elif subject.first(ANALYSIS_TRIGGERS[analysis]) and not (
+            analysis == "wmh" and "tumor" in planned
+        ):  # edema would pass for white-matter hyperintensities
+            planned.append(analysis)
+    return planned
+
+
+def _analyses_without_anatomy(
+    subject: SubjectInputs, analyses: list[str], requested: bool
+) -> list[str]:
+    """A participant without a T1w (it has ASL: :func:`_check_subject`) runs ASL only, on the
+    ASL's grid; any other analysis named with ``--analyses`` needs a T1w."""
+    others = [a for a in analyses if a not in ("anat", "asl")] if requested else []
+    if others or "asl" not in analyses:
+        refused = ", ".join(others) if others else "the analyses named (asl is not among them)"
+        raise InputError(
+            f"sub-{subject.label} has no T1w image (plain or contrast-enhanced): only asl can "
+            f"run for it, not {refused}"
+        )
+    return ["asl"]
 
 
 def validator_command() -> list[str] | None:

@@ -38,4 +38,7 @@ MEM_GB = {
     "dwi_denoise": 1.5,
     "dwi_motion": 1.2,
     "dwi_tensor": 1.2,
+    # ASL: the REAL XA30 series (64x64x12x7) and the sample's, bench/results/node_memory_asl.tsv
+    "asl_motion": 1.0,
+    "asl_cbf": 0.8,
 }

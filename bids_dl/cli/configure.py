@@ -105,6 +105,7 @@ def _workflow(options: dict) -> WorkflowSettings:
         wmh_bundle=_model_bundle(options["wmh_model"], "--wmh-model", task="wmh", classical="none"),
         dwi_bundle=_model_bundle(options["dwi_model"], "--dwi-model", task="dti", classical="none"),
         dwi_denoise=options["dwi_denoise"],
+        asl_bundle=_model_bundle(options["asl_model"], "--asl-model", task="asl", classical="none"),
     )
 
 

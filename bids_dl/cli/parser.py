@@ -175,9 +175,10 @@ PARAMETERS = (
         help="Analyses to run, separated by spaces (default: every one whose inputs exist: "
         "tumor where a contrast-enhanced T1w exists, wmh where a FLAIR exists and tumor does "
         "not run, since edema would pass for white-matter lesions; dwi where a diffusion "
-        "series exists). Known: anat, tumor, wmh, dwi. Named here, tumor runs on a FLAIR or "
-        "ce-T1w, wmh on a FLAIR, dwi on every diffusion series, and a subject without them "
-        "is an error.",
+        "series exists; asl where a perf/ ASL series exists; asl runs without a T1w on the ASL "
+        "grid). Known: anat, tumor, wmh, dwi, asl. Named here, tumor runs on a FLAIR or "
+        "ce-T1w, wmh on a FLAIR, dwi on every diffusion series, asl on every ASL series, and a "
+        "subject without them is an error.",
     ),
     _option(
         "--skull-strip-t1w",
@@ -231,6 +232,12 @@ PARAMETERS = (
         "DTI maps predicted from few directions: a dti model bundle folder or shipped name, "
         "'auto' (the shipped dti model) or 'none' (the measured tensor fit only; it is always "
         "written).",
+    ),
+    _model_option(
+        "--asl-model",
+        "Enhanced CBF from the ASL series (desc-enhanced_cbf): an asl model bundle folder or "
+        "shipped name, 'auto' (the shipped asl model when there is one) or 'none' (the "
+        "measured CBF only; it is always written).",
     ),
     _option(
         "--dwi-denoise",

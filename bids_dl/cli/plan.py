@@ -22,13 +22,14 @@ def print_plan(config: Config, subjects: dict[str, SubjectInputs]) -> None:
     click.echo(f"  analyses: {', '.join(execution.analyses)}")
     click.echo(f"  plugin:   {json.dumps(config.nipype.plugin_settings())}")
     for label, inputs in subjects.items():
-        reference = "ce-T1w" if inputs.reference_is_contrast_enhanced else "T1w"
-        stripped = " (already skull-stripped)" if inputs.skull_stripped else ""
-        click.echo(
-            f"  sub-{label}: {reference} "
-            f"{Path(inputs.t1w).relative_to(execution.bids_dir)}{stripped}"
-        )
+        if inputs.has_anatomy:
+            reference = "ce-T1w" if inputs.reference_is_contrast_enhanced else "T1w"
+            stripped = " (already skull-stripped)" if inputs.skull_stripped else ""
+            where = Path(inputs.t1w).relative_to(execution.bids_dir)
+            click.echo(f"  sub-{label}: {reference} {where}{stripped}")
+        else:
+            click.echo(f"  sub-{label}: no T1w (ASL on its own grid only)")
         for kind, files in inputs.files.items():
-            if files and files[0] != inputs.t1w:
+            if files and not (inputs.has_anatomy and files[0] == inputs.t1w):
                 click.echo(f"           {kind}: {Path(files[0]).relative_to(execution.bids_dir)}")
         click.echo(f"           runs: {', '.join(inputs.analyses)}")

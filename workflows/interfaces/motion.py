@@ -64,12 +64,19 @@ def read_itk_affine(path: str) -> VolumeMotion:
     return VolumeMotion(LPS_TO_RAS @ matrix_lps @ LPS_TO_RAS, LPS_TO_RAS @ parameters[9:12])
 
 
+#: below this many voxels (thick-slice ASL, 64x64x12) every voxel is sampled: a tenth of them
+#: gave a noisy mutual information and a volume registered to itself moved by 1.6 mm
+FULL_SAMPLING_VOXELS = 200_000
+
+
 def register_volume(fixed, moving, kind: str, prefix: str) -> tuple[object, VolumeMotion]:
     """Register one volume to the reference (``Rigid`` or ``Affine``, Mattes mutual
     information, identity start: volumes of one series share the head position) and resample
-    it onto the reference (cubic B-spline)."""
+    it onto the reference (cubic B-spline). Small images are sampled fully and shrunk at most
+    twice (a fourfold shrink leaves 3 of 12 slices)."""
     import ants
 
+    small = int(np.prod(fixed.shape)) < FULL_SAMPLING_VOXELS
     result = ants.registration(
         fixed=fixed,
         moving=moving,
@@ -77,8 +84,8 @@ def register_volume(fixed, moving, kind: str, prefix: str) -> tuple[object, Volu
         initial_transform="Identity",
         aff_metric="mattes",
         aff_iterations=(50, 25, 10),
-        aff_random_sampling_rate=0.1,
-        aff_shrink_factors=(4, 2, 1),
+        aff_random_sampling_rate=1.0 if small else 0.1,
+        aff_shrink_factors=(2, 1, 1) if min(fixed.shape) < 32 else (4, 2, 1),
         aff_smoothing_sigmas=(2, 1, 0),
         outprefix=prefix,
     )
