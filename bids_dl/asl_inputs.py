@@ -54,8 +54,8 @@ class AslSeries:
     #: seconds, one per volume (a scalar broadcast); for PASL the inversion time TI
     post_labeling_delays: tuple[float, ...]
     #: seconds: LabelingDuration of (P)CASL; for PASL BolusCutOffDelayTime (its first value
-    #: for Q2TIPS), None without a bolus cut-off
-    labeling_duration: float | None
+    #: for Q2TIPS)
+    labeling_duration: float
     #: LabelingEfficiency when the sidecar gives it
     labeling_efficiency: float | None
     #: background-suppression pulses; 0 without background suppression
@@ -247,7 +247,10 @@ def _labeling(name: str, metadata: dict, context: tuple[str, ...]) -> tuple[str,
             raise AslInputError(f"{name}: LabelingDuration {duration:g} s is not positive")
         return kind, duration
     if metadata.get("BolusCutOffFlag") is not True:
-        return kind, None
+        raise AslInputError(
+            f"{name}: PASL without a bolus cut-off (BolusCutOffFlag false or missing): the "
+            "consensus CBF model needs the bolus width of QUIPSS II or Q2TIPS"
+        )
     _require(name, metadata, ("BolusCutOffDelayTime",))
     return kind, _numbers(name, "BolusCutOffDelayTime", metadata["BolusCutOffDelayTime"])[0]
 

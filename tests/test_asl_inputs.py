@@ -190,6 +190,10 @@ BAD_SIDECARS = {
         "neither RepetitionTimePreparation nor RepetitionTime",
     ),
     "PCASL without duration": ({"sidecar": _without("LabelingDuration")}, "lacks LabelingDuration"),
+    "PASL without bolus cut-off": (
+        {"sidecar": {**_without("LabelingDuration"), "ArterialSpinLabelingType": "PASL"}},
+        "PASL without a bolus cut-off",
+    ),
     "unknown labeling": (
         {"sidecar": {**PCASL, "ArterialSpinLabelingType": "VSASL"}},
         "ArterialSpinLabelingType 'VSASL' is none of PCASL, CASL, PASL",

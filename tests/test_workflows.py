@@ -220,3 +220,51 @@ def _unset_inputs(graph, node) -> set[str]:
                    for source, _ in data["connect"]}  # fmt: skip
     values = node.inputs.get()
     return {field for field in needed - connected if values.get(field) is None}
+
+
+def _asl_series(path: Path, context: list[str], delays: list[float]):
+    from bids_dl.asl_inputs import AslSeries
+
+    return AslSeries(
+        path=str(path), context=tuple(context), m0_type="Included", m0scan=None,
+        m0_estimate=None, labeling_type="PCASL", post_labeling_delays=tuple(delays),
+        labeling_duration=1.8, labeling_efficiency=None, background_pulses=0,
+        field_strength=3.0, slice_timing=None, slice_axis=2, repetition_time_preparation=4.0,
+        total_acquired_pairs=len(context) // 2, vascular_crushing=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("anatomy", "delays", "network"),
+    [(True, [0, 1.8, 1.8, 1.8, 1.8], True), (True, [0, 1.0, 1.0, 2.0, 2.0], True),
+     (False, [0, 1.8, 1.8, 1.8, 1.8], False)],
+    ids=["single-delay", "multi-delay", "no-t1w"],
+)  # fmt: skip
+def test_each_asl_series_gets_its_own_workflows(config, tiny_bids, tmp_path, anatomy, delays,
+                                                network):  # fmt: skip
+    """Preprocessing, CBF and outputs per series; ATT only with several delays, the network
+    only at one delay, T1w and template outputs only with a T1w; every mandatory input of
+    every node connected or set."""
+    context = ["m0scan", "label", "control", "label", "control"]
+    series = _asl_series(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", context, delays)
+    subject = SubjectInputs("01", {"t1w": [series.path]} if anatomy else {}, asl=[series],
+                            analyses=["anat", "asl"] if anatomy else ["asl"])  # fmt: skip
+    (tmp_path / "asl").mkdir()
+    config.workflow.asl_bundle = str(tmp_path / "asl") if network else None
+    workflow = init_bids_dl_wf(config, {"01": subject})
+    names = set(workflow.list_node_names())
+    prefix = "single_subject_01_wf."
+    multi_delay = len(set(delays[1:])) > 1
+    assert prefix + "asl_preproc_0_wf.motion_correct" in names
+    assert (prefix + "asl_outputs_0_wf.ds_att" in names) == multi_delay
+    assert (prefix + "asl_outputs_0_wf.ds_cbf_timeseries" in names) == (not multi_delay)
+    assert (prefix + "asl_cbf_0_wf.enhance_perfusion" in names) == (network and not multi_delay)
+    assert (prefix + "asl_outputs_0_wf.ds_cbf_std" in names) == anatomy
+    assert any(name.startswith(prefix + "anat_preproc_wf") for name in names) == anatomy
+    flat = workflow.get_node("single_subject_01_wf")._create_flat_graph()
+    for node in flat.nodes():
+        assert not _unset_inputs(flat, node), node.fullname
+    paragraphs, references = methods_text(workflow.get_node("single_subject_01_wf"))
+    text = " ".join(paragraphs)
+    assert "consensus single-compartment model" in text and "Alsop" in str(references)
+    assert ("Buxton" in text) == multi_delay

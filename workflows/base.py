@@ -10,6 +10,13 @@ from nipype.pipeline import engine as pe
 from bids_dl.config import Config
 from bids_dl.inputs import SubjectInputs
 from bids_dl.workflows.anat import init_anat_preproc_wf
+from bids_dl.workflows.asl import (
+    ASL_PREPROC_OUTPUTS,
+    cbf_outputs,
+    init_asl_cbf_wf,
+    init_asl_preproc_wf,
+)
+from bids_dl.workflows.asl_outputs import init_asl_outputs_wf
 from bids_dl.workflows.dwi import DWI_PREPROC_OUTPUTS, init_dwi_preproc_wf, init_dwi_tensor_wf
 from bids_dl.workflows.dwi_outputs import init_dwi_outputs_wf
 from bids_dl.workflows.interfaces.morphometry import AnatomicalMeasures
@@ -49,6 +56,14 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         the participant's T1w (set from ``inputs``)
     """
     workflow = pe.Workflow(name=f"single_subject_{inputs.label}_wf")
+    if not inputs.has_anatomy:
+        workflow.__desc__ = (
+            "Results included in this report were generated with bids_dl, a BIDS-App built on "
+            "Nipype [@nipype]. The participant has no T1w image: only its ASL series were "
+            "processed, each on its own grid."
+        )
+        _connect_asl(workflow, config, inputs, None, structures=False)
+        return workflow
     reference = (
         "contrast-enhanced T1w image (the participant has no T1w without contrast)"
         if inputs.reference_is_contrast_enhanced
@@ -165,6 +180,8 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
     extra_measures = [(lesion_wf, "outputnode.measures")] if lesion_tasks else []
     if "dwi" in inputs.analyses:
         extra_measures += _connect_dwi(workflow, config, inputs, anat_preproc_wf, structures)
+    if "asl" in inputs.analyses:
+        extra_measures += _connect_asl(workflow, config, inputs, anat_preproc_wf, structures)
     _connect_extra_measures(workflow, extra_measures, measures)
     if structures:
         workflow.connect([
@@ -251,4 +268,77 @@ def _connect_dwi_series(
         (preproc_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}")
                                   for f in DWI_PREPROC_OUTPUTS]),
         (tensor_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in tensor_outputs]),
+    ])  # fmt: skip
+
+
+def _connect_asl(
+    workflow: pe.Workflow,
+    config: Config,
+    inputs: SubjectInputs,
+    anat_preproc_wf: pe.Workflow | None,
+    structures: bool,
+) -> list[tuple[pe.Node, str]]:
+    """One preprocessing, CBF and outputs workflow per ASL series (without ``anat_preproc_wf``,
+    a participant without T1w, on the ASL grid only); the measures of the first series go to
+    the measures table (returned as its source)."""
+    settings = config.workflow
+    anatomy = anat_preproc_wf is not None
+    cbf_wfs = []
+    for index, series in enumerate(inputs.asl):
+        # the network was trained on single-delay differences
+        bundle = settings.asl_bundle if "att" not in cbf_outputs(series) else None
+        preproc_wf = init_asl_preproc_wf(
+            series=series, anatomy=anatomy, omp_nthreads=config.nipype.omp_nthreads,
+            name=f"asl_preproc_{index}_wf",
+        )  # fmt: skip
+        preproc_wf.inputs.inputnode.asl = series.path
+        if series.m0scan:
+            preproc_wf.inputs.inputnode.m0scan = series.m0scan
+        cbf_wf = init_asl_cbf_wf(
+            series=series, template_dir=str(config.template_dir), anatomy=anatomy,
+            asl_bundle=bundle, structures=structures, omp_nthreads=config.nipype.omp_nthreads,
+            device=settings.device, name=f"asl_cbf_{index}_wf",
+        )  # fmt: skip
+        outputs_wf = init_asl_outputs_wf(
+            output_dir=str(config.execution.output_dir), bids_dir=str(config.execution.bids_dir),
+            series=series, anatomy=anatomy, network=bundle is not None,
+            name=f"asl_outputs_{index}_wf",
+        )  # fmt: skip
+        _connect_asl_series(workflow, anat_preproc_wf, preproc_wf, cbf_wf, outputs_wf, structures)
+        cbf_wfs.append(cbf_wf)
+    return [(cbf_wfs[0], "outputnode.measures")] if anatomy else []
+
+
+def _connect_asl_series(
+    workflow: pe.Workflow,
+    anat_preproc_wf: pe.Workflow | None,
+    preproc_wf: pe.Workflow,
+    cbf_wf: pe.Workflow,
+    outputs_wf: pe.Workflow,
+    structures: bool,
+) -> None:
+    cbf_fields = [f for f in cbf_wf.get_node("outputnode").outputs.copyable_trait_names()
+                  if f != "measures"]  # fmt: skip
+    preproc_fields = [f for f in ASL_PREPROC_OUTPUTS if anat_preproc_wf or "t1w" not in f]
+    workflow.connect([
+        (preproc_wf, cbf_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in (
+            "asl_preproc", "m0", "brain_mask", "confounds", "aslref")]),
+        (preproc_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in preproc_fields]),
+        (cbf_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in cbf_fields]),
+    ])  # fmt: skip
+    if anat_preproc_wf is None:
+        return
+    anat = [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.brain_mask", "inputnode.t1w_mask")]  # fmt: skip
+    workflow.connect([
+        # separate lists: nipype edits a connection list while flattening the graph
+        (anat_preproc_wf, preproc_wf, list(anat)),
+        (anat_preproc_wf, outputs_wf, list(anat)),
+        (preproc_wf, cbf_wf, [("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
+        (anat_preproc_wf, cbf_wf, [
+            ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.probseg", "inputnode.probseg"),
+            ("outputnode.dseg", "inputnode.dseg"),
+            ("outputnode.forward_transform", "inputnode.forward_transform"),
+        ] + ([("outputnode.aseg", "inputnode.aseg")] if structures else [])),
     ])  # fmt: skip

@@ -56,7 +56,8 @@ def write_reports(
     reports = []
     for label, inputs in subjects.items():
         methods, references = methods_text(workflow.get_node(f"single_subject_{label}_wf"))
-        source = Path(inputs.t1w).relative_to(config.execution.bids_dir).as_posix()
+        reference = inputs.t1w if inputs.has_anatomy else inputs.asl[0].path
+        source = Path(reference).relative_to(config.execution.bids_dir).as_posix()
         reports.append(
             write_participant_report(
                 config.execution.output_dir,

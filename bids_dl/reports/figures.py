@@ -23,9 +23,14 @@ from bids_dl.derivatives import TISSUE_LOOKUP  # noqa: E402
 MOSAIC_ROWS = (("x", 6), ("y", 6), ("z", 6))
 
 
+def _mask_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Indices of the slices along ``axis`` that hold part of the mask."""
+    return np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+
+
 def _cut_coords(image: nb.Nifti1Image, mask: np.ndarray, axis: int, count: int) -> list[float]:
     """World coordinates of ``count`` evenly spaced cuts through the mask along ``axis``."""
-    indices = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    indices = _mask_slices(mask, axis)
     if indices.size == 0:
         indices = np.arange(image.shape[axis])
     positions = np.linspace(indices.min(), indices.max(), count + 2)[1:-1]
@@ -40,6 +45,14 @@ def display_range(data: np.ndarray, extent: np.ndarray) -> tuple[float, float | 
     to the 99.5th percentile inside ``extent`` (the part the figure is about)."""
     vmax = float(np.percentile(data[extent], 99.5)) if extent.any() else None
     return float(np.percentile(data, 1)), vmax
+
+
+def _save(figure, out_file: str | Path) -> Path:
+    """Write ``figure`` as a PNG on black and close it."""
+    out_file = Path(out_file)
+    figure.savefig(out_file, dpi=80, facecolor="black")
+    plt.close(figure)
+    return out_file
 
 
 def _mosaic(
@@ -75,10 +88,7 @@ def _mosaic(
             title=title if row == 0 else None,
         )
         decorate(display)
-    out_file = Path(out_file)
-    figure.savefig(out_file, dpi=80, facecolor="black")
-    plt.close(figure)
-    return out_file
+    return _save(figure, out_file)
 
 
 def _canonical_mask(path: str | Path) -> tuple[nb.Nifti1Image, np.ndarray]:
@@ -240,7 +250,7 @@ def color_fa(fa: np.ndarray, v1: np.ndarray, mask: np.ndarray | None = None) -> 
 
 def _slice_indices(mask: np.ndarray, axis: int, count: int) -> list[int]:
     """``count`` evenly spaced voxel indices through the mask along ``axis``."""
-    indices = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    indices = _mask_slices(mask, axis)
     if indices.size == 0:
         indices = np.arange(mask.shape[axis])
     positions = np.linspace(indices.min(), indices.max(), count + 2)[1:-1]
@@ -252,19 +262,21 @@ def _slice_indices(mask: np.ndarray, axis: int, count: int) -> list[int]:
 _EDGE_LETTERS = {0: ("P", "A"), 1: ("L", "R"), 2: ("L", "R")}
 
 
-def _rgb_panel(axes, rgb: np.ndarray, zooms, axis: int, index: int, letters: bool) -> None:
-    """One cut of a RAS RGB volume: the first remaining axis across, the second upwards."""
-    plane = np.take(rgb, index, axis=axis)  # (across, up, 3)
+def _panel(axes, volume: np.ndarray, zooms, axis: int, index: int, letters: bool, **style) -> None:
+    """One cut of a RAS volume (scalar, or RGB along a last axis): the first remaining axis
+    across, the second upwards, each voxel drawn at its size in mm; ``style`` goes to
+    ``imshow`` (colour map, range)."""
+    plane = np.take(volume, index, axis=axis)  # (across, up[, 3])
     across, up = (zooms[a] for a in range(3) if a != axis)
     axes.imshow(
-        np.transpose(plane, (1, 0, 2)), origin="lower", aspect=up / across, interpolation="none"
+        np.swapaxes(plane, 0, 1), origin="lower", aspect=up / across, interpolation="none", **style
     )
     axes.set_axis_off()
     if letters:
-        style = {"color": "white", "va": "center", "fontsize": 11, "transform": axes.transAxes}
+        text = {"color": "white", "va": "center", "fontsize": 11, "transform": axes.transAxes}
         left, right = _EDGE_LETTERS[axis]
-        axes.text(0.02, 0.5, left, ha="left", **style)
-        axes.text(0.98, 0.5, right, ha="right", **style)
+        axes.text(0.02, 0.5, left, ha="left", **text)
+        axes.text(0.98, 0.5, right, ha="right", **text)
 
 
 def plot_color_fa(fa_file: str, v1_file: str, mask_file: str, out_file: str) -> Path:
@@ -287,7 +299,7 @@ def plot_color_fa(fa_file: str, v1_file: str, mask_file: str, out_file: str) -> 
                 (column / count, 1 - (row + 1) / len(MOSAIC_ROWS), 1 / count, 0.86 / 3)
             )
             axes.set_facecolor("black")
-            _rgb_panel(axes, rgb, zooms, axis, index, letters=column == 0)
+            _panel(axes, rgb, zooms, axis, index, letters=column == 0)
     figure.text(0.01, 0.985, "colour FA", color="white", fontsize=13, va="top")
     for x, (words, colour) in zip(
         (0.78, 0.85, 0.92),
@@ -295,10 +307,160 @@ def plot_color_fa(fa_file: str, v1_file: str, mask_file: str, out_file: str) -> 
         strict=True,
     ):
         figure.text(x, 0.985, words, color=colour, fontsize=10, va="top")
-    out_file = Path(out_file)
-    figure.savefig(out_file, dpi=80, facecolor="black")
-    plt.close(figure)
-    return out_file
+    return _save(figure, out_file)
+
+
+#: The CBF figure: every slice through the brain up to ``CBF_AXIAL_CUTS`` axial cuts (else that
+#: many evenly spaced), ``CBF_ROW`` to a row, then a row of ``CBF_ORTHO_CUTS`` coronal and as
+#: many sagittal cuts where the brain spans at least ``CBF_ORTHO_MIN_SLICES`` axial slices.
+CBF_AXIAL_CUTS, CBF_ROW, CBF_ORTHO_CUTS, CBF_ORTHO_MIN_SLICES = 12, 6, 3, 4
+#: Perceptually uniform, black at 0 like the figure's background; negative CBF in the brain is
+#: drawn in a colour the map lacks.
+CBF_COLORMAP, CBF_NEGATIVE = "inferno", "#00bfff"
+
+
+def cbf_upper_bound(cbf: np.ndarray, mask: np.ndarray) -> float:
+    """Top of the CBF colour scale: the 99th percentile of the finite CBF in the brain mask
+    (in the whole image where the mask is empty), rounded up to two significant digits; 1 where
+    that is not positive."""
+    values = cbf[mask] if mask.any() else cbf.ravel()
+    values = values[np.isfinite(values)]
+    top = float(np.percentile(values, 99)) if values.size else 0.0
+    if top <= 0:
+        return 1.0
+    step = 10.0 ** (np.floor(np.log10(top)) - 1)
+    return float(f"{np.ceil(round(top / step, 6)) * step:.6g}")
+
+
+def _mean_volume(image: nb.Nifti1Image) -> nb.Nifti1Image:
+    """A 3D image: a 4D one's mean over its last axis (a CBF time series)."""
+    if len(image.shape) == 3:
+        return image
+    data = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3] + (-1,))
+    return nb.Nifti1Image(data.mean(axis=-1), image.affine)
+
+
+def _on_grid(path: str | Path, reference: nb.Nifti1Image, order: int) -> np.ndarray:
+    """The data of the image at ``path`` on ``reference``'s (RAS) grid: reoriented where only
+    the orientation differs, else resampled (spline ``order``; 0 for masks)."""
+    image = nb.as_closest_canonical(_mean_volume(nb.load(str(path))))
+    same = image.shape == reference.shape[:3] and np.allclose(image.affine, reference.affine)
+    if not same:
+        from nibabel.processing import resample_from_to
+
+        image = resample_from_to(image, (reference.shape[:3], reference.affine), order=order)
+    return image.get_fdata(dtype=np.float32)
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """The mask's bounding box plus ``margin`` voxels (the whole grid if the mask is empty)."""
+    if not mask.any():
+        return tuple(slice(None) for _ in range(3))
+    return tuple(
+        slice(max(int(indices[0]) - margin, 0), int(indices[-1]) + margin + 1)
+        for indices in (_mask_slices(mask, axis) for axis in range(3))
+    )
+
+
+def _cbf_rows(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The (axis, index) of each cut of the CBF figure, row by row (``CBF_AXIAL_CUTS``...)."""
+    axial = [int(i) for i in _mask_slices(mask, 2)]
+    if len(axial) > CBF_AXIAL_CUTS or not axial:
+        axial = _slice_indices(mask, 2, CBF_AXIAL_CUTS)
+    rows = [[(2, index) for index in axial[s : s + CBF_ROW]] for s in range(0, len(axial), CBF_ROW)]
+    if len(_mask_slices(mask, 2)) >= CBF_ORTHO_MIN_SLICES:
+        rows.append(
+            [(1, i) for i in _slice_indices(mask, 1, CBF_ORTHO_CUTS)]
+            + [(0, i) for i in _slice_indices(mask, 0, CBF_ORTHO_CUTS)]
+        )
+    return rows
+
+
+def _row_height(row: list[tuple[int, int]], extent_mm: np.ndarray, width: float) -> float:
+    """Height (inches) of a row of cuts ``width`` inches wide each: the tallest cut's at its
+    true aspect, between a quarter and 1.25 of the width."""
+    ratios = [extent_mm[2 if axis < 2 else 1] / extent_mm[1 if axis == 0 else 0] for axis, _ in row]
+    return width * float(np.clip(max(ratios), 0.25, 1.25))
+
+
+def _mask_outline(axes, mask: np.ndarray, axis: int, index: int) -> None:
+    """The brain mask's outline (grey) on a cut drawn by ``_panel``."""
+    plane = np.take(mask, index, axis=axis).T.astype(np.float32)
+    if plane.min() == plane.max():
+        return
+    limits = axes.get_xlim(), axes.get_ylim()
+    axes.contour(plane, levels=[0.5], colors=["#909090"], linewidths=0.6)
+    axes.set_xlim(limits[0])
+    axes.set_ylim(limits[1])
+
+
+def _cbf_colorbar(figure, colormap, vmax: float, relative: bool, height: float) -> None:
+    """A horizontal colour bar at the bottom of the figure (``height`` inches tall in all)."""
+    from matplotlib import cm, colors
+
+    bar = figure.add_axes((0.2, 0.45 / height, 0.36, 0.16 / height))
+    mappable = cm.ScalarMappable(norm=colors.Normalize(0, vmax), cmap=colormap)
+    colorbar = figure.colorbar(mappable, cax=bar, orientation="horizontal", extend="min")
+    colorbar.set_label("relative CBF" if relative else "CBF (mL/100 g/min)", color="white")
+    bar.tick_params(colors="white", labelsize=9)
+    colorbar.outline.set_edgecolor("white")
+    text = {"fontsize": 9, "va": "center", "transform": figure.transFigure}
+    middle = 0.53 / height
+    figure.text(0.19, middle, "negative", color=CBF_NEGATIVE, ha="right", **text)
+    scale = f"0 to {vmax:g}: 99th percentile of the measured CBF in the brain"
+    figure.text(0.58, middle, scale, color="#aaaaaa", ha="left", **text)
+
+
+def plot_cbf(
+    cbf_file: str,
+    mask_file: str,
+    out_file: str,
+    enhanced_file: str | None = None,
+    relative: bool = False,
+) -> Path:
+    """CBF in the brain mask: axial cuts through the whole brain (all of them on a thick-slice
+    grid) and a row of coronal and sagittal cuts, on the CBF's RAS-reoriented grid, each voxel
+    at its size in mm, the subject's left on the image's left; the brain outline in grey and
+    negative CBF in blue. With ``enhanced_file`` (the network's CBF), a second block of the same
+    cuts on the same colour scale: 0 to ``cbf_upper_bound`` of the measured CBF. ``relative``:
+    the CBF is in relative units (no M0 scan). The mask and the enhanced map are resampled onto
+    the CBF's grid where they lie on another."""
+    reference = nb.as_closest_canonical(_mean_volume(nb.load(str(cbf_file))))
+    cbf = reference.get_fdata(dtype=np.float32)
+    mask = _on_grid(mask_file, reference, order=0) > 0.5
+    vmax = cbf_upper_bound(cbf, mask)
+    blocks = [("measured", cbf)]
+    if enhanced_file is not None:
+        blocks.append(("enhanced (network prediction)", _on_grid(enhanced_file, reference, 1)))
+    box = _bounding_box(mask)
+    mask = mask[box]
+    zooms = reference.header.get_zooms()[:3]
+    rows = _cbf_rows(mask)
+    width = 12 / CBF_ROW
+    heights = [_row_height(row, np.array(mask.shape) * zooms, width) for row in rows]
+    title_height, bar_height = 0.35, 0.8
+    total = len(blocks) * (title_height + sum(heights)) + bar_height
+    colormap = matplotlib.colormaps[CBF_COLORMAP].with_extremes(under=CBF_NEGATIVE, bad="black")
+    figure = plt.figure(figsize=(12, total), facecolor="black")
+    top = total
+    for title, data in blocks:
+        shown = np.where(mask, data[box], np.nan)
+        figure.text(0.01, (top - 0.08) / total, title, color="white", fontsize=13, va="top")
+        top -= title_height
+        lettered = set()  # the first cut of each orientation gets the edge letters
+        for row, height in zip(rows, heights, strict=True):
+            top -= height
+            for column, (axis, index) in enumerate(row):
+                axes = figure.add_axes(
+                    (column / CBF_ROW, top / total, 0.97 / CBF_ROW, 0.97 * height / total)
+                )
+                axes.set_facecolor("black")
+                letters = axis not in lettered
+                lettered.add(axis)
+                _panel(axes, shown, zooms, axis, index, letters, cmap=colormap, vmin=0, vmax=vmax)
+                _mask_outline(axes, mask, axis, index)
+    _cbf_colorbar(figure, colormap, vmax, relative, total)
+    return _save(figure, out_file)
 
 
 #: Columns of a confounds table (fMRIPrep names): translations in mm, rotations in radians.
@@ -323,13 +485,17 @@ def _mark_b0(axes, confounds) -> None:
 
 def plot_motion(confounds_file: str, out_file: str) -> Path:
     """Framewise displacement (mm) and the six rigid motion parameters (translations in mm,
-    rotations in degrees) per volume; b=0 volumes marked by grey lines."""
+    rotations in degrees) per volume; b=0 volumes marked by grey lines where the table has a
+    ``b_value`` column. Short series (an ASL run of a few volumes) get a point per volume and
+    whole-volume ticks."""
     import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
     confounds = pd.read_csv(confounds_file, sep="\t", na_values=["n/a"])
     volumes = np.arange(len(confounds))
     fd = confounds.get("framewise_displacement", pd.Series(np.nan, index=volumes))
     fd = fd.to_numpy(dtype=float)
+    marker = "." if len(volumes) <= 30 else None
     with plt.style.context("dark_background"):
         figure, (top, bottom) = plt.subplots(2, 1, figsize=(12, 4.4), sharex=True)
         figure.patch.set_facecolor("black")
@@ -340,15 +506,17 @@ def plot_motion(confounds_file: str, out_file: str) -> Path:
             for name, colour in zip(names, ("#ff5050", "#50ff50", "#6080ff"), strict=True):
                 if name in confounds:
                     values = confounds[name].to_numpy(dtype=float) * scale
-                    bottom.plot(volumes, values, style, color=colour, linewidth=1, label=name)
+                    bottom.plot(
+                        volumes, values, style, color=colour, marker=marker, linewidth=1, label=name
+                    )
         bottom.set_ylabel("mm / degrees")
         bottom.set_xlabel("volume")
-        bottom.legend(ncol=6, fontsize=8, loc="upper left", frameon=False)
+        bottom.set_xlim(-0.5, max(len(volumes), 1) - 0.5)
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if bottom.get_legend_handles_labels()[0]:
+            bottom.legend(ncol=6, fontsize=8, loc="upper left", frameon=False)
         for axes in (top, bottom):
             _mark_b0(axes, confounds)
         top.set_title(_motion_title(fd))
         figure.tight_layout()
-        out_file = Path(out_file)
-        figure.savefig(out_file, dpi=80, facecolor="black")
-        plt.close(figure)
-    return out_file
+        return _save(figure, out_file)

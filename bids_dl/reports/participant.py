@@ -80,17 +80,76 @@ ANAT_FIGURES = (
     ),
 )
 
+#: The figures of each ASL series (``_asl.png``, named after the raw ASL file), in the
+#: report's Perfusion section: (desc entity, title, caption).
+PERFUSION_FIGURES = (
+    (
+        "cbf",
+        "Cerebral blood flow",
+        "CBF of the series in its brain mask: axial cuts from the bottom of the brain up, then "
+        "coronal and sagittal cuts, each voxel at its true size (thick slices look blocky), "
+        "the subject's left on the image's left, the brain outline in grey and negative CBF in "
+        "blue; the scale runs from 0 to the 99th percentile of the measured CBF in the brain "
+        "(relative units where the series had no M0 scan). Grey matter should be brighter than "
+        "white matter, about 40-80 mL/100 g/min in healthy adult grey matter, with no large "
+        "negative areas. A bright or negative rim along the brain's edge points to motion "
+        "between label and control volumes, a map negative almost everywhere to label and "
+        "control swapped, bright dots along the large arteries to label still in transit at the "
+        "post-labelling delay. Where a network enhanced the map, its output is shown below on "
+        "the same scale: a prediction from the measured data, not a measurement, which should "
+        "keep the measured map's pattern.",
+    ),
+    (
+        "coreg",
+        "Coregistration",
+        "The ASL series' reference (its mean control volume, else the M0 scan) after rigid "
+        "registration to the T1w, with the T1w's brain outline (red) and its ventricle and "
+        "sulcal edges (cyan) on top: the anatomy should follow the lines.",
+    ),
+    (
+        "motion",
+        "Head motion",
+        "Framewise displacement (top; Power et al. 2012: the sum of the absolute changes of "
+        "the six rigid motion parameters from one volume to the next, rotations counted as arc "
+        "length on a 50 mm sphere) and the motion parameters themselves (bottom: translations "
+        "in mm, rotations in degrees), per volume of the ASL series. Label and control volumes "
+        "differ in intensity, so part of a regular zig-zag can be the labelling, not the head.",
+    ),
+)
+
 #: Suffixes of the figure files: the image each figure is drawn over or about.
 FIGURE_SUFFIXES = ("T1w", "FLAIR", "T2w", "dwi")
+
+#: Which figure list captions which suffixes.
+FIGURE_SETS = ((ANAT_FIGURES, FIGURE_SUFFIXES), (PERFUSION_FIGURES, ("asl",)))
 
 #: Sections of the report: (HTML id, heading, suffixes of the figures they show).
 FIGURE_GROUPS = (
     ("anatomical", "Anatomical", ("T1w", "FLAIR", "T2w")),
     ("diffusion", "Diffusion", ("dwi",)),
+    ("perfusion", "Perfusion", ("asl",)),
 )
 
 #: The order of each diffusion series' figures (desc entities) in the Diffusion section.
 DIFFUSION_ORDER = ("fa", "colorfa", "coreg", "motion")
+#: The order of each ASL series' figures in the Perfusion section.
+PERFUSION_ORDER = ("cbf", "coreg", "motion")
+#: Per series suffix: the order of its figures (these sections show series by series).
+SERIES_ORDER = {"dwi": DIFFUSION_ORDER, "asl": PERFUSION_ORDER}
+
+#: The quality table of each ASL series, ``sub-X/[ses-Y/]perf/<series>_<QUALITY_SUFFIX>``, with
+#: ``<series>`` the figures' name before ``_desc-``.
+QUALITY_SUFFIX = "desc-qualitycontrol_cbf.tsv"
+#: The columns of it shown under each ASL series: (column, heading, decimals).
+QUALITY_COLUMNS = (
+    ("qei_cbf", "QEI", 2),
+    ("mean_gm_cbf", "mean GM CBF", 1),
+    ("mean_wm_cbf", "mean WM CBF", 1),
+    ("ratio_gm_wm_cbf", "GM/WM ratio", 2),
+    ("percentage_negative_cbf", "negative CBF in GM (%)", 1),
+    ("percentage_implausible_cbf_brain", "brain above 150 (%)", 1),
+    ("mean_fd", "mean FD (mm)", 2),
+)
 
 
 def template_environment() -> jinja2.Environment:
@@ -125,38 +184,79 @@ def latest_resources(output_dir: Path, subject: str) -> dict | None:
     return {"run": tables[-1].parent.name, "period": MONITOR_PERIOD_S, "rows": rows}
 
 
-def _series_order(path: Path) -> tuple[str, int]:
-    """Sort key of a diffusion figure: its series (the name before ``_desc-``), then its kind
-    in ``DIFFUSION_ORDER``, so that each series' figures stay together."""
+def _series_order(path: Path, order: tuple[str, ...]) -> tuple[str, int]:
+    """Sort key of a series' figure: its series (the name before ``_desc-``), then its kind
+    in ``order``, so that each series' figures stay together."""
     series, _, rest = path.name.partition("_desc-")
     desc = rest.rsplit("_", 1)[0]
-    order = DIFFUSION_ORDER.index(desc) if desc in DIFFUSION_ORDER else len(DIFFUSION_ORDER)
-    return series, order
+    return series, order.index(desc) if desc in order else len(order)
+
+
+def _format_quality(value: str | None, decimals: int) -> str:
+    try:
+        return f"{float(value):.{decimals}f}"
+    except (TypeError, ValueError):
+        return value or "n/a"
+
+
+def read_quality(output_dir: Path, subject: str, series: str) -> list[dict] | None:
+    """The ``QUALITY_COLUMNS`` of a series' quality table as (``heading``, ``value``) dicts,
+    values rounded and ``n/a`` kept; None where the series has no table."""
+    tables = sorted(Path(output_dir, f"sub-{subject}").glob(f"**/perf/{series}_{QUALITY_SUFFIX}"))
+    if not tables:
+        return None
+    row = read_measures(tables[0])
+    return [
+        {"heading": heading, "value": _format_quality(row.get(column), decimals)}
+        for column, heading, decimals in QUALITY_COLUMNS
+    ]
+
+
+def _figure_entry(output_dir: Path, path: Path, title: str, caption: str) -> dict:
+    return {"path": path.relative_to(output_dir).as_posix(), "title": title, "caption": caption}
+
+
+def _perfusion_series(output_dir: Path, subject: str, members: list) -> list[dict]:
+    """The ASL figures grouped by series: ``name`` (the raw file's, e.g. ``sub-01_asl``),
+    ``figures`` and ``quality`` (``read_quality``)."""
+    series: dict[str, list[dict]] = {}
+    for _, path, title, caption in members:
+        name = path.name.partition("_desc-")[0]
+        series.setdefault(name, []).append(_figure_entry(output_dir, path, title, caption))
+    return [
+        {
+            "name": f"{name}_asl",
+            "figures": figures,
+            "quality": read_quality(output_dir, subject, name),
+        }
+        for name, figures in series.items()
+    ]
 
 
 def find_figures(output_dir: Path, subject: str) -> list[dict]:
     """The figures in ``OUTPUT_DIR/sub-<label>/figures``, per ``FIGURE_GROUPS`` section:
-    dicts with ``id``, ``heading`` and ``figures`` (each with ``path`` relative to
-    ``output_dir``, ``title`` and ``caption``). Anatomical figures come in ``ANAT_FIGURES``
-    order, then suffix order; diffusion figures series by series."""
+    dicts with ``id``, ``heading``, ``figures`` (each with ``path`` relative to
+    ``output_dir``, ``title`` and ``caption``) and ``series`` (the Perfusion section's figures
+    and quality table per ASL series, else empty). Anatomical figures come in ``ANAT_FIGURES``
+    order, then suffix order; diffusion and perfusion figures series by series."""
     output_dir = Path(output_dir)
     figures_dir = output_dir / f"sub-{subject}" / "figures"
     found = [
         (suffix, path, title, caption)
-        for desc, title, caption in ANAT_FIGURES
-        for suffix in FIGURE_SUFFIXES
+        for figures, suffixes in FIGURE_SETS
+        for desc, title, caption in figures
+        for suffix in suffixes
         for path in sorted(figures_dir.glob(f"sub-{subject}*_desc-{desc}_{suffix}.png"))
     ]
     groups = []
     for group_id, heading, suffixes in FIGURE_GROUPS:
         members = [item for item in found if item[0] in suffixes]
-        if "dwi" in suffixes:
-            members.sort(key=lambda item: _series_order(item[1]))
-        figures = [
-            {"path": path.relative_to(output_dir).as_posix(), "title": title, "caption": caption}
-            for _, path, title, caption in members
-        ]
-        groups.append({"id": group_id, "heading": heading, "figures": figures})
+        orders = [SERIES_ORDER[suffix] for suffix in suffixes if suffix in SERIES_ORDER]
+        if orders:
+            members.sort(key=lambda item: _series_order(item[1], orders[0]))
+        series = _perfusion_series(output_dir, subject, members) if "asl" in suffixes else []
+        figures = [_figure_entry(output_dir, *item[1:]) for item in members]
+        groups.append({"id": group_id, "heading": heading, "figures": figures, "series": series})
     return groups
 
 

@@ -17,6 +17,7 @@ from bids_dl.derivatives import ASL_MEASURE_REGIONS, write_text_atomic
 from bids_dl.images import save_image
 from bids_dl.models.asl_kinetics import LabelingScheme, cbf_from_difference, fit_cbf_att
 from bids_dl.workflows.interfaces.asl_preproc import load_series, smooth_in_mask
+from bids_dl.workflows.interfaces.deep_learning import _ModelInterface, _ModelRunInputSpec
 from bids_dl.workflows.interfaces.images import label_images, regional_means
 
 #: CBF above this (mL/100 g/min) is not a tissue perfusion (ASLPrep's users' flag)
@@ -137,6 +138,36 @@ def quantify_cbf(
     outputs["cbf"] = save("cbf", _unmask(cbf, mask))
     outputs["att"] = save("att", _unmask(att, mask))
     return outputs
+
+
+def enhance_cbf(
+    series_file: str,
+    m0_file: str,
+    mask_file: str,
+    parameters: dict,
+    bundle: str,
+    out_file: str,
+    device: str = "auto",
+    num_threads: int = 1,
+) -> dict:
+    """The perfusion network's CBF from every pair of a single-delay series: the enhanced
+    ``(control - label) / M0`` quantified by the same model as the measured CBF. Returns the
+    model's identity."""
+    from bids_dl.models.asl_enhancement import enhance_difference
+    from bids_dl.workflows.interfaces.deep_learning import _identity, _load_model
+
+    card, network, device = _load_model(bundle, "asl", num_threads, device)
+    image, series = load_series(series_file)
+    m0 = np.asarray(nb.load(m0_file).dataobj, dtype=np.float32)
+    mask = np.asarray(nb.load(mask_file).dataobj) > 0
+    delays = difference_delays(parameters)
+    dm, _ = enhance_difference(
+        network, series, parameters["context"], m0, mask, pairs=delays.size, device=device
+    )
+    voxel_delays = slice_delays(float(delays[0]), m0.shape, parameters)
+    cbf = cbf_from_difference(dm, 1.0, voxel_delays, scheme_from_parameters(parameters))
+    save_image(np.where(mask, cbf, 0).astype(np.float32), image.affine, out_file)
+    return _identity(card, bundle)
 
 
 def _unmask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -304,4 +335,35 @@ class PerfusionMeasures(SimpleInterface):
     def _run_interface(self, runtime):
         aseg = self.inputs.aseg if isdefined(self.inputs.aseg) else None
         self._results["measures"] = perfusion_measures(self.inputs.cbf, self.inputs.dseg, aseg)
+        return runtime
+
+
+class _EnhanceInputSpec(_ModelRunInputSpec, _QuantifyInputSpec):
+    pass
+
+
+class _EnhanceOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the network's CBF, mL/100 g/min")
+    model = traits.Dict(desc="name, version and sha256 of the model")
+
+
+class EnhancePerfusion(_ModelInterface):
+    """The perfusion network's CBF (:func:`enhance_cbf`)."""
+
+    input_spec = _EnhanceInputSpec
+    output_spec = _EnhanceOutputSpec
+
+    def _run_interface(self, runtime):
+        out_file = str(Path(runtime.cwd) / "enhanced_cbf.nii.gz")
+        self._results["model"] = enhance_cbf(
+            self.inputs.in_file,
+            self.inputs.m0,
+            self.inputs.brain_mask,
+            self.inputs.parameters,
+            self.inputs.bundle,
+            out_file,
+            self.inputs.device,
+            self.inputs.num_threads,
+        )
+        self._results["out_file"] = out_file
         return runtime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
 
 class _FigureOutputSpec(TraitedSpec):
@@ -175,3 +175,30 @@ class MotionFigure(_FigureInterface):
         from bids_dl.reports.figures import plot_motion
 
         plot_motion(self.inputs.confounds, out_file)
+
+
+class _CBFFigureInputSpec(TraitedSpec):
+    cbf = File(exists=True, mandatory=True, desc="CBF map, mL/100 g/min")
+    brain_mask = File(
+        exists=True, mandatory=True, desc="brain mask (resampled onto the CBF's grid if needed)"
+    )
+    enhanced = File(exists=True, desc="the network's desc-enhanced_cbf, on the CBF's grid")
+    relative = traits.Bool(False, usedefault=True, desc="relative units: the series had no M0")
+
+
+class CBFFigure(_FigureInterface):
+    """CBF cuts in the brain (and the network's enhanced CBF on the same colour scale)."""
+
+    input_spec = _CBFFigureInputSpec
+    figure_name = "cbf.png"
+
+    def _draw(self, out_file: Path) -> None:
+        from bids_dl.reports.figures import plot_cbf
+
+        plot_cbf(
+            self.inputs.cbf,
+            self.inputs.brain_mask,
+            out_file,
+            enhanced_file=self.inputs.enhanced if isdefined(self.inputs.enhanced) else None,
+            relative=self.inputs.relative,
+        )
