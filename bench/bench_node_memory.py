@@ -59,6 +59,8 @@ def main() -> None:
     from nipype.utils.filemanip import loadpkl
 
     nodes = sorted(args.work_dir.glob("bids_dl_wf/single_subject_*_wf/**/_node.pklz"))
+    # a MapNode runs as its ``mapflow/`` sub-nodes, which are measured instead
+    nodes = [path for path in nodes if not (path.parent / "mapflow").is_dir()]
     if not args.every_subject:  # one node of each kind, from the last subject that has it
         nodes = list({node_kind(path): path for path in nodes}.values())
     rows = []

@@ -193,11 +193,15 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
 # The validator matches folders without a trailing slash ("sub-*/figures/" would not match).
 #: Files the validator does not know yet: BEP016's diffusion maps (``*_dwimap``), the
 #: rotated gradient files of a preprocessed series, the b=0 reference (``*_dwiref``) and the
-#: diffusion confounds; and crash logs (``sub-*/log``).
+#: diffusion confounds; ASLPrep's perfusion names (``*_cbf``, ``*_att``, ``*_aslref``) and the
+#: ASL confounds and brain mask (BIDS has no mask in perf/); and crash logs (``sub-*/log``).
 BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "sub-*/log", "*_xfm.h5",
               "*_measures.tsv", "*_dwimap.nii.gz", "*_dwimap.json", "*_desc-preproc_dwi.bval",
               "*_desc-preproc_dwi.bvec", "*_dwiref.nii.gz", "*_dwiref.json",
-              "**/dwi/*_timeseries.tsv", "**/dwi/*_timeseries.json")  # fmt: skip
+              "**/dwi/*_timeseries.tsv", "**/dwi/*_timeseries.json", "*_cbf.nii.gz",
+              "*_cbf.json", "*_cbf.tsv", "*_att.nii.gz", "*_att.json", "*_aslref.nii.gz",
+              "*_aslref.json", "**/perf/*_timeseries.tsv", "**/perf/*_timeseries.json",
+              "**/perf/*_mask.nii.gz", "**/perf/*_mask.json")  # fmt: skip
 
 
 _DERIVATIVES_README = """bids_dl derivatives

@@ -121,9 +121,15 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def subject_derivatives(output: Path, subject: str, dwi: bool = True) -> dict[str, Path]:
+#: derivatives folders, figure endings and measure prefixes of the diffusion and ASL analyses
+MODALITY_FOLDERS = ("dwi/", "perf/")
+MODALITY_FIGURES = ("_dwi.png", "_asl.png")
+MODALITY_MEASURES = ("dwi_", "asl_")
+
+
+def subject_derivatives(output: Path, subject: str, modalities: bool = True) -> dict[str, Path]:
     """A subject's derivative files by relative path (logs excluded: they name the run;
-    diffusion outputs and figures too unless ``dwi``)."""
+    diffusion and perfusion outputs and figures too unless ``modalities``)."""
     folder = output / f"sub-{subject}"
     files = {
         path.relative_to(folder).as_posix(): path
@@ -133,7 +139,7 @@ def subject_derivatives(output: Path, subject: str, dwi: bool = True) -> dict[st
     return {
         name: path
         for name, path in files.items()
-        if dwi or not (name.startswith("dwi/") or name.endswith("_dwi.png"))
+        if modalities or not (name.startswith(MODALITY_FOLDERS) or name.endswith(MODALITY_FIGURES))
     }
 
 
@@ -143,20 +149,22 @@ def subject_derivatives(output: Path, subject: str, dwi: bool = True) -> dict[st
 TISSUE_OUTPUTS = ("_probseg.nii.gz", "_dseg.nii.gz", "_measures.tsv")
 
 
-def assert_same_derivatives(output: Path, reference: Path, subject: str, dwi: bool = True) -> None:
+def assert_same_derivatives(
+    output: Path, reference: Path, subject: str, modalities: bool = True
+) -> None:
     """The same files, the same images within float tolerance (Atropos' within its own
     variation), the same JSON and tables; figures and HDF5 transforms written, non-empty.
-    Without ``dwi``, ``output`` comes from a run without the diffusion analysis: the
-    reference's diffusion outputs and measures are left out."""
-    ours = subject_derivatives(output, subject, dwi)
-    theirs = subject_derivatives(reference, subject, dwi)
+    Without ``modalities``, ``output`` comes from a run without the diffusion and ASL
+    analyses: the reference's diffusion and perfusion outputs and measures are left out."""
+    ours = subject_derivatives(output, subject, modalities)
+    theirs = subject_derivatives(reference, subject, modalities)
     assert sorted(ours) == sorted(theirs)
     for name, path in ours.items():
         tissue = name.endswith(TISSUE_OUTPUTS)
         if name.endswith(".nii.gz"):
             _assert_close_image(path, theirs[name], tissue)
         elif name.endswith(".tsv") and tissue:
-            _assert_close_table(path, theirs[name], dwi)
+            _assert_close_table(path, theirs[name], modalities)
         elif name.endswith((".json", ".tsv")):
             assert path.read_text() == theirs[name].read_text(), name
         else:  # figures, transforms (HDF5 metadata differ): written, non-empty
@@ -175,13 +183,48 @@ def _assert_close_image(path: Path, reference: Path, tissue: bool) -> None:
         assert np.mean(x != y) < 1e-3, path.name
 
 
-def _assert_close_table(path: Path, reference: Path, dwi: bool = True) -> None:
-    """Same columns and subjects (the reference's ``dwi_`` columns dropped unless ``dwi``);
-    numbers within 0.1 %."""
+def _assert_close_table(path: Path, reference: Path, modalities: bool = True) -> None:
+    """Same columns and subjects (the reference's diffusion and perfusion columns dropped
+    unless ``modalities``); numbers within 0.1 %."""
     ours, theirs = pd.read_csv(path, sep="\t"), pd.read_csv(reference, sep="\t")
-    if not dwi:
-        theirs = theirs.drop(columns=[c for c in theirs.columns if c.startswith("dwi_")])
+    if not modalities:
+        theirs = theirs.drop(columns=[c for c in theirs.columns if c.startswith(MODALITY_MEASURES)])
     assert list(ours.columns) == list(theirs.columns)
     numeric = ours.select_dtypes("number").columns
     np.testing.assert_allclose(ours[numeric], theirs[numeric], rtol=1e-3, err_msg=str(path))
     assert ours.drop(columns=numeric).equals(theirs.drop(columns=numeric))
+
+
+#: the real data of ``../shared`` (absent on some machines: the tests that need it skip)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_real_xa30_dataset(root: Path) -> Path:
+    """A BIDS dataset of the real Siemens XA30 subject: its T1w and PCASL series
+    (``bench/xa30_asl_to_bids.py``) and its 20-direction DWI (PA)."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "bench" / "xa30_asl_to_bids.py"
+    spec = importlib.util.spec_from_file_location("xa30_asl_to_bids", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_xa30_asl_dataset(SHARED_DATA, root)
+    (root / "sub-xa30" / "dwi").mkdir(parents=True)
+    source = SHARED_DATA / "dwi/xa30_dir20_b2500_PA/xa30_dwi_PA"
+    for extension in ("nii.gz", "json", "bval", "bvec"):
+        shutil.copy(f"{source}.{extension}", root / f"sub-xa30/dwi/sub-xa30_dir-PA_dwi.{extension}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def xa30_run(tmp_path_factory) -> dict:
+    """The real XA30 subject (T1w, DWI, PCASL) through the CLI, shared by the diffusion and
+    ASL tests; skipped without ``../shared/data``."""
+    if not (SHARED_DATA / "asl").is_dir() or not (SHARED_DATA / "dwi").is_dir():
+        pytest.skip("../shared/data is absent")
+    base = tmp_path_factory.mktemp("xa30")
+    bids = write_real_xa30_dataset(base / "bids")
+    output = base / "out"
+    result = run_cli(str(bids), str(output), "participant", "-w", str(base / "work"),
+                     "--skip-bids-validation", *SMOKE_OPTIONS)  # fmt: skip
+    return {"bids": bids, "output": output, "result": result}

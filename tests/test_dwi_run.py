@@ -4,7 +4,6 @@ from the real Siemens XA30 scans (T1w and 20-direction DWI) when ``../shared/dat
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nb
@@ -14,7 +13,6 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from bids_dl.models.registry import shipped_bundles
-from tests.conftest import SMOKE_OPTIONS, run_cli
 
 pytestmark = pytest.mark.slow
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -106,30 +104,10 @@ def test_diffusion_measures_reach_the_group_table(smoke_run):
     assert dictionary["dwi_md_mean_wm"]["Units"] == "10^-3 mm^2/s"
 
 
-def _real_xa30_dataset(root: Path) -> Path:
-    """A BIDS dataset of the real XA30 subject: its T1w and its 20-direction DWI (PA)."""
-    (root / "sub-xa30" / "anat").mkdir(parents=True)
-    (root / "sub-xa30" / "dwi").mkdir(parents=True)
-    for extension in ("nii.gz", "json"):
-        shutil.copy(SHARED_DATA / f"xa30_T1w/xa30_T1w.{extension}",
-                    root / f"sub-xa30/anat/sub-xa30_T1w.{extension}")  # fmt: skip
-    source = SHARED_DATA / "dwi/xa30_dir20_b2500_PA/xa30_dwi_PA"
-    for extension in ("nii.gz", "json", "bval", "bvec"):
-        shutil.copy(f"{source}.{extension}", root / f"sub-xa30/dwi/sub-xa30_dir-PA_dwi.{extension}")
-    description = {"Name": "XA30 real scans", "BIDSVersion": "1.10.0", "DatasetType": "raw"}
-    (root / "dataset_description.json").write_text(json.dumps(description))
-    return root
-
-
-@pytest.mark.skipif(not (SHARED_DATA / "dwi").is_dir(), reason="../shared/data is absent")
 @pytest.mark.skipif("dti" not in shipped_bundles(), reason="no dti model in bids_dl/models/zoo")
-def test_the_real_xa30_scans_run_through_the_cli(tmp_path):
-    bids = _real_xa30_dataset(tmp_path / "bids")
-    output = tmp_path / "out"
-    result = run_cli(str(bids), str(output), "participant", "-w", str(tmp_path / "work"),
-                     "--skip-bids-validation", *SMOKE_OPTIONS)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    dwi = _dwi_folder(output, "xa30")
+def test_the_real_xa30_scans_run_through_the_cli(xa30_run):
+    assert xa30_run["result"].returncode == 0, xa30_run["result"].stderr[-3000:]
+    dwi = _dwi_folder(xa30_run["output"], "xa30")
     for desc in ("", "desc-dtinet_"):
         fa = nb.load(dwi / f"sub-xa30_dir-PA_model-tensor_{desc}param-fa_dwimap.nii.gz")
         mask = np.asarray(nb.load(dwi / "sub-xa30_dir-PA_desc-brain_mask.nii.gz").dataobj) > 0

@@ -68,7 +68,7 @@ def _run_participant(bids: Path, output: Path, work: Path, *extra: str):
         "--skip-bids-validation",
         "--participant-label",
         SUBJECT,
-        "--analyses",  # the plugin is under test, not the analyses: the diffusion one is left out
+        "--analyses",  # the plugin is under test, not the analyses: diffusion and ASL are left out
         "anat",
         *extra,
     )
@@ -113,7 +113,7 @@ def test_slurm_run_succeeds_through_batch_jobs(slurm_runs):
 
 def test_slurm_derivatives_equal_multiproc(slurm_runs):
     assert_same_derivatives(
-        slurm_runs["base"] / "out_slurm", slurm_runs["reference"], SUBJECT, dwi=False
+        slurm_runs["base"] / "out_slurm", slurm_runs["reference"], SUBJECT, modalities=False
     )
 
 
@@ -175,6 +175,6 @@ def test_slurm_graph_submits_then_reports(slurm_runs):
     assert "--reports-only" in slurm_runs["graph"].stderr
     assert slurm_runs["graph_reports"].returncode == 0, slurm_runs["graph_reports"].stderr[-3000:]
     output = slurm_runs["base"] / "out_graph"
-    assert_same_derivatives(output, slurm_runs["reference"], SUBJECT, dwi=False)
+    assert_same_derivatives(output, slurm_runs["reference"], SUBJECT, modalities=False)
     description = json.loads((output / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"

@@ -138,7 +138,7 @@ def init_asl_preproc_wf(
     t1w_mask = pe.Node(
         ResampleThroughTransform(invert=True, labels=True),
         name="t1w_mask_to_asl",
-        mem_gb=MEM_GB["light"],
+        mem_gb=MEM_GB["asl_resample"],
     )
     workflow.connect([
         (motion, registration, [("aslref", "reference")]),
@@ -294,7 +294,7 @@ def _connect_t1w_outputs(
         ResampleThroughTransform(invert=True),
         iterfield=["in_file"],
         name="probseg_to_asl",
-        mem_gb=MEM_GB["light"],
+        mem_gb=MEM_GB["asl_resample"],
     )
     workflow.connect([
         (quantify, cbf_t1w, [("cbf", "in_file")]),

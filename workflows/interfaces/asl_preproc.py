@@ -26,6 +26,10 @@ from bids_dl.workflows.interfaces.motion import (
 #: the volume type whose mean is the series' reference, by preference: a control looks most
 #: like the label and the M0 (without background suppression)
 REFERENCE_TYPES = ("control", "m0scan", "deltam", "label", "cbf")
+#: types registered straight to the reference type's first volume: label and control differ
+#: by ~1 % in contrast, and a chained label -> first label -> control registration would move
+#: every label by the same error, a systematic edge in every difference
+SAME_TARGET = {"control": ("label",), "label": ("control",)}
 #: full width at half maximum (mm) of the smoothing of M0 (as ASLPrep)
 M0_SMOOTHING_FWHM_MM = 5.0
 
@@ -65,7 +69,7 @@ def correct_asl_motion(
         corrected, motions = series.copy(), [IDENTITY_MOTION] * series.shape[3]
         for kind in dict.fromkeys(context):
             target = reference
-            if kind != reference_type:
+            if kind not in (reference_type, *SAME_TARGET.get(reference_type, ())):
                 moving = as_ants(series[..., context.index(kind)], template)
                 target = register_volume(reference, moving, "Rigid", str(out / f"{kind}_"))[0]
             for index in (i for i, c in enumerate(context) if c == kind and i != first):
