@@ -31,6 +31,8 @@ DEFAULT_QUERIES = {
     "epi": {"datatype": "fmap", "suffix": "epi", "extension": [".nii", ".nii.gz"]},
     "asl": {"datatype": "perf", "suffix": "asl", "extension": [".nii", ".nii.gz"]},
 }
+#: How messages name an input whose BIDS suffix reads badly in a sentence.
+DISPLAY_NAMES = {"asl": "ASL"}
 #: Top-level folders of a BIDS dataset that pybids does not index by default.
 UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
 #: The inputs each analysis needs (any one of them), beyond the T1w.
@@ -426,10 +428,13 @@ def _analyses_with_anatomy(
         if requested:
             if not any(subject.first(kind) for kind in kinds):
                 names = " or ".join(
-                    DEFAULT_QUERIES[k]["suffix"] + (" (ce-)" if k == "t1ce" else "") for k in kinds
+                    DISPLAY_NAMES.get(k, DEFAULT_QUERIES[k]["suffix"])
+                    + (" (ce-)" if k == "t1ce" else "")
+                    for k in kinds
                 )
+                article = "an" if names[0] in "AEIO" else "a"
                 raise InputError(
-                    f"sub-{subject.label}: --analyses {analysis} needs a {names} image"
+                    f"sub-{subject.label}: --analyses {analysis} needs {article} {names} image"
                 )
             planned.append(analysis)
         elif subject.first(ANALYSIS_TRIGGERS[analysis]) and not (

@@ -400,3 +400,10 @@ def test_the_real_xa30_pcasl_series_as_bids_is_read_and_valid(tmp_path, capsys):
     assert series.field_strength == 3.0 and series.total_acquired_pairs == 3
     if validator_command() is not None:
         validate_dataset(bids)  # raises on any validator error
+
+
+def test_asl_named_for_a_participant_without_asl_is_refused(tmp_path):
+    bids = write_tiny_bids(tmp_path / "bids", subjects=("01",))
+    subjects = collect_inputs(bids, [], [], {})
+    with pytest.raises(InputError, match="^sub-01: --analyses asl needs an ASL image$"):
+        plan_analyses(subjects, ["anat", "asl"], True, {})
