@@ -34,6 +34,19 @@ PARTITION_COEFFICIENT = 0.9
 ATT_GRID = np.round(np.arange(0.1, 3.0001, 0.01), 4)
 
 
+def label_control_pairs(context: list[str]) -> list[tuple[int, int]]:
+    """(label, control) volume indices of each pair of an ASL series, in acquisition order:
+    the i-th label with the i-th control (the input checks make them adjacent rows); a
+    ``deltam`` volume, a pair the scanner already subtracted, is (i, i). Other volumes
+    (``m0scan``, ``cbf``) are skipped."""
+    names = [name.strip().lower() for name in context]
+    labels = [i for i, name in enumerate(names) if name == "label"]
+    controls = [i for i, name in enumerate(names) if name == "control"]
+    pairs = list(zip(labels, controls, strict=False))
+    pairs += [(i, i) for i, name in enumerate(names) if name == "deltam"]
+    return sorted(pairs, key=max)
+
+
 @dataclass(frozen=True)
 class LabelingScheme:
     """What a labelling does to the blood: type, bolus, efficiency and blood T1."""

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_dl.models.asl_kinetics import LabelingScheme, difference_signal
+from bids_dl.models.asl_kinetics import LabelingScheme, difference_signal, label_control_pairs
 from bids_dl.workflows.interfaces.asl_cbf import (
     cbf_quality,
-    difference_volumes,
-    label_control_pairs,
     quality_evaluation_index,
     quantify_cbf,
 )
@@ -38,8 +36,7 @@ def _head(shape=(32, 32, 12)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_pairs_are_adjacent_label_control_in_either_order():
     context = ["m0scan", "label", "control", "control", "label", "deltam"]
-    assert label_control_pairs(context) == [(1, 2), (4, 3)]
-    assert difference_volumes(context) == [(1, 2), (4, 3), (5, None)]
+    assert label_control_pairs(context) == [(1, 2), (4, 3), (5, 5)]
 
 
 def _series(tmp_path, cbf, m0, context, delays, noise=0.0, seed=0):

@@ -12,9 +12,10 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_dl.asl_inputs import AslSeries
+from bids_dl.models.asl_kinetics import label_control_pairs
 from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.asl import ASL_PREPROC_OUTPUTS, cbf_outputs, quantification_parameters
-from bids_dl.workflows.interfaces.asl_cbf import QUALITY_COLUMNS, difference_volumes
+from bids_dl.workflows.interfaces.asl_cbf import QUALITY_COLUMNS
 from bids_dl.workflows.interfaces.bids import sink_node
 from bids_dl.workflows.interfaces.motion import MOTION_COLUMNS
 from bids_dl.workflows.interfaces.reports import CBFFigure, CoregistrationFigure, MotionFigure
@@ -76,7 +77,7 @@ def cbf_model_metadata(series: AslSeries) -> dict:
             bolus: parameters["bolus_duration"],
             "SliceTimingCorrected": bool(parameters["slice_timing"]),
             "M0Type": series.m0_type,
-            "Differences": len(difference_volumes(parameters["context"])),
+            "Differences": len(label_control_pairs(parameters["context"])),
         },
     }
     relative = series.m0_type == "Absent"
@@ -97,10 +98,11 @@ def enhanced_metadata(series: AslSeries) -> dict:
     return {
         "Units": "arbitrary" if series.m0_type == "Absent" else "mL/100 g/min",
         "Description": "PREDICTED, not measured: the CBF the average of many repetitions would "
-        "give, predicted by the bids_dl perfusion network from the pairs listed and M0, then "
+        "give, predicted by the bids_dl perfusion network from the pairs listed ((label, "
+        "control) volume indices; a scanner difference is (i, i)) and M0, then "
         "quantified with the same model as the measured CBF; see DeepLearningModel and the "
         "model card",
-        "PairsUsed": [list(pair) for pair in difference_volumes(parameters["context"])],
+        "PairsUsed": [list(pair) for pair in label_control_pairs(parameters["context"])],
     }
 
 

@@ -15,7 +15,12 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined
 
 from bids_dl.derivatives import ASL_MEASURE_REGIONS, write_text_atomic
 from bids_dl.images import save_image
-from bids_dl.models.asl_kinetics import LabelingScheme, cbf_from_difference, fit_cbf_att
+from bids_dl.models.asl_kinetics import (
+    LabelingScheme,
+    cbf_from_difference,
+    fit_cbf_att,
+    label_control_pairs,
+)
 from bids_dl.workflows.interfaces.asl_preproc import load_series, smooth_in_mask
 from bids_dl.workflows.interfaces.deep_learning import _ModelInterface, _ModelRunInputSpec
 from bids_dl.workflows.interfaces.images import label_images, regional_means
@@ -40,19 +45,6 @@ QUALITY_COLUMNS = (
 )
 
 
-def label_control_pairs(context: list[str]) -> list[tuple[int, int]]:
-    """(label, control) indices of each adjacent label/control pair, in either order."""
-    pairs, index = [], 0
-    while index < len(context) - 1:
-        first, second = context[index], context[index + 1]
-        if {first, second} == {"label", "control"}:
-            pairs.append((index, index + 1) if first == "label" else (index + 1, index))
-            index += 2
-        else:
-            index += 1
-    return pairs
-
-
 def scheme_from_parameters(parameters: dict) -> LabelingScheme:
     return LabelingScheme(
         parameters["labeling_type"],
@@ -74,25 +66,18 @@ def slice_delays(delay: float, shape: tuple, parameters: dict) -> np.ndarray:
     return np.broadcast_to(delay + np.asarray(timing, float).reshape(view), shape)
 
 
-def difference_volumes(context: list[str]) -> list[tuple[int, int | None]]:
-    """The volumes each difference comes from: (label, control) of every pair, then
-    (deltam, None) of every difference the scanner made."""
-    pairs: list[tuple[int, int | None]] = list(label_control_pairs(context))
-    return pairs + [(i, None) for i, c in enumerate(context) if c == "deltam"]
-
-
 def difference_delays(parameters: dict) -> np.ndarray:
-    """The delay of each difference of :func:`difference_volumes`."""
+    """The delay of each difference (:func:`label_control_pairs`: pairs and ``deltam``)."""
     delays = np.asarray(parameters["delays"], float)
-    return np.asarray([delays[first] for first, _ in difference_volumes(parameters["context"])])
+    return np.asarray([delays[label] for label, _ in label_control_pairs(parameters["context"])])
 
 
 def differences(series: np.ndarray, parameters: dict) -> tuple[np.ndarray, np.ndarray]:
     """Control-minus-label differences (X, Y, Z, K) of every pair and ``deltam`` volume, and
     the delay of each."""
     volumes = [
-        series[..., first] if control is None else series[..., control] - series[..., first]
-        for first, control in difference_volumes(parameters["context"])
+        series[..., label] if label == control else series[..., control] - series[..., label]
+        for label, control in label_control_pairs(parameters["context"])
     ]
     if not volumes:
         return np.zeros((*series.shape[:3], 0), np.float32), np.zeros(0)
