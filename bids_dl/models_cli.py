@@ -140,8 +140,11 @@ def train_main(config: Path, output: Path, max_minutes: float | None) -> None:
     """Train a model from CONFIG (JSON); resume from OUTPUT/checkpoint when present."""
     command = " ".join(["bids_dl-train", *sys.argv[1:]])
     try:
-        if json.loads(config.read_text(encoding="utf-8")).get("task") == "dti":
+        task = json.loads(config.read_text(encoding="utf-8")).get("task")
+        if task == "dti":
             bundle = _train_tensor_network(config, output, command)
+        elif task == "asl":
+            bundle = _train_asl_network(config, output, command, max_minutes)
         else:
             bundle = _train_segmentation(config, output, command, max_minutes)
     except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
@@ -170,6 +173,16 @@ def _train_tensor_network(config: Path, output: Path, command: str) -> Path:
     except TypeError as error:
         _fail(f"{config}: {error}")
     return train_tensor_network(settings, output, command=command)
+
+
+def _train_asl_network(config: Path, output: Path, command: str, max_minutes: float | None) -> Path:
+    from bids_dl.models.asl_training import AslTrainingConfig, train_asl_network
+
+    try:
+        settings = AslTrainingConfig.from_file(config)
+    except TypeError as error:
+        _fail(f"{config}: {error}")
+    return train_asl_network(settings, output, command=command, max_minutes=max_minutes)
 
 
 def _case_images(argument: str) -> Path | tuple[Path | None, ...]:

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from bids_dl import __version__
 from bids_dl.derivatives import write_json_atomic, write_nifti_atomic, write_text_atomic
-from bids_dl.models.geometry import resample_voxels
+from bids_dl.models.geometry import resample_voxels, rotation_matrix
 
 if TYPE_CHECKING:
     from bids_dl.models.diffusion_phantom import Phantom
@@ -69,6 +69,7 @@ DWI_MAX_TRANSLATION_MM = 1.0
 #: keys, so that adding them leaves every anatomical image as it was.
 DWI_SCHEME_KEY = 1
 DWI_SUBJECT_KEY = 2
+ASL_SUBJECT_KEY = 3
 
 
 @dataclass(frozen=True)
@@ -155,14 +156,6 @@ def _lesion_means(contrast: str) -> dict[str, float]:
     }
 
 
-def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _target_grid(
     fov_mm: np.ndarray, voxel_mm: float, orientation: tuple[str, str, str]
 ) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -204,9 +197,9 @@ def _pose(
     translation_mm: tuple[float, ...],
     scale: tuple[float, ...] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
-    """The 4x4 world transform: rotation (``_rotation``) times scales, then the translation."""
+    """The 4x4 world transform: rotation (``rotation_matrix``) times scales, then the translation."""
     pose = np.eye(4)
-    pose[:3, :3] = _rotation(np.array(rotation_deg)) @ np.diag(scale)
+    pose[:3, :3] = rotation_matrix(tuple(rotation_deg)) @ np.diag(scale)
     pose[:3, 3] = translation_mm
     return pose
 
@@ -332,7 +325,7 @@ def dwi_scheme(seed: int) -> Scheme:
 
 def _draw_motion(n_volumes: int, rng: np.random.Generator) -> list[dict[str, list[float]]]:
     """Rigid head motion per volume: none for the first, then uniform rotations (degrees about
-    world x, y, z, see ``_rotation``) and translations (mm) within the ``DWI_MAX_*`` bounds."""
+    world x, y, z, see ``rotation_matrix``) and translations (mm) within the ``DWI_MAX_*`` bounds."""
     motion = [{"RotationDeg": [0.0] * 3, "TranslationMm": [0.0] * 3}]
     for _ in range(n_volumes - 1):
         rotation = rng.uniform(-DWI_MAX_ROTATION_DEG, DWI_MAX_ROTATION_DEG, 3)
@@ -492,14 +485,15 @@ def write_sample_dataset(
     seed: int = 42,
     lesions: bool = False,
     dwi: bool = True,
+    asl: bool = True,
 ) -> list[SampleSubject]:
     """Write the sample BIDS dataset to ``output_dir`` and return what was drawn per subject.
 
     With ``lesions``, two more subjects follow the ``n_subjects`` healthy ones: one with a
     simulated glioma (plus contrast-enhanced T1w and FLAIR) and one with simulated white-matter
     hyperintensities (plus FLAIR); their true lesion labels go to the truth folder. The healthy
-    subjects with an odd number also get a diffusion series (``_simulate_dwi``), unless
-    ``dwi`` is False.
+    subjects with an odd number also get a diffusion series (``_simulate_dwi``) and an ASL
+    series (``bids_dl.sample_asl``), unless ``dwi`` or ``asl`` is False.
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -550,6 +544,8 @@ def write_sample_dataset(
             dwi_rng = np.random.default_rng([seed, DWI_SUBJECT_KEY, index])
             dwi = _simulate_dwi(subject, tissues, template_affine, scheme, dwi_rng)
             _write_dwi(output_dir, truth_dir, subject.label, dwi)
+        if asl and has_dwi(index, kind):
+            _write_asl(output_dir, truth_dir, subject, tissues, template_affine, seed, index)
         subjects.append(subject)
 
     ages = rng.integers(20, 80, len(subjects))
@@ -575,6 +571,7 @@ def write_sample_dataset(
     write_text_atomic(
         _README.format(n=len(subjects), voxel=voxel_mm, seed=seed)
         + _dwi_readme([s.label for i, s in enumerate(subjects) if dwi and has_dwi(i, kinds[i])])
+        + _asl_readme([s.label for i, s in enumerate(subjects) if asl and has_dwi(i, kinds[i])])
         + (_LESION_README.format(tumor=n_subjects + 1, wmh=n_subjects + 2) if lesions else ""),
         output_dir / "README",
     )
@@ -615,9 +612,43 @@ derivatives/sample-truth (desc-tumor_dseg, BraTS labels; desc-wmh_mask).
 """
 
 
-def _dwi_readme(labels: list[str]) -> str:
+_ASL_README = """
+{subjects} also {verb} a 2D PCASL series (an M0 volume, then 4 label/control pairs, label
+first; post-labelling delay 1.8 s, labelling duration 1.8 s, no background suppression),
+simulated by the bids_dl ASL phantom on the subject's tissue maps (CBF heterogeneity, transit
+delays, vessels, thermal and physiological noise, small head motion). The true CBF is in
+derivatives/sample-truth (sub-*/perf).
+"""
+
+
+def _subjects_readme(template: str, labels: list[str]) -> str:
     names = [f"sub-{label}" for label in labels]
     if not names:
         return ""
     subjects = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return _DWI_README.format(subjects=subjects, verb="has" if len(names) == 1 else "have")
+    return template.format(subjects=subjects, verb="has" if len(names) == 1 else "have")
+
+
+def _dwi_readme(labels: list[str]) -> str:
+    return _subjects_readme(_DWI_README, labels)
+
+
+def _asl_readme(labels: list[str]) -> str:
+    return _subjects_readme(_ASL_README, labels)
+
+
+def _write_asl(
+    output_dir: Path,
+    truth_dir: Path,
+    subject: SampleSubject,
+    tissues: np.ndarray,
+    template_affine: np.ndarray,
+    seed: int,
+    index: int,
+) -> None:
+    from bids_dl.sample_asl import simulate_sample_asl, write_sample_asl
+
+    rng = np.random.default_rng([seed, ASL_SUBJECT_KEY, index])
+    pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
+    case = simulate_sample_asl(tissues, template_affine, pose, rng)
+    write_sample_asl(output_dir, truth_dir, subject.label, case)

@@ -22,9 +22,14 @@ from bids_dl.models.card import (
     weights_sha256,
     write_card,
 )
-from bids_dl.models.networks import TensorNet, UNet3D, UNet3DEnsemble
+from bids_dl.models.networks import PerfusionNet, TensorNet, UNet3D, UNet3DEnsemble
 
-ARCHITECTURES = {"UNet3D": UNet3D, "UNet3DEnsemble": UNet3DEnsemble, "TensorNet": TensorNet}
+ARCHITECTURES = {
+    "UNet3D": UNet3D,
+    "UNet3DEnsemble": UNet3DEnsemble,
+    "TensorNet": TensorNet,
+    "PerfusionNet": PerfusionNet,
+}
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 

@@ -77,3 +77,12 @@ def resample(
 ) -> np.ndarray:
     """Resample ``data`` (on ``source_affine``) onto a target grid, zeros outside."""
     return resample_voxels(data, np.linalg.inv(source_affine) @ target_affine, target_shape, order)
+
+
+def rotation_matrix(angles_deg: tuple[float, float, float]) -> np.ndarray:
+    """Rz Ry Rx of angles (degrees) about the world x, y, z axes."""
+    x, y, z = np.radians(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    return rz @ ry @ rx

@@ -154,3 +154,70 @@ class TensorNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = x[:, -1:]
         return (x[:, : self.out_channels] + self.body(x)) * mask
+
+
+class PerfusionNet(nn.Module):
+    """A small 2D U-Net that denoises an ASL perfusion (difference) slice.
+
+    It reads ``in_channels`` maps of a slice (see ``asl_enhancement``: the slice's dm and its
+    neighbours', smoothed dm, M0, signal level, 1/sqrt(k); the last: the brain mask) and
+    returns the map of channel ``residual_channel`` plus a learned correction, zero outside
+    the mask. Levels:
+    two 3x3 convolutions (LeakyReLU) each, average-pooling down, bilinear upsampling up. Any
+    in-plane size works (padded to a multiple of ``2 ** (len(features) - 1)``).
+
+    Args:
+        in_channels: input maps.
+        out_channels: 1 (the denoised dm).
+        features: channels at each level, finest first.
+        residual_channel: the input channel the correction is added to.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 9,
+        out_channels: int = 1,
+        features: tuple[int, ...] = (32, 64, 96, 128),
+        residual_channel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.divisor = 2 ** (len(features) - 1)
+        self.residual_channel = residual_channel
+        self.out_channels = out_channels
+
+        def block(inputs: int, outputs: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(inputs, outputs, 3, padding=1),
+                nn.LeakyReLU(0.01, inplace=True),
+                nn.Conv2d(outputs, outputs, 3, padding=1),
+                nn.LeakyReLU(0.01, inplace=True),
+            )
+
+        channels = [in_channels, *features]
+        self.down = nn.ModuleList(
+            block(a, b) for a, b in zip(channels[:-1], channels[1:], strict=True)
+        )
+        levels = zip(features[:0:-1], features[-2::-1], strict=True)
+        self.up = nn.ModuleList(block(coarse + fine, fine) for coarse, fine in levels)
+        self.head = nn.Conv2d(features[0], out_channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.divisor, -width % self.divisor
+        padded = nn.functional.pad(x, (0, pad_w, 0, pad_h))
+        skips = []
+        for index, block in enumerate(self.down):
+            padded = block(padded if index == 0 else nn.functional.avg_pool2d(padded, 2))
+            skips.append(padded)
+        padded = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            upsampled = nn.functional.interpolate(
+                padded, size=skip.shape[-2:], mode="bilinear", align_corners=False
+            )
+            padded = block(torch.cat([upsampled, skip], dim=1))
+        correction = self.head(padded)[..., :height, :width]
+        base = x[:, self.residual_channel : self.residual_channel + self.out_channels]
+        return (base + correction) * x[:, -1:]

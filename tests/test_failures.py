@@ -15,7 +15,7 @@ from bids_dl.workflows.interfaces import ants
 
 def test_failed_node_is_reported(tmp_path, monkeypatch):
     bids = tmp_path / "bids"
-    write_sample_dataset(bids, n_subjects=1, voxel_mm=3.0, seed=1, dwi=False)
+    write_sample_dataset(bids, n_subjects=1, voxel_mm=3.0, seed=1, dwi=False, asl=False)
 
     def broken_n4(*args, **kwargs):
         raise RuntimeError("simulated N4 failure")

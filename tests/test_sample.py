@@ -157,3 +157,23 @@ def test_dwi_motion_is_recorded_and_applied(sample_small):
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_asl_series_reads_as_valid_bids_asl(sample_small):
+    """sub-01's PCASL series: M0 then four pairs, a sidecar the ASL checks accept, and the
+    true CBF on its grid; the lesion subjects have none."""
+    from bids_dl.asl_inputs import check_asl_series, read_asl_series
+    from bids_dl.inputs import index_dataset
+
+    asl = sample_small / "sub-01" / "perf" / "sub-01_asl.nii.gz"
+    series = read_asl_series(index_dataset(sample_small), str(asl))
+    check_asl_series(series)
+    assert series.context == ("m0scan",) + ("label", "control") * 4
+    assert series.m0_type == "Included" and series.labeling_type == "PCASL"
+    assert series.slice_timing is not None and len(series.slice_timing) == 16
+    truth = sample_small / "derivatives/sample-truth/sub-01/perf/sub-01_cbf.nii.gz"
+    image, cbf = nb.load(asl), nb.load(truth)
+    assert cbf.shape == image.shape[:3] and np.allclose(cbf.affine, image.affine)
+    assert 30 < np.median(cbf.get_fdata()[cbf.get_fdata() > 0]) < 90
+    assert not (sample_small / "sub-02" / "perf").exists()
+    assert "sub-01 also has a 2D PCASL series" in (sample_small / "README").read_text()

@@ -240,8 +240,7 @@ def _asl_series(path: Path, context: list[str], delays: list[float]):
      (False, [0, 1.8, 1.8, 1.8, 1.8], False)],
     ids=["single-delay", "multi-delay", "no-t1w"],
 )  # fmt: skip
-def test_each_asl_series_gets_its_own_workflows(config, tiny_bids, tmp_path, anatomy, delays,
-                                                network):  # fmt: skip
+def test_each_asl_series_gets_its_own_workflows(config, tiny_bids, anatomy, delays, network):
     """Preprocessing, CBF and outputs per series; ATT only with several delays, the network
     only at one delay, T1w and template outputs only with a T1w; every mandatory input of
     every node connected or set."""
@@ -249,8 +248,9 @@ def test_each_asl_series_gets_its_own_workflows(config, tiny_bids, tmp_path, ana
     series = _asl_series(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", context, delays)
     subject = SubjectInputs("01", {"t1w": [series.path]} if anatomy else {}, asl=[series],
                             analyses=["anat", "asl"] if anatomy else ["asl"])  # fmt: skip
-    (tmp_path / "asl").mkdir()
-    config.workflow.asl_bundle = str(tmp_path / "asl") if network else None
+    from bids_dl.models.registry import shipped_bundles
+
+    config.workflow.asl_bundle = str(shipped_bundles()["asl"]) if network else None
     workflow = init_bids_dl_wf(config, {"01": subject})
     names = set(workflow.list_node_names())
     prefix = "single_subject_01_wf."
@@ -268,3 +268,6 @@ def test_each_asl_series_gets_its_own_workflows(config, tiny_bids, tmp_path, ana
     text = " ".join(paragraphs)
     assert "consensus single-compartment model" in text and "Alsop" in str(references)
     assert ("Buxton" in text) == multi_delay
+    if network and not multi_delay:  # the network reads the first pairs it was trained on
+        enhance = workflow.get_node(prefix + "asl_cbf_0_wf.enhance_perfusion")
+        assert enhance.inputs.pairs == 2 and "first 2 pair(s)" in text

@@ -10,7 +10,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_dl.asl_inputs import AslSeries
-from bids_dl.models.asl_kinetics import blood_t1, labeling_efficiency
+from bids_dl.models.asl_kinetics import blood_t1, label_control_pairs, labeling_efficiency
 from bids_dl.workflows.interfaces.ants import (
     ApplyTransformToTemplate,
     RegisterEpiToT1w,
@@ -54,6 +54,17 @@ def quantification_parameters(series: AslSeries) -> dict:
         "slice_axis": series.slice_axis,
         "relative": series.m0_type == "Absent",
     }
+
+
+def enhancement_pairs(series: AslSeries, bundle: str) -> list[tuple[int, int]]:
+    """The pairs the perfusion network reads: the first of the series, as many as it was
+    trained on (``max_input_pairs`` of the card's training config; all without one). With more
+    pairs than that, the measured mean is the better estimate anyway."""
+    from bids_dl.models.card import load_card
+
+    trained = load_card(bundle).training.get("config", {}).get("max_input_pairs")
+    pairs = label_control_pairs(list(series.context))
+    return pairs[:trained] if trained else pairs
 
 
 def cbf_outputs(series: AslSeries) -> list[str]:
@@ -241,7 +252,8 @@ def init_asl_cbf_wf(
     if asl_bundle:
         enhance = pe.Node(
             EnhancePerfusion(bundle=asl_bundle, parameters=parameters, device=device,
-                             num_threads=omp_nthreads),
+                             num_threads=omp_nthreads,
+                             pairs=len(enhancement_pairs(series, asl_bundle))),
             name="enhance_perfusion", mem_gb=MEM_GB["model"], n_procs=omp_nthreads,
         )  # fmt: skip
         workflow.connect([
@@ -345,9 +357,10 @@ def _cbf_description(series: AslSeries, parameters: dict, asl_bundle: str | None
     )
     if asl_bundle:
         text += (
-            f" A deep network trained by bids_dl (bundle {Path(asl_bundle).name}) also "
-            "predicted the CBF the average of all repetitions would give from the first "
-            "pair(s) and M0; its map is written apart (desc-enhanced) and is a prediction, "
-            "not a measurement."
+            f" A deep network trained by bids_dl on simulated ASL (bundle "
+            f"{Path(asl_bundle).name}) also predicted the CBF the average of many repetitions "
+            f"would give from the first {len(enhancement_pairs(series, asl_bundle))} pair(s) and "
+            "M0; its map is written apart (desc-enhanced) and is a prediction, not a "
+            "measurement."
         )
     return text

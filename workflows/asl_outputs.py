@@ -14,7 +14,12 @@ from nipype.pipeline import engine as pe
 from bids_dl.asl_inputs import AslSeries
 from bids_dl.models.asl_kinetics import label_control_pairs
 from bids_dl.templates import TEMPLATE_NAME
-from bids_dl.workflows.asl import ASL_PREPROC_OUTPUTS, cbf_outputs, quantification_parameters
+from bids_dl.workflows.asl import (
+    ASL_PREPROC_OUTPUTS,
+    cbf_outputs,
+    enhancement_pairs,
+    quantification_parameters,
+)
 from bids_dl.workflows.interfaces.asl_cbf import QUALITY_COLUMNS
 from bids_dl.workflows.interfaces.bids import sink_node
 from bids_dl.workflows.interfaces.motion import MOTION_COLUMNS
@@ -92,9 +97,8 @@ def cbf_model_metadata(series: AslSeries) -> dict:
     }
 
 
-def enhanced_metadata(series: AslSeries) -> dict:
-    """The network's sidecar: a prediction, and the differences (volume indices) it read."""
-    parameters = quantification_parameters(series)
+def enhanced_metadata(series: AslSeries, bundle: str) -> dict:
+    """The network's sidecar: a prediction, and the pairs (volume indices) it read."""
     return {
         "Units": "arbitrary" if series.m0_type == "Absent" else "mL/100 g/min",
         "Description": "PREDICTED, not measured: the CBF the average of many repetitions would "
@@ -102,7 +106,7 @@ def enhanced_metadata(series: AslSeries) -> dict:
         "control) volume indices; a scanner difference is (i, i)) and M0, then "
         "quantified with the same model as the measured CBF; see DeepLearningModel and the "
         "model card",
-        "PairsUsed": [list(pair) for pair in label_control_pairs(parameters["context"])],
+        "PairsUsed": [list(pair) for pair in enhancement_pairs(series, bundle)],
     }
 
 
@@ -112,11 +116,11 @@ def init_asl_outputs_wf(
     bids_dir: str,
     series: AslSeries,
     anatomy: bool,
-    network: bool,
+    asl_bundle: str | None,
     name: str = "asl_outputs_wf",
 ) -> pe.Workflow:
     """Save one series' reference, mask, confounds, CBF maps and quality row (and the
-    network's CBF with ``network``), and draw its CBF, coregistration and motion figures.
+    network's CBF with ``asl_bundle``), and draw its CBF, coregistration and motion figures.
 
     Inputs
     ------
@@ -132,9 +136,10 @@ def init_asl_outputs_wf(
     cbf_metadata = cbf_model_metadata(series)
     connections = _series_sinks(sink_args, inputnode)
     connections += _map_sinks(sink_args, inputnode, maps, cbf_metadata, anatomy)
-    if network:
-        connections += _enhanced_sinks(sink_args, inputnode, enhanced_metadata(series), anatomy)
-    connections += _figure_sinks(sink_args, inputnode, series, anatomy, network)
+    if asl_bundle:
+        metadata = enhanced_metadata(series, asl_bundle)
+        connections += _enhanced_sinks(sink_args, inputnode, metadata, anatomy)
+    connections += _figure_sinks(sink_args, inputnode, series, anatomy, asl_bundle is not None)
     workflow.connect(connections)
     return workflow
 

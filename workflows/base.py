@@ -301,8 +301,7 @@ def _connect_asl(
         )  # fmt: skip
         outputs_wf = init_asl_outputs_wf(
             output_dir=str(config.execution.output_dir), bids_dir=str(config.execution.bids_dir),
-            series=series, anatomy=anatomy, network=bundle is not None,
-            name=f"asl_outputs_{index}_wf",
+            series=series, anatomy=anatomy, asl_bundle=bundle, name=f"asl_outputs_{index}_wf",
         )  # fmt: skip
         _connect_asl_series(workflow, anat_preproc_wf, preproc_wf, cbf_wf, outputs_wf, structures)
         cbf_wfs.append(cbf_wf)

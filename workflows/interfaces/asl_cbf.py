@@ -132,12 +132,13 @@ def enhance_cbf(
     parameters: dict,
     bundle: str,
     out_file: str,
+    pairs: int,
     device: str = "auto",
     num_threads: int = 1,
 ) -> dict:
-    """The perfusion network's CBF from every pair of a single-delay series: the enhanced
-    ``(control - label) / M0`` quantified by the same model as the measured CBF. Returns the
-    model's identity."""
+    """The perfusion network's CBF from the first ``pairs`` pairs of a single-delay series:
+    the enhanced ``(control - label) / M0`` quantified by the same model as the measured CBF.
+    Returns the model's identity."""
     from bids_dl.models.asl_enhancement import enhance_difference
     from bids_dl.workflows.interfaces.deep_learning import _identity, _load_model
 
@@ -147,7 +148,7 @@ def enhance_cbf(
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     delays = difference_delays(parameters)
     dm, _ = enhance_difference(
-        network, series, parameters["context"], m0, mask, pairs=delays.size, device=device
+        network, series, parameters["context"], m0, mask, pairs=pairs, device=device
     )
     voxel_delays = slice_delays(float(delays[0]), m0.shape, parameters)
     cbf = cbf_from_difference(dm, 1.0, voxel_delays, scheme_from_parameters(parameters))
@@ -324,7 +325,7 @@ class PerfusionMeasures(SimpleInterface):
 
 
 class _EnhanceInputSpec(_ModelRunInputSpec, _QuantifyInputSpec):
-    pass
+    pairs = traits.Int(mandatory=True, desc="the first pairs the network reads")
 
 
 class _EnhanceOutputSpec(TraitedSpec):
@@ -347,6 +348,7 @@ class EnhancePerfusion(_ModelInterface):
             self.inputs.parameters,
             self.inputs.bundle,
             out_file,
+            self.inputs.pairs,
             self.inputs.device,
             self.inputs.num_threads,
         )
