@@ -197,7 +197,8 @@ def _pose(
     translation_mm: tuple[float, ...],
     scale: tuple[float, ...] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
-    """The 4x4 world transform: rotation (``rotation_matrix``) times scales, then the translation."""
+    """The 4x4 world transform: rotation (``rotation_matrix``) times scales, then the
+    translation."""
     pose = np.eye(4)
     pose[:3, :3] = rotation_matrix(tuple(rotation_deg)) @ np.diag(scale)
     pose[:3, 3] = translation_mm
@@ -325,7 +326,8 @@ def dwi_scheme(seed: int) -> Scheme:
 
 def _draw_motion(n_volumes: int, rng: np.random.Generator) -> list[dict[str, list[float]]]:
     """Rigid head motion per volume: none for the first, then uniform rotations (degrees about
-    world x, y, z, see ``rotation_matrix``) and translations (mm) within the ``DWI_MAX_*`` bounds."""
+    world x, y, z, see ``rotation_matrix``) and translations (mm) within the ``DWI_MAX_*``
+    bounds."""
     motion = [{"RotationDeg": [0.0] * 3, "TranslationMm": [0.0] * 3}]
     for _ in range(n_volumes - 1):
         rotation = rng.uniform(-DWI_MAX_ROTATION_DEG, DWI_MAX_ROTATION_DEG, 3)
