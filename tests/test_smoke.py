@@ -196,8 +196,9 @@ def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
 
 
 #: sub-01's report figures: brain mask, registration, tissues, structures when the model
-#: ships, and its diffusion series' FA, colour FA, coregistration and motion
-SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4
+#: ships, its diffusion series' FA, colour FA, coregistration and motion, and its ASL series'
+#: CBF, coregistration and motion
+SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4 + 3
 
 
 @pytest.mark.parametrize(
