@@ -222,7 +222,8 @@ def test_report_opens_in_chromium_with_every_image(smoke_run, tmp_path, page, ex
     assert pixels.std() > 20  # not a blank page
     for figure in re.findall(r'<img src="([^"]+)"', dom):
         image = np.asarray(Image.open(moved / figure).convert("L"), dtype=float)
-        assert image.std() > 10 and (image > 30).mean() > 0.05, figure
+        # not blank: a motion plot of a 9-volume ASL series has ~5 % of bright pixels
+        assert image.std() > 10 and (image > 30).mean() > 0.03, figure
 
 
 def test_reports_only_rewrites_the_report_without_running(smoke_run, tmp_path):
