@@ -22,7 +22,7 @@ from bids_dl.workflows.asl import (
 )
 from bids_dl.workflows.interfaces.asl_cbf import QUALITY_COLUMNS
 from bids_dl.workflows.interfaces.bids import sink_node
-from bids_dl.workflows.interfaces.motion import MOTION_COLUMNS
+from bids_dl.workflows.interfaces.motion import MOTION_COLUMNS, MOTION_DESCRIPTIONS
 from bids_dl.workflows.interfaces.reports import CBFFigure, CoregistrationFigure, MotionFigure
 from bids_dl.workflows.resources import MEM_GB
 
@@ -41,16 +41,6 @@ QUALITY_DESCRIPTIONS = {
     "percentage_negative_cbf_brain": ("share of brain voxels with negative CBF", "%"),
     "percentage_implausible_cbf_brain": ("share of brain voxels with CBF above 150 "
                                          "mL/100 g/min", "%"),
-}  # fmt: skip
-MOTION_DESCRIPTIONS = {
-    "trans_x": ("translation along x (RAS+) at the image centre", "mm"),
-    "trans_y": ("translation along y", "mm"),
-    "trans_z": ("translation along z", "mm"),
-    "rot_x": ("rotation about x (Euler x-y-z)", "rad"),
-    "rot_y": ("rotation about y", "rad"),
-    "rot_z": ("rotation about z", "rad"),
-    "framewise_displacement": ("Power et al. 2012: summed absolute changes of the six "
-                               "parameters, rotations as arc length on a 50 mm sphere", "mm"),
 }  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from bids_dl.workflows.dwi import DWI_PREPROC_OUTPUTS, TEMPLATE_MAPS
 from bids_dl.workflows.interfaces.bids import sink_node
 from bids_dl.workflows.interfaces.dwi_preproc import CONFOUND_COLUMNS
 from bids_dl.workflows.interfaces.dwi_tensor import MAPS, TENSOR_BIAS_B
+from bids_dl.workflows.interfaces.motion import MOTION_DESCRIPTIONS
 from bids_dl.workflows.interfaces.reports import (
     ColorFAFigure,
     CoregistrationFigure,
@@ -37,16 +38,10 @@ MAP_DESCRIPTIONS = {
     "v1": ("principal eigenvector, world RAS+ axes (x, y, z in the 4th dimension)", "arbitrary"),
 }
 CONFOUND_DESCRIPTIONS = {
+    **MOTION_DESCRIPTIONS,
     "trans_x": ("translation along x (RAS+) at the image centre; for diffusion-weighted "
                 "volumes the rigid part of the eddy-current affine, so a shift along the "
                 "phase-encoding axis is partly eddy current", "mm"),
-    "trans_y": ("translation along y", "mm"),
-    "trans_z": ("translation along z", "mm"),
-    "rot_x": ("rotation about x (Euler x-y-z)", "rad"),
-    "rot_y": ("rotation about y", "rad"),
-    "rot_z": ("rotation about z", "rad"),
-    "framewise_displacement": ("Power et al. 2012: summed absolute changes of the six "
-                               "parameters, rotations as arc length on a 50 mm sphere", "mm"),
     "b_value": ("the volume's b-value", "s/mm^2"),
 }  # fmt: skip
 

@@ -30,6 +30,17 @@ MOTION_COLUMNS = (
     "rot_z",
     "framewise_displacement",
 )
+#: their descriptions and units (sidecar of a confounds TSV)
+MOTION_DESCRIPTIONS = {
+    "trans_x": ("translation along x (RAS+) at the image centre", "mm"),
+    "trans_y": ("translation along y", "mm"),
+    "trans_z": ("translation along z", "mm"),
+    "rot_x": ("rotation about x (Euler x-y-z)", "rad"),
+    "rot_y": ("rotation about y", "rad"),
+    "rot_z": ("rotation about z", "rad"),
+    "framewise_displacement": ("Power et al. 2012: summed absolute changes of the six "
+                               "parameters, rotations as arc length on a 50 mm sphere", "mm"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
