@@ -11,7 +11,9 @@ from pathlib import Path
 #: nipype execution plugins bids_dl runs on.
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 #: Analyses bids_dl knows, in the order they run.
-ANALYSES = ("anat", "tumor", "wmh", "dwi", "asl")
+ANALYSES = ("anat", "tumor", "wmh", "dwi", "asl", "func")
+#: Group-level decompositions of BOLD runs into networks: the deep model, nilearn's baselines.
+NETWORK_METHODS = ("deep", "canica", "dictlearning")
 
 
 @dataclass
@@ -96,6 +98,15 @@ class WorkflowSettings:
     dwi_denoise: str = "auto"
     #: folder of the ASL enhancement network's bundle, or None for the measured CBF only
     asl_bundle: str | None = None
+    #: ``--dummy-scans``: initial BOLD volumes to flag as non-steady-state (None: detected)
+    dummy_scans: int | None = None
+    #: folder of the functional-network model's bundle (group level), or None for the
+    #: baselines only
+    networks_bundle: str | None = None
+    #: ``--network-methods``: group decompositions to run (deep, canica, dictlearning)
+    network_methods: list[str] = field(default_factory=lambda: list(NETWORK_METHODS))
+    #: ``--network-components``: networks per decomposition (None: the deep model chooses)
+    network_components: int | None = None
 
 
 @dataclass

@@ -23,7 +23,8 @@ from bids_dl.models.labels import STRUCTURES, TUMOR_LABELS, volume_column
 #: (``model-tensor_desc-dtinet_param-fa_dwimap``: param last, as that proposal writes it).
 ENTITY_ORDER = (
     "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part",
-    "space", "res", "den", "from", "to", "mode", "model", "label", "desc", "param",
+    "space", "res", "den", "seg", "from", "to", "mode", "model", "label", "meas", "desc",
+    "param",
 )  # fmt: skip
 #: Entities of the source file that its derivatives keep.
 INHERITED_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
@@ -201,7 +202,9 @@ BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "sub-*/log", "*_xfm.
               "**/dwi/*_timeseries.tsv", "**/dwi/*_timeseries.json", "*_cbf.nii.gz",
               "*_cbf.json", "*_cbf.tsv", "*_att.nii.gz", "*_att.json", "*_aslref.nii.gz",
               "*_aslref.json", "**/perf/*_timeseries.tsv", "**/perf/*_timeseries.json",
-              "**/perf/*_mask.nii.gz", "**/perf/*_mask.json")  # fmt: skip
+              "**/perf/*_mask.nii.gz", "**/perf/*_mask.json", "group", "*_relmat.tsv",
+              "*_relmat.json", "*_components.nii.gz", "*_components.json",
+              "**/func/*_timeseries.tsv", "**/func/*_timeseries.json")  # fmt: skip
 
 
 _DERIVATIVES_README = """bids_dl derivatives

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from bids_dl.derivatives import (
     write_text_atomic,
 )
 from bids_dl.inputs import InputError
+
+if TYPE_CHECKING:
+    from bids_dl.group_networks import NetworkOptions
 
 #: BIDS puts participant-level measures in ``phenotype/``: the validator accepts it there.
 GROUP_TABLE = Path("phenotype") / "anatomical.tsv"
@@ -44,8 +48,13 @@ def outlier_flags(table: pd.DataFrame, threshold: float = 3.0) -> pd.DataFrame:
     return flags.reindex(columns=table.columns, fill_value=False)
 
 
-def write_group_outputs(output_dir: Path, participant_labels: list[str] | None = None) -> Path:
-    """Write the group table (TSV + JSON data dictionary) and ``group.html``; return the TSV."""
+def write_group_outputs(
+    output_dir: Path,
+    participant_labels: list[str] | None = None,
+    networks: NetworkOptions | None = None,
+) -> Path:
+    """Write the group table (TSV + JSON data dictionary), the functional networks when
+    ``networks`` is given and BOLD runs exist, and ``group.html``; return the TSV."""
     from bids_dl.reports.participant import template_environment
 
     output_dir = Path(output_dir)
@@ -75,6 +84,7 @@ def write_group_outputs(output_dir: Path, participant_labels: list[str] | None =
                 "title": "Measures across participants (one dot per participant)",
             }
         )
+    network_sections = write_networks(output_dir, participant_labels, networks) if networks else []
     html = (
         template_environment()
         .get_template("group.html.j2")
@@ -85,6 +95,8 @@ def write_group_outputs(output_dir: Path, participant_labels: list[str] | None =
             columns=columns,
             rows=rows,
             figures=figures,
+            networks=network_sections,
+            images_total=len(figures) + sum(len(s["figures"]) for s in network_sections),
         )
     )
     write_text_atomic(html, output_dir / "group.html")
@@ -123,6 +135,57 @@ def _plot_measures(table: pd.DataFrame, out_file: Path) -> Path | None:
     write_file_atomic(out_file, lambda tmp: figure.savefig(tmp, dpi=90, format="png"))
     plt.close(figure)
     return out_file
+
+
+def write_networks(
+    output_dir: Path, participant_labels: list[str] | None, options: NetworkOptions
+) -> list[dict]:
+    """Decompose the BOLD runs into networks (``bids_dl.group_networks``) and draw, per task,
+    each method's maps and one run's network connectome; no BOLD runs, no section."""
+    from bids_dl.group_networks import find_runs, network_summary, write_network_outputs
+
+    if not find_runs(output_dir, participant_labels):
+        return []
+    written = write_network_outputs(output_dir, participant_labels, options)
+    sections = []
+    for task, methods in network_summary(output_dir).items():
+        fits = {m: fit for m, fit in methods.items() if fit["components"] in written}
+        if fits:
+            sections.append(_network_section(output_dir, task, fits, written))
+    return sections
+
+
+def _network_section(output_dir: Path, task: str, fits: dict, written: list[Path]) -> dict:
+    """One task's table of fits (K, stability, seconds) and its figures."""
+    from bids_dl.reports.bold_figures import plot_connectivity_matrix, plot_network_maps
+
+    folder = output_dir / "figures"
+    figures = [
+        {
+            "path": plot_network_maps(
+                str(fit["components"]),
+                str(folder / f"task-{task}_desc-{method}_components.png"),
+                title=f"task {task}: {method} networks",
+            ),
+            "title": f"Group network maps of task {task} by {method} ({fit['n_components']})",
+        }
+        for method, fit in fits.items()
+    ]
+    relmats = [p for p in written if p.name.endswith("_relmat.tsv") and f"_task-{task}_" in p.name]
+    if relmats:
+        figures.append(
+            {
+                "path": plot_connectivity_matrix(
+                    str(relmats[0]), str(folder / f"task-{task}_relmat.png"), title=relmats[0].name
+                ),
+                "title": f"Network connectome of one run ({relmats[0].name}): Ledoit-Wolf "
+                "correlation of its dual-regression time courses",
+            }
+        )
+    for figure in figures:
+        figure["path"] = Path(figure["path"]).relative_to(output_dir).as_posix()
+    methods = [{"method": method, **fit} for method, fit in fits.items()]
+    return {"task": task, "methods": methods, "figures": figures}
 
 
 def describe_table(table_path: Path) -> str:

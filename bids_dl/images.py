@@ -30,10 +30,15 @@ def load_3d_image(path: str | Path, require_signal: bool = False) -> nb.Nifti1Im
     return image
 
 
-def save_image(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Save ``data`` as NIfTI with millimetre units and both qform and sform set (scanner)."""
+def save_image(
+    data: np.ndarray, affine: np.ndarray, path: str | Path, repetition_time: float | None = None
+) -> Path:
+    """Save ``data`` as NIfTI with millimetre units and both qform and sform set (scanner);
+    a 4D series gets ``repetition_time`` (s) as its fourth zoom when given."""
     image = nb.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm", "sec" if data.ndim == 4 else None)
+    if repetition_time is not None and data.ndim == 4:
+        image.header.set_zooms((*image.header.get_zooms()[:3], repetition_time))
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     nb.save(image, str(path))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_dl.asl_inputs import AslInputError, AslSeries, check_asl_series, read_asl_series
+from bids_dl.bold_inputs import BoldInputError, BoldSeries, check_bold_series, read_bold_series
 from bids_dl.dwi_inputs import DwiInputError, DwiSeries, check_dwi_series
 from bids_dl.images import ImageError, foreground_ml, is_skull_stripped, load_3d_image
 
@@ -30,9 +31,10 @@ DEFAULT_QUERIES = {
     "dwi": {"datatype": "dwi", "suffix": "dwi", "extension": [".nii", ".nii.gz"]},
     "epi": {"datatype": "fmap", "suffix": "epi", "extension": [".nii", ".nii.gz"]},
     "asl": {"datatype": "perf", "suffix": "asl", "extension": [".nii", ".nii.gz"]},
+    "bold": {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]},
 }
 #: How messages name an input whose BIDS suffix reads badly in a sentence.
-DISPLAY_NAMES = {"asl": "ASL"}
+DISPLAY_NAMES = {"asl": "ASL", "bold": "BOLD"}
 #: Top-level folders of a BIDS dataset that pybids does not index by default.
 UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
 #: The inputs each analysis needs (any one of them), beyond the T1w.
@@ -41,11 +43,12 @@ ANALYSIS_INPUTS = {
     "wmh": ("flair",),
     "dwi": ("dwi",),
     "asl": ("asl",),
+    "func": ("bold",),
 }
 #: The input that makes an analysis run by default (without ``--analyses``).
-ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair", "dwi": "dwi", "asl": "asl"}
+ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair", "dwi": "dwi", "asl": "asl", "func": "bold"}
 #: Analyses that run without a model (their model adds outputs): the rest need one.
-MODEL_OPTIONAL = ("dwi", "asl")
+MODEL_OPTIONAL = ("dwi", "asl", "func")
 
 
 class InputError(Exception):
@@ -62,6 +65,8 @@ class SubjectInputs:
     dwi: list[DwiSeries] = field(default_factory=list)
     #: every ASL series (each run and session), with its sidecar's quantification fields
     asl: list[AslSeries] = field(default_factory=list)
+    #: every BOLD run (each task, run and session), with its sidecar's timing
+    bold: list[BoldSeries] = field(default_factory=list)
 
     analyses: list[str] = field(default_factory=lambda: ["anat"])
     #: the T1w is already skull-stripped: its background gives the brain mask
@@ -215,6 +220,7 @@ def collect_inputs(
     session_labels: list[str],
     filters: dict,
     database_dir: Path | None = None,
+    dummy_scans: int | None = None,
 ) -> dict[str, SubjectInputs]:
     """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
@@ -242,8 +248,9 @@ def collect_inputs(
             files=files,
             dwi=_dwi_series(layout, files["dwi"]),
             asl=_asl_series(layout, label, files["asl"]),
+            bold=_bold_series(layout, label, files["bold"]),
         )
-        subjects[label] = _check_subject(subject, session_labels)
+        subjects[label] = _check_subject(subject, session_labels, dummy_scans)
     return subjects
 
 
@@ -284,7 +291,17 @@ def _asl_series(layout, label: str, paths: list[str]) -> list[AslSeries]:
         raise InputError(f"sub-{label}: {error}") from None
 
 
-def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> SubjectInputs:
+def _bold_series(layout, label: str, paths: list[str]) -> list[BoldSeries]:
+    """Each BOLD run with its sidecar's timing read (InputError if unusable)."""
+    try:
+        return [read_bold_series(layout, path) for path in sorted(paths)]
+    except BoldInputError as error:
+        raise InputError(f"sub-{label}: {error}") from None
+
+
+def _check_subject(
+    subject: SubjectInputs, session_labels: list[str], dummy_scans: int | None = None
+) -> SubjectInputs:
     """Refuse a participant without a T1w nor ASL, or with an unreadable image; warn about
     choices."""
     label, files = subject.label, subject.files
@@ -297,18 +314,19 @@ def _check_subject(subject: SubjectInputs, session_labels: list[str]) -> Subject
         except AslInputError as error:
             raise InputError(f"sub-{label}: {error}") from None
     if not subject.has_anatomy:
-        unused = [kind for kind in ("t2w", "flair", "dwi") if files[kind]]
+        unused = [kind for kind in ("t2w", "flair", "dwi", "bold") if files[kind]]
         LOGGER.warning(
             "sub-%s has no T1w: its ASL is processed on its own grid only, without T1w/template "
             "outputs or tissue measures%s",
             label, f" (its {', '.join(unused)} images are not used)" if unused else "",
         )  # fmt: skip
         return subject
-    return _check_anatomy(subject)
+    return _check_anatomy(subject, dummy_scans)
 
 
-def _check_anatomy(subject: SubjectInputs) -> SubjectInputs:
-    """Check the anatomical images and diffusion series of a participant with a T1w."""
+def _check_anatomy(subject: SubjectInputs, dummy_scans: int | None = None) -> SubjectInputs:
+    """Check the anatomical images, diffusion series and BOLD runs of a participant with a
+    T1w."""
     label, files = subject.label, subject.files
     if not files["t1w"]:
         LOGGER.warning(
@@ -324,18 +342,28 @@ def _check_anatomy(subject: SubjectInputs) -> SubjectInputs:
         path = subject.t1w if kind == "t1w" else subject.first(kind)
         if path is not None:
             _check_image(subject, kind, path)
-    for series in subject.dwi:
-        try:
+    _check_series(subject, dummy_scans)
+    return subject
+
+
+def _check_series(subject: SubjectInputs, dummy_scans: int | None) -> None:
+    """Check the diffusion series and BOLD runs of a participant with a T1w."""
+    label, files = subject.label, subject.files
+    try:
+        for series in subject.dwi:
             check_dwi_series(series)
-        except DwiInputError as error:
-            raise InputError(f"sub-{label}: {error}") from None
-    if subject.dwi and files["epi"]:
+        for run in subject.bold:
+            check_bold_series(run, dummy_scans)
+    except (DwiInputError, BoldInputError) as error:
+        raise InputError(f"sub-{label}: {error}") from None
+    series_kinds = [name for name, found in (("diffusion", subject.dwi), ("BOLD", subject.bold))
+                    if found]  # fmt: skip
+    if series_kinds and files["epi"]:
         LOGGER.warning(
             "sub-%s: %s (a phase-encoding fieldmap) is not used: bids_dl does not correct "
-            "susceptibility distortions of the diffusion series",
-            label, Path(files["epi"][0]).name,
+            "susceptibility distortions of the %s series",
+            label, Path(files["epi"][0]).name, " and ".join(series_kinds),
         )  # fmt: skip
-    return subject
 
 
 def _check_image(subject: SubjectInputs, kind: str, path: str) -> None:

@@ -70,6 +70,7 @@ DWI_MAX_TRANSLATION_MM = 1.0
 DWI_SCHEME_KEY = 1
 DWI_SUBJECT_KEY = 2
 ASL_SUBJECT_KEY = 3
+BOLD_SUBJECT_KEY = 4
 
 
 @dataclass(frozen=True)
@@ -488,6 +489,7 @@ def write_sample_dataset(
     lesions: bool = False,
     dwi: bool = True,
     asl: bool = True,
+    bold: bool = True,
 ) -> list[SampleSubject]:
     """Write the sample BIDS dataset to ``output_dir`` and return what was drawn per subject.
 
@@ -495,7 +497,8 @@ def write_sample_dataset(
     simulated glioma (plus contrast-enhanced T1w and FLAIR) and one with simulated white-matter
     hyperintensities (plus FLAIR); their true lesion labels go to the truth folder. The healthy
     subjects with an odd number also get a diffusion series (``_simulate_dwi``) and an ASL
-    series (``bids_dl.sample_asl``), unless ``dwi`` or ``asl`` is False.
+    series (``bids_dl.sample_asl``), unless ``dwi`` or ``asl`` is False; every healthy subject
+    gets a resting-state BOLD run (``bids_dl.sample_bold``) unless ``bold`` is False.
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -548,6 +551,8 @@ def write_sample_dataset(
             _write_dwi(output_dir, truth_dir, subject.label, dwi)
         if asl and has_dwi(index, kind):
             _write_asl(output_dir, truth_dir, subject, tissues, template_affine, seed, index)
+        if bold and kind is None:
+            _write_bold(output_dir, truth_dir, subject, tissues, template_affine, seed, index)
         subjects.append(subject)
 
     ages = rng.integers(20, 80, len(subjects))
@@ -574,6 +579,10 @@ def write_sample_dataset(
         _README.format(n=len(subjects), voxel=voxel_mm, seed=seed)
         + _dwi_readme([s.label for i, s in enumerate(subjects) if dwi and has_dwi(i, kinds[i])])
         + _asl_readme([s.label for i, s in enumerate(subjects) if asl and has_dwi(i, kinds[i])])
+        + _subjects_readme(
+            _BOLD_README,
+            [s.label for s, k in zip(subjects, kinds, strict=True) if bold and k is None],
+        )
         + (_LESION_README.format(tumor=n_subjects + 1, wmh=n_subjects + 2) if lesions else ""),
         output_dir / "README",
     )
@@ -623,6 +632,15 @@ derivatives/sample-truth (sub-*/perf).
 """
 
 
+_BOLD_README = """
+{subjects} also {verb} a resting-state BOLD run (60 volumes, repetition time 2 s, 3 mm voxels,
+no slice timing), simulated by the bids_dl network simulator: overlapping networks with
+subject-specific shape and position, haemodynamic time courses with drifting coupling,
+autocorrelated noise, drift, cardiac and respiratory signals and small head motion. The true
+network maps and time courses are in derivatives/sample-truth (sub-*/func).
+"""
+
+
 def _subjects_readme(template: str, labels: list[str]) -> str:
     names = [f"sub-{label}" for label in labels]
     if not names:
@@ -654,3 +672,24 @@ def _write_asl(
     pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
     case = simulate_sample_asl(tissues, template_affine, pose, rng)
     write_sample_asl(output_dir, truth_dir, subject.label, case)
+
+
+def _write_bold(
+    output_dir: Path,
+    truth_dir: Path,
+    subject: SampleSubject,
+    tissues: np.ndarray,
+    template_affine: np.ndarray,
+    seed: int,
+    index: int,
+) -> None:
+    from bids_dl.sample_bold import simulate_sample_bold, write_sample_bold
+
+    rng = np.random.default_rng([seed, BOLD_SUBJECT_KEY, index])
+    pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
+    write_sample_bold(
+        output_dir,
+        truth_dir,
+        subject.label,
+        simulate_sample_bold(tissues, template_affine, pose, rng),
+    )

@@ -60,3 +60,41 @@ def write_template_files(folder: str | Path) -> TemplateFiles:
     for path, data in zip(files.__dict__.values(), images, strict=True):
         write_nifti_atomic(nb.Nifti1Image(data, affine), path)
     return files
+
+
+#: voxel size (mm) of the template grid BOLD runs are resampled onto (``res-2``, as fMRIPrep's
+#: default output space): the 1 mm grid would make a run ~8 times larger for no real detail
+BOLD_TEMPLATE_RESOLUTION = 2
+
+
+@dataclass(frozen=True)
+class TemplateGrid:
+    """The template and its brain mask on a coarser grid."""
+
+    t1w: Path
+    brain_mask: Path
+
+
+def write_template_grid(
+    folder: str | Path, resolution: int = BOLD_TEMPLATE_RESOLUTION
+) -> TemplateGrid:
+    """Write the template T1w and brain mask resampled by nilearn to ``resolution`` mm (files
+    already there are reused)."""
+    import nibabel as nb
+    from nilearn import datasets
+
+    from bids_dl.derivatives import write_nifti_atomic
+
+    folder = Path(folder)
+    grid = TemplateGrid(
+        folder / f"tpl-{TEMPLATE_NAME}_res-{resolution}_T1w.nii.gz",
+        folder / f"tpl-{TEMPLATE_NAME}_res-{resolution}_desc-brain_mask.nii.gz",
+    )
+    if grid.t1w.exists() and grid.brain_mask.exists():
+        return grid
+    t1w = datasets.load_mni152_template(resolution=resolution)
+    mask = datasets.load_mni152_brain_mask(resolution=resolution)
+    write_nifti_atomic(nb.Nifti1Image(t1w.get_fdata(dtype=np.float32), t1w.affine), grid.t1w)
+    brain = (mask.get_fdata(dtype=np.float32) > 0).astype(np.uint8)
+    write_nifti_atomic(nb.Nifti1Image(brain, mask.affine), grid.brain_mask)
+    return grid

@@ -121,9 +121,10 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-#: derivatives folders, figure endings and measure prefixes of the diffusion and ASL analyses
-MODALITY_FOLDERS = ("dwi/", "perf/")
-MODALITY_FIGURES = ("_dwi.png", "_asl.png")
+#: derivatives folders, figure endings and measure prefixes of the diffusion, ASL and BOLD
+#: analyses
+MODALITY_FOLDERS = ("dwi/", "perf/", "func/")
+MODALITY_FIGURES = ("_dwi.png", "_asl.png", "_bold.png")
 MODALITY_MEASURES = ("dwi_", "asl_")
 
 
@@ -201,7 +202,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def write_real_xa30_dataset(root: Path) -> Path:
     """A BIDS dataset of the real Siemens XA30 subject: its T1w and PCASL series
-    (``bench/xa30_asl_to_bids.py``) and its 20-direction DWI (PA)."""
+    (``bench/xa30_asl_to_bids.py``), its 20-direction DWI (PA) and its BOLD run (the
+    sidecar's TaskName added: dcm2niix did not write it)."""
     import importlib.util
 
     script = Path(__file__).parents[1] / "bench" / "xa30_asl_to_bids.py"
@@ -213,13 +215,21 @@ def write_real_xa30_dataset(root: Path) -> Path:
     source = SHARED_DATA / "dwi/xa30_dir20_b2500_PA/xa30_dwi_PA"
     for extension in ("nii.gz", "json", "bval", "bvec"):
         shutil.copy(f"{source}.{extension}", root / f"sub-xa30/dwi/sub-xa30_dir-PA_dwi.{extension}")
+    func = root / "sub-xa30" / "func"
+    func.mkdir(parents=True)
+    source = SHARED_DATA / "func/xa30_bold/xa30_bold"
+    shutil.copy(f"{source}.nii.gz", func / "sub-xa30_task-fa_run-1_bold.nii.gz")
+    sidecar = json.loads(Path(f"{source}.json").read_text(encoding="utf-8"))
+    (func / "sub-xa30_task-fa_run-1_bold.json").write_text(
+        json.dumps({**sidecar, "TaskName": "fa"})
+    )
     return root
 
 
 @pytest.fixture(scope="session")
 def xa30_run(tmp_path_factory) -> dict:
-    """The real XA30 subject (T1w, DWI, PCASL) through the CLI, shared by the diffusion and
-    ASL tests; skipped without ``../shared/data``."""
+    """The real XA30 subject (T1w, DWI, PCASL, BOLD) through the CLI, shared by the
+    diffusion, ASL and BOLD tests; skipped without ``../shared/data``."""
     if not (SHARED_DATA / "asl").is_dir() or not (SHARED_DATA / "dwi").is_dir():
         pytest.skip("../shared/data is absent")
     base = tmp_path_factory.mktemp("xa30")

@@ -196,9 +196,10 @@ def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
 
 
 #: sub-01's report figures: brain mask, registration, tissues, structures when the model
-#: ships, its diffusion series' FA, colour FA, coregistration and motion, and its ASL series'
-#: CBF, coregistration and motion
-SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4 + 3
+#: ships, its diffusion series' FA, colour FA, coregistration and motion, its ASL series'
+#: CBF, coregistration and motion, and its BOLD run's carpet, coregistration, motion and
+#: connectivity
+SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4 + 3 + 4
 
 
 @pytest.mark.parametrize(

@@ -271,3 +271,41 @@ def test_each_asl_series_gets_its_own_workflows(config, tiny_bids, anatomy, dela
     if network and not multi_delay:  # the network reads the first pairs it was trained on
         enhance = workflow.get_node(prefix + "asl_cbf_0_wf.enhance_perfusion")
         assert enhance.inputs.pairs == 2 and "first 2 pair(s)" in text
+
+
+@pytest.mark.parametrize(
+    ("slice_timing", "volumes"), [((0.0, 1.0, 0.5, 1.5), 120), (None, 20)], ids=["stc", "short"]
+)
+def test_each_bold_run_gets_its_own_workflows(config, tiny_bids, slice_timing, volumes):
+    """Preprocessing and outputs per run; slice-timing correction only with SliceTiming, the
+    atlas connectome only for runs long enough; one resampling per output space; every
+    mandatory input of every node connected or set."""
+    from bids_dl.bold_inputs import BoldSeries
+
+    t1w = str(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    runs = [BoldSeries(path=t1w, task="rest", repetition_time=2.0, slice_timing=slice_timing,
+                       slice_axis=2, n_volumes=volumes) for _ in range(2)]  # fmt: skip
+    subject = SubjectInputs("01", {"t1w": [t1w]}, bold=runs, analyses=["anat", "func"])
+    config.workflow.dummy_scans = 2
+    workflow = init_bids_dl_wf(config, {"01": subject})
+    names = set(workflow.list_node_names())
+    prefix = "single_subject_01_wf."
+    for index in (0, 1):
+        for step in ("bold_preproc_{}_wf.motion_correct", "bold_preproc_{}_wf.bold_confounds",
+                     "bold_preproc_{}_wf.bold_to_std", "bold_preproc_{}_wf.bold_to_t1w",
+                     "bold_outputs_{}_wf.ds_bold_std",
+                     "bold_outputs_{}_wf.bold_carpet_figure"):  # fmt: skip
+            assert prefix + step.format(index) in names
+        assert (prefix + f"bold_outputs_{index}_wf.ds_relmat" in names) == (volumes >= 40)
+        stc = prefix + f"bold_preproc_{index}_wf.slice_timing"
+        assert (stc in names) == (slice_timing is not None)
+    nss = workflow.get_node(prefix + "bold_preproc_0_wf.non_steady_state")
+    assert nss.inputs.dummy_scans == 2
+    flat = workflow.get_node("single_subject_01_wf")._create_flat_graph()
+    for node in flat.nodes():
+        assert not _unset_inputs(flat, node), node.fullname
+    paragraphs, references = methods_text(workflow.get_node("single_subject_01_wf"))
+    text = " ".join(paragraphs)
+    assert "first 2 volumes were flagged as non-steady-state" in text
+    assert ("cubic spline to the middle of the slice times" in text) == bool(slice_timing)
+    assert "Power" in str(references) and "CompCor" in str(references)

@@ -17,6 +17,8 @@ from bids_dl.workflows.asl import (
     init_asl_preproc_wf,
 )
 from bids_dl.workflows.asl_outputs import init_asl_outputs_wf
+from bids_dl.workflows.bold import BOLD_PREPROC_OUTPUTS, init_bold_preproc_wf
+from bids_dl.workflows.bold_outputs import init_bold_outputs_wf
 from bids_dl.workflows.dwi import DWI_PREPROC_OUTPUTS, init_dwi_preproc_wf, init_dwi_tensor_wf
 from bids_dl.workflows.dwi_outputs import init_dwi_outputs_wf
 from bids_dl.workflows.interfaces.morphometry import AnatomicalMeasures
@@ -182,6 +184,8 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         extra_measures += _connect_dwi(workflow, config, inputs, anat_preproc_wf, structures)
     if "asl" in inputs.analyses:
         extra_measures += _connect_asl(workflow, config, inputs, anat_preproc_wf, structures)
+    if "func" in inputs.analyses:
+        _connect_func(workflow, config, inputs, anat_preproc_wf)
     _connect_extra_measures(workflow, extra_measures, measures)
     if structures:
         workflow.connect([
@@ -341,3 +345,34 @@ def _connect_asl_series(
             ("outputnode.forward_transform", "inputnode.forward_transform"),
         ] + ([("outputnode.aseg", "inputnode.aseg")] if structures else [])),
     ])  # fmt: skip
+
+
+def _connect_func(
+    workflow: pe.Workflow, config: Config, inputs: SubjectInputs, anat_preproc_wf: pe.Workflow
+) -> None:
+    """One preprocessing and outputs workflow per BOLD run (networks come at the group
+    level, from every participant's template-space runs)."""
+    for index, series in enumerate(inputs.bold):
+        preproc_wf = init_bold_preproc_wf(
+            series=series, template_dir=str(config.template_dir),
+            dummy_scans=config.workflow.dummy_scans, omp_nthreads=config.nipype.omp_nthreads,
+            name=f"bold_preproc_{index}_wf",
+        )  # fmt: skip
+        preproc_wf.inputs.inputnode.bold = series.path
+        outputs_wf = init_bold_outputs_wf(
+            output_dir=str(config.execution.output_dir), bids_dir=str(config.execution.bids_dir),
+            series=series, name=f"bold_outputs_{index}_wf",
+        )  # fmt: skip
+        anat = [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                ("outputnode.brain_mask", "inputnode.t1w_mask")]  # fmt: skip
+        workflow.connect([
+            # separate lists: nipype edits a connection list while flattening the graph
+            (anat_preproc_wf, preproc_wf, list(anat) + [
+                ("outputnode.probseg", "inputnode.probseg"),
+                ("outputnode.dseg", "inputnode.dseg"),
+                ("outputnode.forward_transform", "inputnode.forward_transform"),
+            ]),
+            (anat_preproc_wf, outputs_wf, list(anat)),
+            (preproc_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}")
+                                      for f in BOLD_PREPROC_OUTPUTS]),
+        ])  # fmt: skip

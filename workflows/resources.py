@@ -44,4 +44,10 @@ MEM_GB = {
     "asl_motion": 1.0,
     "asl_cbf": 0.6,
     "asl_resample": 0.4,
+    # BOLD, measured on the REAL XA30 run (64x64x33x20, bench/results/node_memory_bold.tsv);
+    # declared for runs up to ~96x96x60x600 (1.3 GB in float32) where a step holds the run:
+    # the template-space series (99x117x95 at 2 mm, 4.4 MB a volume) is the largest output
+    "bold_series": 2.5,
+    "bold_resample": 3.0,
+    "bold_confounds": 2.0,
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bids_dl.config import (
     ANALYSES,
+    NETWORK_METHODS,
     PLUGINS,
     Config,
     ExecutionSettings,
@@ -106,6 +107,12 @@ def _workflow(options: dict) -> WorkflowSettings:
         dwi_bundle=_model_bundle(options["dwi_model"], "--dwi-model", task="dti", classical="none"),
         dwi_denoise=options["dwi_denoise"],
         asl_bundle=_model_bundle(options["asl_model"], "--asl-model", task="asl", classical="none"),
+        dummy_scans=options["dummy_scans"],
+        networks_bundle=_model_bundle(
+            options["networks_model"], "--networks-model", task="fmri_networks", classical="none"
+        ),
+        network_methods=list(options["network_methods"]) or list(NETWORK_METHODS),
+        network_components=options["network_components"],
     )
 
 
@@ -121,6 +128,7 @@ def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
         execution.session_labels,
         execution.bids_filters,
         database_dir=execution.work_dir / "bids_db",
+        dummy_scans=config.workflow.dummy_scans,
     )
     plan_analyses(
         subjects,

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from bids_dl import __version__
-from bids_dl.config import PLUGINS
+from bids_dl.config import NETWORK_METHODS, PLUGINS
 
 #: Options that take several values separated by spaces, as BIDS-Apps users type them.
 MULTI_VALUE_OPTIONS = (
@@ -176,9 +176,10 @@ PARAMETERS = (
         "tumor where a contrast-enhanced T1w exists, wmh where a FLAIR exists and tumor does "
         "not run, since edema would pass for white-matter lesions; dwi where a diffusion "
         "series exists; asl where a perf/ ASL series exists; asl runs without a T1w on the ASL "
-        "grid). Known: anat, tumor, wmh, dwi, asl. Named here, tumor runs on a FLAIR or "
-        "ce-T1w, wmh on a FLAIR, dwi on every diffusion series, asl on every ASL series, and a "
-        "subject without them is an error.",
+        "grid; func where a func/ BOLD run exists). Known: anat, tumor, wmh, dwi, asl, func. "
+        "Named here, tumor runs on a FLAIR or ce-T1w, wmh on a FLAIR, dwi on every diffusion "
+        "series, asl on every ASL series, func on every BOLD run, and a subject without them "
+        "is an error.",
     ),
     _option(
         "--skull-strip-t1w",
@@ -238,6 +239,34 @@ PARAMETERS = (
         "Enhanced CBF from the ASL series (desc-enhanced_cbf): an asl model bundle folder or "
         "shipped name, 'auto' (the shipped asl model when there is one) or 'none' (the "
         "measured CBF only; it is always written).",
+    ),
+    _model_option(
+        "--networks-model",
+        "Group level: functional networks found by a deep model trained on the group's own "
+        "BOLD runs (desc-deep_components): a networks model bundle folder or shipped name, "
+        "'auto' (the shipped networks model) or 'none' (the baselines only).",
+    ),
+    _option(
+        "--network-methods",
+        multiple=True,
+        type=click.Choice(NETWORK_METHODS),
+        group=WORKFLOW,
+        help="Group level: decompositions of the BOLD runs into networks, separated by spaces "
+        "(default: deep canica dictlearning; canica and dictlearning are nilearn's).",
+    ),
+    _option(
+        "--network-components",
+        type=click.IntRange(min=2, max=100),
+        group=WORKFLOW,
+        help="Group level: networks per decomposition (default: the deep model chooses the "
+        "number by stability across restarts; the baselines use the same number).",
+    ),
+    _option(
+        "--dummy-scans",
+        type=click.IntRange(min=0),
+        group=WORKFLOW,
+        help="Initial BOLD volumes to flag as non-steady-state (default: detected from the "
+        "global signal, as fMRIPrep does).",
     ),
     _option(
         "--dwi-denoise",

@@ -179,10 +179,20 @@ def run_group(config: Config) -> None:
     """The group level: every subject's measures in one table, and the group report."""
     from bids_dl.derivatives import write_bidsignore
     from bids_dl.group import describe_table, write_group_outputs
+    from bids_dl.group_networks import NetworkOptions
+    from bids_dl.models.device import resolve_device
 
+    settings = config.workflow
+    networks = NetworkOptions(
+        methods=list(settings.network_methods),
+        bundle=settings.networks_bundle,
+        n_components=settings.network_components,
+        seed=settings.random_seed or 0,
+        device=resolve_device(settings.device),
+    )
     try:
         table = write_group_outputs(
-            config.execution.output_dir, config.execution.participant_labels
+            config.execution.output_dir, config.execution.participant_labels, networks
         )
     except InputError as error:
         fail(str(error))

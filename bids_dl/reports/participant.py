@@ -117,25 +117,72 @@ PERFUSION_FIGURES = (
     ),
 )
 
+#: The figures of each BOLD run (``_bold.png``, named after the raw run), in the report's
+#: Functional section: (desc entity, title, caption).
+FUNCTIONAL_FIGURES = (
+    (
+        "carpet",
+        "Carpet plot",
+        "Every brain voxel of the motion-corrected run (rows, grouped by tissue; z-scored "
+        "and detrended) over time (columns), under framewise displacement (mm, dashed line at "
+        "0.5) and standardised DVARS (dashed line at 1.5); non-steady-state volumes are "
+        "shaded. Motion shows as vertical stripes through every tissue at the FD and DVARS "
+        "peaks; slow drifts and bands confined to white matter or CSF are what the aCompCor "
+        "and cosine confounds remove.",
+    ),
+    (
+        "coreg",
+        "Coregistration",
+        "The run's reference volume after rigid registration to the T1w, with the T1w's brain "
+        "outline (red) and its ventricle and sulcal edges (cyan) on top: the anatomy should "
+        "follow the lines. Susceptibility distortion was not corrected, so frontal and "
+        "temporal areas near air may stretch or drop out.",
+    ),
+    (
+        "motion",
+        "Head motion",
+        "Framewise displacement (top; Power et al. 2012: the sum of the absolute changes of "
+        "the six rigid motion parameters from one volume to the next, rotations counted as arc "
+        "length on a 50 mm sphere) and the motion parameters themselves (bottom: translations "
+        "in mm, rotations in degrees), per volume of the run. Volumes with FD above 0.5 mm are "
+        "listed as motion_outlier confounds.",
+    ),
+    (
+        "connectivity",
+        "Connectivity",
+        "Ledoit-Wolf correlation between the mean signals of the Power 2011 atlas's 5 mm "
+        "spheres in the template-space run after confound regression (red positive, blue "
+        "negative). Strong uniform positive correlation everywhere points to motion or global "
+        "signal left in the data; blocks along the diagonal are the atlas's networks.",
+    ),
+)
+
 #: Suffixes of the figure files: the image each figure is drawn over or about.
 FIGURE_SUFFIXES = ("T1w", "FLAIR", "T2w", "dwi")
 
 #: Which figure list captions which suffixes.
-FIGURE_SETS = ((ANAT_FIGURES, FIGURE_SUFFIXES), (PERFUSION_FIGURES, ("asl",)))
+FIGURE_SETS = (
+    (ANAT_FIGURES, FIGURE_SUFFIXES),
+    (PERFUSION_FIGURES, ("asl",)),
+    (FUNCTIONAL_FIGURES, ("bold",)),
+)
 
 #: Sections of the report: (HTML id, heading, suffixes of the figures they show).
 FIGURE_GROUPS = (
     ("anatomical", "Anatomical", ("T1w", "FLAIR", "T2w")),
     ("diffusion", "Diffusion", ("dwi",)),
     ("perfusion", "Perfusion", ("asl",)),
+    ("functional", "Functional", ("bold",)),
 )
 
 #: The order of each diffusion series' figures (desc entities) in the Diffusion section.
 DIFFUSION_ORDER = ("fa", "colorfa", "coreg", "motion")
 #: The order of each ASL series' figures in the Perfusion section.
 PERFUSION_ORDER = ("cbf", "coreg", "motion")
+#: The order of each BOLD run's figures in the Functional section.
+FUNCTIONAL_ORDER = ("carpet", "coreg", "motion", "connectivity")
 #: Per series suffix: the order of its figures (these sections show series by series).
-SERIES_ORDER = {"dwi": DIFFUSION_ORDER, "asl": PERFUSION_ORDER}
+SERIES_ORDER = {"dwi": DIFFUSION_ORDER, "asl": PERFUSION_ORDER, "bold": FUNCTIONAL_ORDER}
 
 #: The quality table of each ASL series, ``sub-X/[ses-Y/]perf/<series>_<QUALITY_SUFFIX>``, with
 #: ``<series>`` the figures' name before ``_desc-``.

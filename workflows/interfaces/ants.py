@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 from scipy import ndimage
 
 from bids_dl.derivatives import TISSUE_LOOKUP
@@ -195,20 +195,28 @@ def segment_tissues(in_file: str, mask_file: str, out_prefix: str, num_threads: 
 def apply_transform(
     in_file: str,
     reference_file: str,
-    transform: str,
+    transform: str | list[str],
     out_file: str,
     labels: bool = False,
     invert: bool = False,
 ) -> str:
     """Resample ``in_file`` onto ``reference_file``'s grid through an ANTs transform (or the
-    inverse of an affine one)."""
+    inverse of an affine one), or through a chain of them composed (one interpolation; the
+    transform nearest the reference first)."""
     import ants
 
+    transforms = [transform] if isinstance(transform, str) else list(transform)
+    if invert and len(transforms) != 1:
+        raise ValueError("only a single transform is inverted")
     moving = ants.image_read(in_file)
     reference = ants.image_read(reference_file)
     interpolator = "genericLabel" if labels else "linear"
     resampled = ants.apply_transforms(
-        reference, moving, [transform], interpolator=interpolator, whichtoinvert=[invert]
+        reference,
+        moving,
+        transforms,
+        interpolator=interpolator,
+        whichtoinvert=[invert] * len(transforms),
     )
     ants.image_write(resampled, out_file)
     return out_file
@@ -473,8 +481,12 @@ class RegisterEpiToT1w(SimpleInterface):
 class _ResampleInputSpec(TraitedSpec):
     in_file = File(exists=True, mandatory=True)
     reference = File(exists=True, mandatory=True, desc="the grid to resample onto")
-    transform = File(exists=True, mandatory=True, desc="ANTs transform (reference -> in_file)")
-    invert = traits.Bool(False, usedefault=True, desc="apply the transform's inverse")
+    transform = InputMultiObject(
+        File(exists=True),
+        mandatory=True,
+        desc="ANTs transform(s) (reference -> in_file), the one nearest the reference first",
+    )
+    invert = traits.Bool(False, usedefault=True, desc="apply the (single) transform's inverse")
     labels = traits.Bool(False, usedefault=True, desc="label image: no blending of labels")
 
 

@@ -133,13 +133,19 @@ def write_confounds(
     """The confounds TSV: fMRIPrep's motion columns and framewise displacement (n/a for the
     first volume), then the ``extra`` columns (e.g. the b-value)."""
     parameters = motion_parameters(motions)
-    extra = extra or {}
-    columns = np.column_stack([parameters, framewise_displacement(parameters), *extra.values()])
-    lines = ["\t".join((*MOTION_COLUMNS, *extra))]
-    for row in columns:
-        lines.append("\t".join("n/a" if np.isnan(v) else f"{v:.6g}" for v in row))
-    write_text_atomic("\n".join(lines) + "\n", Path(out_file))
+    motion = np.column_stack([parameters, framewise_displacement(parameters)])
+    columns = dict(zip(MOTION_COLUMNS, motion.T, strict=True)) | (extra or {})
+    write_text_atomic(tsv_text(columns), Path(out_file))
     return out_file
+
+
+def tsv_text(columns: dict[str, np.ndarray]) -> str:
+    """A confounds table as TSV text: one column per entry (equal lengths), ``n/a`` for NaN,
+    six significant digits."""
+    lines = ["\t".join(columns)]
+    for row in np.column_stack([np.asarray(c, dtype=float) for c in columns.values()]):
+        lines.append("\t".join("n/a" if np.isnan(v) else f"{v:.6g}" for v in row))
+    return "\n".join(lines) + "\n"
 
 
 def ants_template(in_file: str, out: Path):
