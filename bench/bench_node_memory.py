@@ -6,7 +6,7 @@ node (its pickled ``_node.pklz`` in the work dir of a finished run) runs again i
 Python process, as a Slurm job would, and the process's true peak resident memory
 (``VmHWM``, see ``peak_memory.py``) is read. These numbers set the ``mem_gb`` the nodes declare.
 
-    python bench/bench_node_memory.py WORK_DIR [--threads 2] [--every-subject]
+    python bench/bench_node_memory.py WORK_DIR [--threads 2] [--every-subject] [--only bold_]
 
 writes ``bench/results/node_memory.tsv``.
 """
@@ -55,12 +55,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/node_memory.tsv"))
     parser.add_argument("--every-subject", action="store_true", help="not one node per kind")
+    parser.add_argument("--only", default="", help="the nodes whose name holds this text")
     args = parser.parse_args()
     from nipype.utils.filemanip import loadpkl
 
     nodes = sorted(args.work_dir.glob("bids_dl_wf/single_subject_*_wf/**/_node.pklz"))
     # a MapNode runs as its ``mapflow/`` sub-nodes, which are measured instead
     nodes = [path for path in nodes if not (path.parent / "mapflow").is_dir()]
+    nodes = [path for path in nodes if args.only in node_kind(path)]
     if not args.every_subject:  # one node of each kind, from the last subject that has it
         nodes = list({node_kind(path): path for path in nodes}.values())
     rows = []

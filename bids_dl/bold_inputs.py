@@ -43,8 +43,13 @@ class BoldSeries:
     slice_timing: tuple[float, ...] | None
     #: voxel axis of the slices (SliceEncodingDirection i/j/k -> 0/1/2, default 2)
     slice_axis: int
-    #: volumes in the image (its header's fourth dimension; 1 for a 3D image)
-    n_volumes: int = 1
+    #: the image's shape in its header (x, y, z, volumes)
+    shape: tuple[int, ...] = (1, 1, 1, 1)
+
+    @property
+    def n_volumes(self) -> int:
+        """Volumes in the image (1 for a 3D image)."""
+        return self.shape[3] if len(self.shape) == 4 else 1
 
 
 def _task(path: str) -> str:
@@ -96,18 +101,16 @@ def read_bold_series(layout, path: str) -> BoldSeries:
         repetition_time=repetition_time,
         slice_timing=_slice_timing(name, metadata, repetition_time),
         slice_axis=axis,
-        n_volumes=_header_volumes(path),
+        shape=_header_shape(path),
     )
 
 
-def _header_volumes(path: str) -> int:
-    """The number of volumes the header declares (the data are read by
-    :func:`check_bold_series`)."""
+def _header_shape(path: str) -> tuple[int, ...]:
+    """The shape the header declares (the data are read by :func:`check_bold_series`)."""
     try:
-        shape = nb.load(path).shape
+        return tuple(int(n) for n in nb.load(path).shape)
     except Exception as error:  # nibabel raises many types for unreadable or truncated files
         raise BoldInputError(f"{Path(path).name}: not a readable NIfTI image ({error})") from None
-    return shape[3] if len(shape) == 4 else 1
 
 
 def _header_repetition_time(image: nb.Nifti1Image) -> float | None:

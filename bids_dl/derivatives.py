@@ -204,7 +204,8 @@ BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "sub-*/log", "*_xfm.
               "*_aslref.json", "**/perf/*_timeseries.tsv", "**/perf/*_timeseries.json",
               "**/perf/*_mask.nii.gz", "**/perf/*_mask.json", "group", "*_relmat.tsv",
               "*_relmat.json", "*_components.nii.gz", "*_components.json",
-              "**/func/*_timeseries.tsv", "**/func/*_timeseries.json")  # fmt: skip
+              "**/func/*_timeseries.tsv", "**/func/*_timeseries.json", "*_boldref.nii.gz",
+              "*_boldref.json")  # fmt: skip
 
 
 _DERIVATIVES_README = """bids_dl derivatives

@@ -245,7 +245,7 @@ def test_unknown_analysis(tiny_bids, tmp_path):
 
 def test_bad_filter_file(tiny_bids, tmp_path):
     filters = tmp_path / "filters.json"
-    filters.write_text(json.dumps({"bold": {}}))
+    filters.write_text(json.dumps({"notakind": {}}))
     result = run_participant(tiny_bids, tmp_path, "--bids-filter-file", filters)
     assert_input_error(result, "--bids-filter-file")
 

@@ -284,7 +284,7 @@ def test_each_bold_run_gets_its_own_workflows(config, tiny_bids, slice_timing, v
 
     t1w = str(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     runs = [BoldSeries(path=t1w, task="rest", repetition_time=2.0, slice_timing=slice_timing,
-                       slice_axis=2, n_volumes=volumes) for _ in range(2)]  # fmt: skip
+                       slice_axis=2, shape=(64, 64, 30, volumes)) for _ in range(2)]  # fmt: skip
     subject = SubjectInputs("01", {"t1w": [t1w]}, bold=runs, analyses=["anat", "func"])
     config.workflow.dummy_scans = 2
     workflow = init_bids_dl_wf(config, {"01": subject})

@@ -361,7 +361,7 @@ def _connect_func(
         preproc_wf.inputs.inputnode.bold = series.path
         outputs_wf = init_bold_outputs_wf(
             output_dir=str(config.execution.output_dir), bids_dir=str(config.execution.bids_dir),
-            series=series, name=f"bold_outputs_{index}_wf",
+            series=series, t1w_file=inputs.t1w, name=f"bold_outputs_{index}_wf",
         )  # fmt: skip
         anat = [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
                 ("outputnode.brain_mask", "inputnode.t1w_mask")]  # fmt: skip

@@ -19,7 +19,7 @@ from bids_dl.workflows.interfaces.bold_preproc import (
     TemplateGridFiles,
 )
 from bids_dl.workflows.interfaces.dwi_preproc import MedianOtsuBrainMask
-from bids_dl.workflows.resources import MEM_GB
+from bids_dl.workflows.resources import MEM_GB, bold_mem_gb
 
 BOLD_PREPROC_OUTPUTS = [
     "bold_native",
@@ -77,14 +77,15 @@ def init_bold_preproc_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=BOLD_PREPROC_OUTPUTS), name="outputnode")
     threads = {"n_procs": omp_nthreads}
     tr = series.repetition_time
-    nss = pe.Node(NonSteadyStateDetector(), name="non_steady_state", mem_gb=MEM_GB["bold_series"])
+    run_gb = bold_mem_gb(series.shape)
+    nss = pe.Node(NonSteadyStateDetector(), name="non_steady_state", mem_gb=run_gb)
     if dummy_scans is not None:
         nss.inputs.dummy_scans = dummy_scans
-    reference = pe.Node(BoldReference(), name="boldref", mem_gb=MEM_GB["bold_series"])
+    reference = pe.Node(BoldReference(), name="boldref", mem_gb=run_gb)
     motion = pe.Node(
         EstimateBoldMotion(repetition_time=tr, num_threads=omp_nthreads),
         name="motion_correct",
-        mem_gb=MEM_GB["bold_series"],
+        mem_gb=run_gb,
         **threads,
     )
     reference_mask = pe.Node(MedianOtsuBrainMask(), name="boldref_mask", mem_gb=MEM_GB["light"])
@@ -112,7 +113,7 @@ def init_bold_preproc_wf(
     timed = _connect_slice_timing(workflow, series, inputnode, motion)
     mask = _connect_confounds(workflow, series, inputnode, reference, motion, registration, nss,
                               outputnode)  # fmt: skip
-    _connect_resampling(workflow, template_dir, omp_nthreads, tr, inputnode, timed, motion,
+    _connect_resampling(workflow, template_dir, omp_nthreads, series, inputnode, timed, motion,
                         registration, mask, outputnode)  # fmt: skip
     return workflow
 
@@ -132,7 +133,7 @@ def _connect_slice_timing(
             slice_axis=series.slice_axis,
         ),
         name="slice_timing",
-        mem_gb=MEM_GB["bold_series"],
+        mem_gb=bold_mem_gb(series.shape),
     )
     workflow.connect([
         (inputnode, stc, [("bold", "in_file")]),
@@ -164,7 +165,7 @@ def _connect_confounds(
     split = pe.Node(niu.Split(splits=[1, 1], squeeze=True), name="split_wm_csf",
                     run_without_submitting=True)  # fmt: skip
     confounds = pe.Node(BoldConfounds(repetition_time=series.repetition_time),
-                        name="bold_confounds", mem_gb=MEM_GB["bold_confounds"])  # fmt: skip
+                        name="bold_confounds", mem_gb=bold_mem_gb(series.shape))  # fmt: skip
     workflow.connect([
         (inputnode, mask, [("t1w_mask", "in_file")]),
         (inputnode, dseg, [("dseg", "in_file")]),
@@ -193,7 +194,7 @@ def _connect_resampling(
     workflow: pe.Workflow,
     template_dir: str,
     omp_nthreads: int,
-    repetition_time: float,
+    bold: BoldSeries,
     inputnode: pe.Node,
     timed: tuple[pe.Node, str],
     motion: pe.Node,
@@ -212,8 +213,9 @@ def _connect_resampling(
                           run_without_submitting=True)  # fmt: skip
     series = {
         space: pe.Node(
-            ResampleBoldSeries(repetition_time=repetition_time, num_threads=omp_nthreads),
-            name=f"bold_to_{space}", mem_gb=MEM_GB["bold_resample"], n_procs=omp_nthreads,
+            ResampleBoldSeries(repetition_time=bold.repetition_time, num_threads=omp_nthreads),
+            name=f"bold_to_{space}", mem_gb=bold_mem_gb(bold.shape, resampled=True),
+            n_procs=omp_nthreads,
         )
         for space in ("t1w", "std")
     }  # fmt: skip

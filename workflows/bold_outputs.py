@@ -13,18 +13,24 @@ from nipype.pipeline import engine as pe
 
 from bids_dl.bold_inputs import BoldSeries
 from bids_dl.connectivity import MIN_CONNECTIVITY_VOLUMES
+from bids_dl.derivatives import derivative_path
 from bids_dl.templates import BOLD_TEMPLATE_RESOLUTION, TEMPLATE_NAME
 from bids_dl.workflows.bold import BOLD_PREPROC_OUTPUTS
 from bids_dl.workflows.interfaces.bids import sink_node
 from bids_dl.workflows.interfaces.bold_reports import CarpetFigure, ConnectivityFigure
 from bids_dl.workflows.interfaces.connectivity import AtlasConnectivity
 from bids_dl.workflows.interfaces.reports import CoregistrationFigure, MotionFigure
-from bids_dl.workflows.resources import MEM_GB
+from bids_dl.workflows.resources import MEM_GB, bold_mem_gb
 
 LOGGER = logging.getLogger("bids_dl.workflows")
 #: the coordinate atlas of the participant-level connectome (nilearn ships its coordinates)
 ATLAS = "Power2011"
 TEMPLATE_SPACE = {"space": TEMPLATE_NAME, "res": str(BOLD_TEMPLATE_RESOLUTION)}
+#: what BIDS asks of an output with a ``res`` entity
+TEMPLATE_METADATA = {
+    "Resolution": f"{BOLD_TEMPLATE_RESOLUTION} mm isotropic: nilearn's MNI152 2009a template "
+    f"resampled to {BOLD_TEMPLATE_RESOLUTION} mm (99 x 117 x 95)"
+}
 
 
 def preproc_metadata(series: BoldSeries) -> dict:
@@ -41,9 +47,15 @@ def preproc_metadata(series: BoldSeries) -> dict:
 
 
 def init_bold_outputs_wf(
-    *, output_dir: str, bids_dir: str, series: BoldSeries, name: str = "bold_outputs_wf"
+    *,
+    output_dir: str,
+    bids_dir: str,
+    series: BoldSeries,
+    t1w_file: str,
+    name: str = "bold_outputs_wf",
 ) -> pe.Workflow:
-    """Save one run's derivatives, compute its atlas connectome, and draw its figures.
+    """Save one run's derivatives, compute its atlas connectome, and draw its figures;
+    ``t1w_file`` (the raw T1w) names the preprocessed T1w that ``space-T1w`` refers to.
 
     Inputs
     ------
@@ -54,7 +66,8 @@ def init_bold_outputs_wf(
     fields = [*BOLD_PREPROC_OUTPUTS, "t1w_preproc", "t1w_mask"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     sink_args = {"output_dir": output_dir, "bids_dir": bids_dir, "source_file": series.path}
-    connections = _run_sinks(sink_args, inputnode, series)
+    t1w = derivative_path(t1w_file, "T1w", "anat", desc="preproc").as_posix()
+    connections = _run_sinks(sink_args, inputnode, series, {"SpatialReference": f"bids::{t1w}"})
     if series.n_volumes >= MIN_CONNECTIVITY_VOLUMES:
         connections += _connectivity(sink_args, inputnode, series)
     else:
@@ -68,19 +81,23 @@ def init_bold_outputs_wf(
     return workflow
 
 
-def _run_sinks(sink_args: dict, inputnode: pe.Node, series: BoldSeries) -> list:
-    """Reference, masks, confounds and the preprocessed run in T1w and template space."""
+def _run_sinks(sink_args: dict, inputnode: pe.Node, series: BoldSeries, t1w: dict) -> list:
+    """Reference, masks, confounds and the preprocessed run in T1w and template space
+    (``t1w``: the T1w outputs' SpatialReference)."""
     func = {"datatype": "func"}
-    preproc = preproc_metadata(series)
-    brain = {"Type": "Brain"}
+    preproc = preproc_metadata(series) | {
+        "Description": "the run after slice-timing and head-motion correction, resampled once "
+        "(motion, coregistration and normalisation composed)"
+    }
+    brain = {"Type": "Brain", "Description": "the T1w's brain mask on the run's grid"}
     outputs = {
         "boldref": ("boldref", {}, {"Description": "the run's reference: the median of its "
                                                    "first steady-state volumes"}),
         "brain_mask": ("mask", {"desc": "brain"}, brain),
-        "bold_t1w": ("bold", {"space": "T1w", "desc": "preproc"}, preproc),
-        "mask_t1w": ("mask", {"space": "T1w", "desc": "brain"}, brain),
-        "bold_std": ("bold", {**TEMPLATE_SPACE, "desc": "preproc"}, preproc),
-        "mask_std": ("mask", {**TEMPLATE_SPACE, "desc": "brain"}, brain),
+        "bold_t1w": ("bold", {"space": "T1w", "desc": "preproc"}, preproc | t1w),
+        "mask_t1w": ("mask", {"space": "T1w", "desc": "brain"}, brain | t1w),
+        "bold_std": ("bold", {**TEMPLATE_SPACE, "desc": "preproc"}, preproc | TEMPLATE_METADATA),
+        "mask_std": ("mask", {**TEMPLATE_SPACE, "desc": "brain"}, brain | TEMPLATE_METADATA),
     }  # fmt: skip
     connections = []
     for field, (suffix, entities, metadata) in outputs.items():
@@ -98,13 +115,15 @@ def _connectivity(sink_args: dict, inputnode: pe.Node, series: BoldSeries) -> li
     """The atlas connectome of the template-space run (Ledoit-Wolf correlation between
     sphere time series after confound regression), its time series, and its figure."""
     connectivity = pe.Node(AtlasConnectivity(repetition_time=series.repetition_time),
-                           name="atlas_connectivity", mem_gb=MEM_GB["bold_confounds"])  # fmt: skip
+                           name="atlas_connectivity",
+                           mem_gb=bold_mem_gb(series.shape, resampled=True))  # fmt: skip
     entities = {**TEMPLATE_SPACE, "seg": ATLAS}
     measure = {**entities, "meas": "PearsonCorrelation"}
     relmat = sink_node(**sink_args, name="ds_relmat", suffix="relmat", extension=".tsv",
-                       datatype="func", entities=measure)  # fmt: skip
+                       datatype="func", entities=measure, metadata=TEMPLATE_METADATA)  # fmt: skip
     timeseries = sink_node(**sink_args, name="ds_atlas_timeseries", suffix="timeseries",
-                           extension=".tsv", datatype="func", entities=entities)  # fmt: skip
+                           extension=".tsv", datatype="func", entities=entities,
+                           metadata=TEMPLATE_METADATA)  # fmt: skip
     figure = pe.Node(ConnectivityFigure(kind="matrix", title=f"{ATLAS} regions"),
                      name="connectivity_figure", mem_gb=MEM_GB["figure"])  # fmt: skip
     figure_sink = _figure_sink(sink_args, "connectivity")

@@ -10,6 +10,8 @@ Image-bound steps grow with the voxel count; a 0.8 mm scan has about twice as ma
 
 from __future__ import annotations
 
+import numpy as np
+
 MEM_GB = {
     "conform": 0.25,  # measured 0.15
     "n4": 1.1,  # 0.86
@@ -44,10 +46,28 @@ MEM_GB = {
     "asl_motion": 1.0,
     "asl_cbf": 0.6,
     "asl_resample": 0.4,
-    # BOLD, measured on the REAL XA30 run (64x64x33x20, bench/results/node_memory_bold.tsv);
-    # declared for runs up to ~96x96x60x600 (1.3 GB in float32) where a step holds the run:
-    # the template-space series (99x117x95 at 2 mm, 4.4 MB a volume) is the largest output
-    "bold_series": 2.5,
-    "bold_resample": 3.0,
-    "bold_confounds": 2.0,
 }
+
+#: BOLD steps hold the run: they declare a base plus their copies of it (float32), + 25 %.
+#: Measured on the sample's SIMULATED 60-volume run (54x67x58, 52 MB in float32;
+#: bench/results/node_memory_bold.tsv): motion correction 0.42 GB, confounds 0.29, the
+#: non-steady-state detection 0.20, the atlas connectome 0.81 (nilearn's masker on the
+#: template-space run), resampling onto the template 0.68 and onto the T1w 0.45 (the output
+#: array filled in place: a list of volumes stacked at the end took 1.07 and 0.64).
+BOLD_BASE_GB = 0.3
+BOLD_RUN_COPIES = 4
+#: resampling holds the run once and its output (a template volume per input volume)
+BOLD_RESAMPLE_BASE_GB = 0.5
+TEMPLATE_VOLUME_GB = 99 * 117 * 95 * 4 / 1e9
+MEMORY_MARGIN = 1.25
+
+
+def bold_mem_gb(shape: tuple[int, ...], resampled: bool = False) -> float:
+    """What a BOLD step on a run of ``shape`` (x, y, z, volumes) declares; ``resampled`` for
+    the steps that write the run on the template (or T1w) grid."""
+    run_gb = float(np.prod(shape)) * 4 / 1e9
+    if resampled:
+        need = BOLD_RESAMPLE_BASE_GB + run_gb + shape[3] * TEMPLATE_VOLUME_GB
+    else:
+        need = BOLD_BASE_GB + BOLD_RUN_COPIES * run_gb
+    return round(max(need * MEMORY_MARGIN, MEM_GB["light"]), 2)

@@ -32,7 +32,9 @@ class _SinkInputSpec(TraitedSpec):
     entities = traits.Dict(traits.Str, traits.Any, usedefault=True, desc="entities to set")
     labels = traits.List(traits.Str, desc="one 'label' entity per in_file (probseg maps)")
     metadata = traits.Dict(usedefault=True, desc="extra sidecar fields")
-    metadata_file = File(exists=True, desc="a JSON object of sidecar fields made at run time")
+    metadata_file = File(
+        exists=True, desc="a JSON object of sidecar fields made at run time (not Sources)"
+    )
     sidecar = traits.Bool(True, usedefault=True, desc="write a JSON sidecar with Sources")
     model = traits.Dict(desc="name, version and sha256 of the model that made the file")
     extra_sources = traits.List(
@@ -79,8 +81,9 @@ class DerivativesDataSink(SimpleInterface):
                     bids_uri(f, self.inputs.bids_dir, "raw") for f in self.inputs.extra_sources
                 ]
                 sidecar = {"Sources": [source_uri, *extra], **self.inputs.metadata}
-                if isdefined(self.inputs.metadata_file):
-                    sidecar.update(json.loads(Path(self.inputs.metadata_file).read_text()))
+                if isdefined(self.inputs.metadata_file):  # its Sources name work files
+                    made = json.loads(Path(self.inputs.metadata_file).read_text())
+                    sidecar.update({k: v for k, v in made.items() if k != "Sources"})
                 if isdefined(self.inputs.model) and self.inputs.model:
                     sidecar["DeepLearningModel"] = dict(self.inputs.model)
                 if "space" not in entities:

@@ -157,14 +157,13 @@ def resample_bold_series(
     _, data = load_bold(in_file)
     template = ants_template(in_file, out)
     grid = ants.image_read(reference_file)
-    volumes = []
+    series = np.empty((*grid.shape, len(motion_transforms)), np.float32)  # one copy, filled
     for index, motion in enumerate(motion_transforms):
         moving = as_ants(data[..., index], template)
         warped = ants.apply_transforms(
             grid, moving, [*to_reference, motion], interpolator="bSpline"
         )
-        volumes.append(np.clip(warped.numpy(), 0, None))
-    series = np.stack(volumes, axis=-1).astype(np.float32)
+        series[..., index] = np.clip(warped.numpy(), 0, None)
     return str(save_image(series, nb.load(reference_file).affine, out_file, repetition_time))
 
 
