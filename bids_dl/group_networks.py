@@ -45,10 +45,14 @@ GROUP_FOLDER = Path("group") / "func"
 MIN_RUNS = 2
 #: components of the baselines without the deep model nor ``n_components`` (nilearn's default)
 DEFAULT_COMPONENTS = 20
-#: nilearn's baselines see the same unsmoothed, denoised arrays as the deep model
-BASELINE_SMOOTHING_FWHM = None
-#: DictLearning's sparsity (nilearn's default, tuned on whole-brain data: tiny grids need less)
-DICTLEARNING_ALPHA = 10.0
+#: the deep model's input is smoothed as its card says (``inputs.smoothing_fwhm_mm``; the
+#: shipped card: 6 mm, CanICA's default, as in ``bench/fmri_networks.py``); nilearn's baselines
+#: get the same denoised runs and keep their default smoothing (6 mm CanICA, 4 mm DictLearning)
+DEEP_SMOOTHING_FWHM_MM = 6.0
+#: DictLearning's sparsity, chosen among 0.5-10 on simulated tuning groups at realistic noise
+#: by ``bench/fmri_networks.py`` (matched correlation 0.61; nilearn's default, 10: 0.23, most
+#: maps left empty)
+DICTLEARNING_ALPHA = 5.0
 #: the decompositions run on blocks of 2x2x2 voxels of the 2 mm grid (4 mm voxels, 8 times
 #: fewer): CanICA on the 2 mm grid took over 5 minutes for two 60-volume runs on 2 cores.
 #: Group maps are interpolated back onto the 2 mm grid, where dual regression runs.
@@ -181,7 +185,6 @@ def fit_baseline(
         **sparsity,
         mask=mask,
         n_components=k,
-        smoothing_fwhm=BASELINE_SMOOTHING_FWHM,
         standardize=False,
         detrend=False,
         random_state=seed,
@@ -192,28 +195,33 @@ def fit_baseline(
     return _peak_positive(components[np.asanyarray(mask.dataobj) > 0].T)
 
 
-def _bundle_settings(bundle: str | os.PathLike) -> tuple[dict, dict]:
+def _bundle_settings(bundle: str | os.PathLike) -> tuple[dict, float, dict]:
     """The deep model's hyper-parameters (the card's architecture arguments, which override
-    ``fit_networks``' defaults) and its identity for the sidecars."""
+    ``fit_networks``' defaults), the smoothing of its input (mm) and its identity for the
+    sidecars."""
     from bids_dl.models.card import WEIGHTS, load_card, weights_sha256
 
     card = load_card(bundle)
     settings = dict(card.architecture.get("args", {}))
+    smoothing = float(card.inputs.get("smoothing_fwhm_mm", DEEP_SMOOTHING_FWHM_MM))
     identity = {"Name": card.name, "Version": card.version}
     if (Path(bundle) / WEIGHTS).is_file():
         identity["SHA256"] = weights_sha256(bundle)
-    return settings, identity
+    return settings, smoothing, identity
 
 
 def fit_deep(
-    data: list[np.ndarray], options: NetworkOptions, k: int | None
+    data: list[np.ndarray], mask: nb.Nifti1Image, options: NetworkOptions, k: int | None
 ) -> tuple[np.ndarray, dict]:
-    """The deep model fitted on the group's runs: maps (K, V) and what its sidecar reports."""
-    from bids_dl.models.network_extraction import fit_networks
+    """The deep model fitted on the group's runs (smoothed in ``mask`` first): maps (K, V) and
+    what its sidecar reports."""
+    from bids_dl.models.network_extraction import fit_networks, smooth_run
 
-    settings, identity = _bundle_settings(options.bundle)
+    settings, smoothing, identity = _bundle_settings(options.bundle)
+    inside = np.asanyarray(mask.dataobj) > 0
+    smoothed = [smooth_run(run, inside, mask.affine, smoothing) for run in data]
     fit = fit_networks(
-        data,
+        smoothed,
         k,
         settings=settings,
         seed=options.seed,
@@ -221,6 +229,7 @@ def fit_deep(
     )
     report = {
         "Model": identity,
+        "InputSmoothingFWHM": smoothing,
         "Stability": float(fit.stability),
         "StabilityMeasure": "mean Hungarian-matched spatial correlation between fits of "
         "different seeds",
@@ -341,7 +350,7 @@ def decompose(task: TaskData, method: str, options: NetworkOptions, deep_k: int 
     k, reason = number_of_components(task, method, options, deep_k)
     start = time.perf_counter()
     if method == "deep":
-        maps, report = fit_deep(task.coarse, options, k)
+        maps, report = fit_deep(task.coarse, task.grid.mask, options, k)
     else:
         maps, report = fit_baseline(method, task.coarse, task.grid.mask, k, options.seed), {}
     report["ElapsedSeconds"] = round(time.perf_counter() - start, 2)

@@ -50,8 +50,9 @@ EPSILON = 1e-8
 @dataclass
 class NetworkFit:
     """Group maps (K, V; each map's largest |value| positive and 1), each run's time courses
-    (T_s, K), K, its stability (mean matched correlation of independent fits) and, when K was
-    chosen, the stability of each candidate."""
+    (T_s, K), K, its stability (mean matched correlation of the other random starts' maps with
+    the kept ones; NaN with one start) and, when K was chosen, each candidate's split-half
+    stability."""
 
     maps: np.ndarray
     time_courses: list[np.ndarray]
@@ -121,16 +122,22 @@ def match_maps(estimated: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return matched
 
 
+def _least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Coefficients of ``target`` on the few columns of ``design`` via the small normal equations
+    (as fast as a product; a pseudo-inverse for collinear columns)."""
+    return np.linalg.pinv(design.T @ design) @ (design.T @ target)
+
+
 def dual_regression(group_maps: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FSL dual regression: the run's time courses (T, K) by spatial regression on the group
     maps (K, V), normalised to unit sd, then the subject's maps (K, V) by temporal regression
     of the run on them."""
-    demeaned_maps = group_maps - group_maps.mean(axis=1, keepdims=True)
+    demeaned_maps = (group_maps - group_maps.mean(axis=1, keepdims=True)).astype(np.float64)
     centred_run = run - run.mean(axis=1, keepdims=True)
-    courses, *_ = np.linalg.lstsq(demeaned_maps.T, centred_run.T, rcond=None)
-    courses = courses.T - courses.T.mean(axis=0)
+    courses = _least_squares(demeaned_maps.T, centred_run.T).T
+    courses -= courses.mean(axis=0)
     courses /= courses.std(axis=0) + EPSILON
-    subject_maps, *_ = np.linalg.lstsq(courses, run - run.mean(axis=0), rcond=None)
+    subject_maps = _least_squares(courses, run - run.mean(axis=0))
     return courses.astype(np.float32), subject_maps.astype(np.float32)
 
 

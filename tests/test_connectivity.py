@@ -60,8 +60,8 @@ def write_run(
     return bold, mask_file, confounds_file
 
 
-def interior_mask() -> np.ndarray:
-    mask = np.zeros(SHAPE, bool)
+def interior_mask(shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    mask = np.zeros(shape, bool)
     mask[1:-1, 1:-1, 1:-1] = True
     return mask
 

@@ -109,7 +109,7 @@ def _workflow(options: dict) -> WorkflowSettings:
         asl_bundle=_model_bundle(options["asl_model"], "--asl-model", task="asl", classical="none"),
         dummy_scans=options["dummy_scans"],
         networks_bundle=_model_bundle(
-            options["networks_model"], "--networks-model", task="fmri_networks", classical="none"
+            options["networks_model"], "--networks-model", task="networks", classical="none"
         ),
         network_methods=list(options["network_methods"]) or list(NETWORK_METHODS),
         network_components=options["network_components"],
