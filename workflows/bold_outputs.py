@@ -70,6 +70,13 @@ def init_bold_outputs_wf(
     connections = _run_sinks(sink_args, inputnode, series, {"SpatialReference": f"bids::{t1w}"})
     if series.n_volumes >= MIN_CONNECTIVITY_VOLUMES:
         connections += _connectivity(sink_args, inputnode, series)
+        workflow.__desc__ = (
+            "A connectome was computed from the template-space run: the mean signal of each of "
+            "the 264 spheres (5 mm radius) of the Power et al. atlas [@power2011] was cleaned "
+            "by nilearn [@nilearn] (24 motion parameters, CSF and white-matter signals, cosine "
+            "high-pass, linear detrend; non-steady-state volumes censored) and their "
+            "correlation estimated with Ledoit-Wolf shrinkage [@ledoit2004]."
+        )
     else:
         LOGGER.warning(
             "%s: %d volumes, no atlas connectome (it needs %d: the denoising's regressors "
