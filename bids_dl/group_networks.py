@@ -62,6 +62,12 @@ MIN_BLOCK_SHARE = 0.5
 #: how the number of components came, as the sidecars say it
 USER_CHOICE = "set by the user (--network-components)"
 DEEP_CHOICE = "the deep model's: the largest candidate whose split-half stability reaches its floor"
+#: the baselines take the deep model's number
+FROM_DEEP = "the deep model's choice (its sidecar says how it chose)"
+FALLBACK_CHOICE = (
+    "the deep model's: no candidate reached its split-half stability floor ({floor}), so the "
+    "most stable one (a weak guide: see CandidateStability)"
+)
 #: components per time-course column name: ``component_00``
 COMPONENT_COLUMN = "component_{:02d}"
 
@@ -230,12 +236,24 @@ def fit_deep(
     report = {
         "Model": identity,
         "InputSmoothingFWHM": smoothing,
+        **_deep_choice(k, fit.candidates, settings),
         "Stability": float(fit.stability),
         "StabilityMeasure": "mean Hungarian-matched spatial correlation between fits of "
         "different seeds",
         "CandidateStability": {str(n): float(v) for n, v in fit.candidates.items()},
     }
     return np.asarray(fit.maps, np.float32), report
+
+
+def _deep_choice(k: int | None, candidates: dict[int, float], settings: dict) -> dict:
+    """How the deep model chose its number of networks, when it chose it: its floor reached,
+    or the fallback to the most stable candidate."""
+    from bids_dl.models.network_extraction import DEFAULT_SETTINGS
+
+    floor = settings.get("stability_floor", DEFAULT_SETTINGS["stability_floor"])
+    if k is not None or not candidates or max(candidates.values()) >= floor:
+        return {}
+    return {"NumberOfComponentsChosenBy": FALLBACK_CHOICE.format(floor=floor)}
 
 
 @dataclass
@@ -336,7 +354,7 @@ def number_of_components(
     if options.n_components is not None:
         chosen, reason = options.n_components, USER_CHOICE
     elif deep_k is not None:
-        chosen, reason = deep_k, DEEP_CHOICE
+        chosen, reason = deep_k, FROM_DEEP
     else:
         chosen, reason = DEFAULT_COMPONENTS, "nilearn's default (no deep model to choose)"
     shortest = min(len(d) for d in task.data)
@@ -359,7 +377,7 @@ def decompose(task: TaskData, method: str, options: NetworkOptions, deep_k: int 
         "(4 mm), maps interpolated back to 2 mm"
     )
     maps = _peak_positive(upsample_maps(maps, task.grid, task.mask))
-    report["NumberOfComponentsChosenBy"] = reason
+    report.setdefault("NumberOfComponentsChosenBy", reason)
     return {"maps": maps, "report": report}
 
 
