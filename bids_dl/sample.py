@@ -550,9 +550,11 @@ def write_sample_dataset(
             dwi = _simulate_dwi(subject, tissues, template_affine, scheme, dwi_rng)
             _write_dwi(output_dir, truth_dir, subject.label, dwi)
         if asl and has_dwi(index, kind):
-            _write_asl(output_dir, truth_dir, subject, tissues, template_affine, seed, index)
+            _write_series("asl", output_dir, truth_dir, subject, tissues, template_affine, seed,
+                          index)  # fmt: skip
         if bold and kind is None:
-            _write_bold(output_dir, truth_dir, subject, tissues, template_affine, seed, index)
+            _write_series("bold", output_dir, truth_dir, subject, tissues, template_affine, seed,
+                          index)  # fmt: skip
         subjects.append(subject)
 
     ages = rng.integers(20, 80, len(subjects))
@@ -657,7 +659,8 @@ def _asl_readme(labels: list[str]) -> str:
     return _subjects_readme(_ASL_README, labels)
 
 
-def _write_asl(
+def _write_series(
+    kind: str,
     output_dir: Path,
     truth_dir: Path,
     subject: SampleSubject,
@@ -666,30 +669,16 @@ def _write_asl(
     seed: int,
     index: int,
 ) -> None:
-    from bids_dl.sample_asl import simulate_sample_asl, write_sample_asl
+    """A subject's simulated ``asl`` or ``bold`` series (``bids_dl.sample_asl``,
+    ``bids_dl.sample_bold``), drawn from its own generator (the dataset seed, the kind's key
+    and the subject)."""
+    from bids_dl import sample_asl, sample_bold
 
-    rng = np.random.default_rng([seed, ASL_SUBJECT_KEY, index])
+    simulate, write, key = {
+        "asl": (sample_asl.simulate_sample_asl, sample_asl.write_sample_asl, ASL_SUBJECT_KEY),
+        "bold": (sample_bold.simulate_sample_bold, sample_bold.write_sample_bold,
+                 BOLD_SUBJECT_KEY),
+    }[kind]  # fmt: skip
+    rng = np.random.default_rng([seed, key, index])
     pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
-    case = simulate_sample_asl(tissues, template_affine, pose, rng)
-    write_sample_asl(output_dir, truth_dir, subject.label, case)
-
-
-def _write_bold(
-    output_dir: Path,
-    truth_dir: Path,
-    subject: SampleSubject,
-    tissues: np.ndarray,
-    template_affine: np.ndarray,
-    seed: int,
-    index: int,
-) -> None:
-    from bids_dl.sample_bold import simulate_sample_bold, write_sample_bold
-
-    rng = np.random.default_rng([seed, BOLD_SUBJECT_KEY, index])
-    pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
-    write_sample_bold(
-        output_dir,
-        truth_dir,
-        subject.label,
-        simulate_sample_bold(tissues, template_affine, pose, rng),
-    )
+    write(output_dir, truth_dir, subject.label, simulate(tissues, template_affine, pose, rng))
