@@ -11,9 +11,11 @@ from pathlib import Path
 #: nipype execution plugins bids_dl runs on.
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 #: Analyses bids_dl knows, in the order they run.
-ANALYSES = ("anat", "tumor", "wmh", "dwi", "asl", "func")
+ANALYSES = ("anat", "tumor", "wmh", "dwi", "asl", "func", "pet")
 #: Group-level decompositions of BOLD runs into networks: the deep model, nilearn's baselines.
 NETWORK_METHODS = ("deep", "canica", "dictlearning")
+#: Reference regions of PET SUVR (structures of the structures model), the default first.
+PET_REFERENCE_REGIONS = ("cerebellum-gm", "cerebellum", "brainstem")
 
 
 @dataclass
@@ -107,6 +109,16 @@ class WorkflowSettings:
     network_methods: list[str] = field(default_factory=lambda: list(NETWORK_METHODS))
     #: ``--network-components``: networks per decomposition (None: the deep model chooses)
     network_components: int | None = None
+    #: folder of the PET imputation model's bundle, or None (no imputed PET)
+    pet_imputation_bundle: str | None = None
+    #: ``--pet-imputation always``: impute every participant's PET, measured or not (evaluation)
+    pet_impute_everywhere: bool = False
+    #: ``--pet-window``: minutes after injection summed into the static image (None: late frames)
+    pet_window: tuple[float, float] | None = None
+    #: ``--pet-reference``: the SUVR reference region (``PET_REFERENCE_REGIONS``)
+    pet_reference: str = PET_REFERENCE_REGIONS[0]
+    #: ``--pet-suv``: SUV is required (a PET without dose, decay correction or weight is an error)
+    pet_suv_required: bool = False
 
 
 @dataclass

@@ -205,7 +205,7 @@ BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "sub-*/log", "*_xfm.
               "**/perf/*_mask.nii.gz", "**/perf/*_mask.json", "group", "*_relmat.tsv",
               "*_relmat.json", "*_components.nii.gz", "*_components.json",
               "**/func/*_timeseries.tsv", "**/func/*_timeseries.json", "*_boldref.nii.gz",
-              "*_boldref.json")  # fmt: skip
+              "*_boldref.json", "**/pet/*_timeseries.tsv", "**/pet/*_timeseries.json")  # fmt: skip
 
 
 _DERIVATIVES_README = """bids_dl derivatives

@@ -17,6 +17,13 @@ from bids_dl.asl_inputs import AslInputError, AslSeries, check_asl_series, read_
 from bids_dl.bold_inputs import BoldInputError, BoldSeries, check_bold_series, read_bold_series
 from bids_dl.dwi_inputs import DwiInputError, DwiSeries, check_dwi_series
 from bids_dl.images import ImageError, foreground_ml, is_skull_stripped, load_3d_image
+from bids_dl.pet_inputs import (
+    PetInputError,
+    PetSeries,
+    body_weight,
+    check_pet_series,
+    read_pet_series,
+)
 
 LOGGER = logging.getLogger("bids_dl.inputs")
 
@@ -32,9 +39,10 @@ DEFAULT_QUERIES = {
     "epi": {"datatype": "fmap", "suffix": "epi", "extension": [".nii", ".nii.gz"]},
     "asl": {"datatype": "perf", "suffix": "asl", "extension": [".nii", ".nii.gz"]},
     "bold": {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]},
+    "pet": {"datatype": "pet", "suffix": "pet", "extension": [".nii", ".nii.gz"]},
 }
 #: How messages name an input whose BIDS suffix reads badly in a sentence.
-DISPLAY_NAMES = {"asl": "ASL", "bold": "BOLD"}
+DISPLAY_NAMES = {"asl": "ASL", "bold": "BOLD", "pet": "PET"}
 #: Top-level folders of a BIDS dataset that pybids does not index by default.
 UNINDEXED_FOLDERS = {"derivatives", "sourcedata", "code", "stimuli", "models"}
 #: The inputs each analysis needs (any one of them), beyond the T1w.
@@ -46,7 +54,13 @@ ANALYSIS_INPUTS = {
     "func": ("bold",),
 }
 #: The input that makes an analysis run by default (without ``--analyses``).
-ANALYSIS_TRIGGERS = {"tumor": "t1ce", "wmh": "flair", "dwi": "dwi", "asl": "asl", "func": "bold"}
+ANALYSIS_TRIGGERS = {
+    "tumor": "t1ce",
+    "wmh": "flair",
+    "dwi": "dwi",
+    "asl": "asl",
+    "func": "bold",
+}
 #: Analyses that run without a model (their model adds outputs): the rest need one.
 MODEL_OPTIONAL = ("dwi", "asl", "func")
 
@@ -67,6 +81,10 @@ class SubjectInputs:
     asl: list[AslSeries] = field(default_factory=list)
     #: every BOLD run (each task, run and session), with its sidecar's timing
     bold: list[BoldSeries] = field(default_factory=list)
+    #: every PET (each tracer, run and session), with its sidecar's timing and dose
+    pet: list[PetSeries] = field(default_factory=list)
+    #: a PET is predicted from the T1w (``--pet-imputation``): none was measured, or ``always``
+    impute_pet: bool = False
 
     analyses: list[str] = field(default_factory=lambda: ["anat"])
     #: the T1w is already skull-stripped: its background gives the brain mask
@@ -221,12 +239,15 @@ def collect_inputs(
     filters: dict,
     database_dir: Path | None = None,
     dummy_scans: int | None = None,
+    require_suv: bool = False,
+    pet_window: tuple[float, float] | None = None,
 ) -> dict[str, SubjectInputs]:
     """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
     Raises :class:`InputError` for unknown participants, a participant without any T1w (plain
     or contrast-enhanced) nor ASL, an image that cannot be read as one 3D volume with contrast,
-    and a diffusion or ASL series that cannot be processed.
+    and a diffusion, ASL, BOLD or PET series that cannot be processed (with
+    ``require_suv``, a PET that lacks what SUV needs; a ``pet_window`` that misses its frames).
     """
     layout = index_dataset(bids_dir, database_dir)
     available = sorted(layout.get_subjects())
@@ -249,8 +270,10 @@ def collect_inputs(
             dwi=_dwi_series(layout, files["dwi"]),
             asl=_asl_series(layout, label, files["asl"]),
             bold=_bold_series(layout, label, files["bold"]),
+            pet=_pet_series(layout, bids_dir, label, files["pet"]),
         )
-        subjects[label] = _check_subject(subject, session_labels, dummy_scans)
+        checks = {"dummy_scans": dummy_scans, "require_suv": require_suv, "pet_window": pet_window}
+        subjects[label] = _check_subject(subject, session_labels, **checks)
     return subjects
 
 
@@ -299,8 +322,25 @@ def _bold_series(layout, label: str, paths: list[str]) -> list[BoldSeries]:
         raise InputError(f"sub-{label}: {error}") from None
 
 
+def _pet_series(layout, bids_dir: Path, label: str, paths: list[str]) -> list[PetSeries]:
+    """Each PET with its sidecar (BIDS inheritance) and the body weight of its session."""
+    try:
+        return [
+            read_pet_series(
+                path, layout.get_metadata(path), body_weight(bids_dir, label, session_of(path))
+            )
+            for path in sorted(paths)
+        ]
+    except PetInputError as error:
+        raise InputError(f"sub-{label}: {error}") from None
+
+
 def _check_subject(
-    subject: SubjectInputs, session_labels: list[str], dummy_scans: int | None = None
+    subject: SubjectInputs,
+    session_labels: list[str],
+    dummy_scans: int | None = None,
+    require_suv: bool = False,
+    pet_window: tuple[float, float] | None = None,
 ) -> SubjectInputs:
     """Refuse a participant without a T1w nor ASL, or with an unreadable image; warn about
     choices."""
@@ -314,17 +354,22 @@ def _check_subject(
         except AslInputError as error:
             raise InputError(f"sub-{label}: {error}") from None
     if not subject.has_anatomy:
-        unused = [kind for kind in ("t2w", "flair", "dwi", "bold") if files[kind]]
+        unused = [kind for kind in ("t2w", "flair", "dwi", "bold", "pet") if files[kind]]
         LOGGER.warning(
             "sub-%s has no T1w: its ASL is processed on its own grid only, without T1w/template "
             "outputs or tissue measures%s",
             label, f" (its {', '.join(unused)} images are not used)" if unused else "",
         )  # fmt: skip
         return subject
-    return _check_anatomy(subject, dummy_scans)
+    return _check_anatomy(subject, dummy_scans, require_suv, pet_window)
 
 
-def _check_anatomy(subject: SubjectInputs, dummy_scans: int | None = None) -> SubjectInputs:
+def _check_anatomy(
+    subject: SubjectInputs,
+    dummy_scans: int | None = None,
+    require_suv: bool = False,
+    pet_window: tuple[float, float] | None = None,
+) -> SubjectInputs:
     """Check the anatomical images, diffusion series and BOLD runs of a participant with a
     T1w."""
     label, files = subject.label, subject.files
@@ -342,19 +387,26 @@ def _check_anatomy(subject: SubjectInputs, dummy_scans: int | None = None) -> Su
         path = subject.t1w if kind == "t1w" else subject.first(kind)
         if path is not None:
             _check_image(subject, kind, path)
-    _check_series(subject, dummy_scans)
+    _check_series(subject, dummy_scans, require_suv, pet_window)
     return subject
 
 
-def _check_series(subject: SubjectInputs, dummy_scans: int | None) -> None:
-    """Check the diffusion series and BOLD runs of a participant with a T1w."""
+def _check_series(
+    subject: SubjectInputs,
+    dummy_scans: int | None,
+    require_suv: bool,
+    pet_window: tuple[float, float] | None,
+) -> None:
+    """Check the diffusion series, BOLD runs and PETs of a participant with a T1w."""
     label, files = subject.label, subject.files
     try:
         for series in subject.dwi:
             check_dwi_series(series)
         for run in subject.bold:
             check_bold_series(run, dummy_scans)
-    except (DwiInputError, BoldInputError) as error:
+        for pet in subject.pet:
+            check_pet_series(pet, suv=require_suv, window_min=pet_window)
+    except (DwiInputError, BoldInputError, PetInputError) as error:
         raise InputError(f"sub-{label}: {error}") from None
     series_kinds = [name for name, found in (("diffusion", subject.dwi), ("BOLD", subject.bold))
                     if found]  # fmt: skip
@@ -485,6 +537,57 @@ def _analyses_without_anatomy(
             f"run for it, not {refused}"
         )
     return ["asl"]
+
+
+def plan_pet(
+    subjects: dict[str, SubjectInputs],
+    analyses: list[str],
+    requested: bool,
+    imputation: bool,
+    everywhere: bool,
+    structures: bool,
+) -> None:
+    """Decide, per subject with a T1w, whether the PET analysis runs and whether a PET is
+    imputed (``SubjectInputs.impute_pet``).
+
+    The measured PET is processed wherever one exists. A PET is imputed (``imputation``: a
+    model is installed) for the participants without one when ``--analyses pet`` names the
+    analysis or when some participant of the dataset has a PET (a multi-modal study), and for
+    every participant with ``everywhere`` (``--pet-imputation always``); a T1w-only dataset
+    gets no synthetic PET unasked. SUVR's reference region comes from the structures model:
+    without it PET is refused when named, else skipped with a warning.
+    """
+    if "pet" not in analyses:
+        return
+    if everywhere and not imputation:
+        raise InputError("--pet-imputation always: no pet model is installed")
+    anatomical = [subject for subject in subjects.values() if subject.has_anatomy]
+    study_has_pet = any(subject.pet for subject in anatomical)
+    for subject in anatomical:
+        subject.impute_pet = imputation and (
+            everywhere or (not subject.pet and (requested or study_has_pet))
+        )
+        if not (subject.pet or subject.impute_pet):
+            if requested:
+                raise InputError(
+                    f"sub-{subject.label}: --analyses pet needs a PET image, or a pet model to "
+                    "impute one (--pet-imputation)"
+                )
+            continue
+        if not structures:
+            if requested:
+                raise InputError(
+                    "--analyses pet needs the structures model (--segmentation-model auto or a "
+                    "structures bundle): SUVR's reference region and regional values come from it"
+                )
+            LOGGER.warning(
+                "sub-%s: PET is not processed: SUVR's reference region comes from the structures "
+                "model, and --segmentation-model is atropos",
+                subject.label,
+            )
+            subject.impute_pet = False
+            continue
+        subject.analyses.append("pet")
 
 
 def validator_command() -> list[str] | None:

@@ -71,6 +71,9 @@ DWI_SCHEME_KEY = 1
 DWI_SUBJECT_KEY = 2
 ASL_SUBJECT_KEY = 3
 BOLD_SUBJECT_KEY = 4
+PET_SUBJECT_KEY = 5
+#: body weight of the participants with a PET (kg, drawn uniformly)
+WEIGHT_RANGE_KG = (55.0, 95.0)
 
 
 @dataclass(frozen=True)
@@ -490,6 +493,7 @@ def write_sample_dataset(
     dwi: bool = True,
     asl: bool = True,
     bold: bool = True,
+    pet: bool = True,
 ) -> list[SampleSubject]:
     """Write the sample BIDS dataset to ``output_dir`` and return what was drawn per subject.
 
@@ -498,7 +502,9 @@ def write_sample_dataset(
     hyperintensities (plus FLAIR); their true lesion labels go to the truth folder. The healthy
     subjects with an odd number also get a diffusion series (``_simulate_dwi``) and an ASL
     series (``bids_dl.sample_asl``), unless ``dwi`` or ``asl`` is False; every healthy subject
-    gets a resting-state BOLD run (``bids_dl.sample_bold``) unless ``bold`` is False.
+    gets a resting-state BOLD run (``bids_dl.sample_bold``) unless ``bold`` is False, and
+    every healthy subject but the last a dynamic FDG PET (``bids_dl.sample_pet``) unless
+    ``pet`` is False: the last one has a T1w and no PET, for the imputed PET.
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -509,6 +515,7 @@ def write_sample_dataset(
     scheme = dwi_scheme(seed)
 
     subjects = []
+    weights: dict[str, float] = {}
     kinds = [None] * n_subjects + (list(LESION_SUBJECTS) if lesions else [])
     for index, kind in enumerate(kinds):
         subject = _draw_subject(f"{index + 1:02d}", rng, index)
@@ -555,12 +562,19 @@ def write_sample_dataset(
         if bold and kind is None:
             _write_series("bold", output_dir, truth_dir, subject, tissues, template_affine, seed,
                           index)  # fmt: skip
+        if pet and kind is None and index < n_subjects - 1:
+            weights[subject.label] = _write_pet(
+                output_dir, truth_dir, subject, tissues, template_affine, seed, index
+            )
         subjects.append(subject)
 
     ages = rng.integers(20, 80, len(subjects))
     sexes = rng.choice(["F", "M"], len(subjects))
-    rows = ["participant_id\tage\tsex"] + [
-        f"sub-{s.label}\t{age}\t{sex}" for s, age, sex in zip(subjects, ages, sexes, strict=True)
+    from bids_dl.pet_inputs import WEIGHT_COLUMN
+
+    rows = [f"participant_id\tage\tsex\t{WEIGHT_COLUMN}"] + [
+        f"sub-{s.label}\t{age}\t{sex}\t{weights.get(s.label, 'n/a')}"
+        for s, age, sex in zip(subjects, ages, sexes, strict=True)
     ]
     write_text_atomic("\n".join(rows) + "\n", output_dir / "participants.tsv")
     write_json_atomic(
@@ -570,6 +584,7 @@ def write_sample_dataset(
                 "Description": "sex of the simulated participant",
                 "Levels": {"F": "female", "M": "male"},
             },
+            WEIGHT_COLUMN: {"Description": "body weight (participants with a PET)", "Units": "kg"},
         },
         output_dir / "participants.json",
     )
@@ -585,6 +600,7 @@ def write_sample_dataset(
             _BOLD_README,
             [s.label for s, k in zip(subjects, kinds, strict=True) if bold and k is None],
         )
+        + _subjects_readme(_PET_README, list(weights))
         + (_LESION_README.format(tumor=n_subjects + 1, wmh=n_subjects + 2) if lesions else ""),
         output_dir / "README",
     )
@@ -643,6 +659,16 @@ network maps and time courses are in derivatives/sample-truth (sub-*/func).
 """
 
 
+_PET_README = """
+{subjects} also {verb} a dynamic FDG PET (9 frames over 60 minutes, 2 mm voxels, in Bq/mL
+decay-corrected to injection; body weight in participants.tsv), simulated by bids_dl: uptake
+painted on the subject's tissue maps (cerebral grey matter 1.3 times cerebellar grey matter,
+white matter 0.55, CSF 0.05), blurred to 7 mm FWHM, with an FDG-like time course per frame and
+noise; no head motion. The last healthy subject has no PET: bids_dl imputes one from its T1w.
+The true SUVR is in derivatives/sample-truth (sub-*/pet).
+"""
+
+
 def _subjects_readme(template: str, labels: list[str]) -> str:
     names = [f"sub-{label}" for label in labels]
     if not names:
@@ -657,6 +683,27 @@ def _dwi_readme(labels: list[str]) -> str:
 
 def _asl_readme(labels: list[str]) -> str:
     return _subjects_readme(_ASL_README, labels)
+
+
+def _write_pet(
+    output_dir: Path,
+    truth_dir: Path,
+    subject: SampleSubject,
+    tissues: np.ndarray,
+    template_affine: np.ndarray,
+    seed: int,
+    index: int,
+) -> float:
+    """A subject's simulated PET (``bids_dl.sample_pet``) from its own generator; returns the
+    body weight drawn for it (kg)."""
+    from bids_dl import sample_pet
+
+    rng = np.random.default_rng([seed, PET_SUBJECT_KEY, index])
+    weight = round(float(rng.uniform(*WEIGHT_RANGE_KG)), 1)
+    pose = _pose(subject.rotation_deg, subject.translation_mm, subject.scale)
+    pet = sample_pet.simulate_sample_pet(tissues, template_affine, pose, rng, weight)
+    sample_pet.write_sample_pet(output_dir, truth_dir, subject.label, pet)
+    return weight
 
 
 def _write_series(

@@ -309,3 +309,51 @@ def test_each_bold_run_gets_its_own_workflows(config, tiny_bids, slice_timing, v
     assert "first 2 volumes were flagged as non-steady-state" in text
     assert ("cubic spline to the middle of the slice times" in text) == bool(slice_timing)
     assert "Power" in str(references) and "CompCor" in str(references)
+
+
+def _pet_series(path: str, frames: int, suv: bool):
+    from bids_dl.pet_inputs import PetSeries
+
+    return PetSeries(
+        path=path, tracer="FDG", radionuclide="F18", units="Bq/mL",
+        frame_starts=tuple(600.0 * k for k in range(frames)),
+        frame_durations=(600.0,) * frames, injection_start=0.0, scan_start=0.0,
+        injected_radioactivity_bq=185e6 if suv else None, injected_radioactivity_units="MBq",
+        decay_corrected=True, decay_correction_time=0.0, body_weight_kg=70.0,
+        shape=(40, 40, 30, frames) if frames > 1 else (40, 40, 30),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("frames", "suv", "impute"), [(6, True, True), (1, False, False)], ids=["dynamic", "static"]
+)
+def test_each_pet_gets_its_own_workflows(config, tiny_bids, tmp_path, frames, suv, impute):
+    """Preprocessing, quantification and outputs per PET; curves and motion only for dynamic
+    data, SUV only where it can be computed, the imputed PET only when planned; every
+    mandatory input of every node connected or set."""
+    t1w = str(tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    subject = SubjectInputs("01", {"t1w": [t1w]}, pet=[_pet_series(t1w, frames, suv)],
+                            analyses=["anat", "pet"], impute_pet=impute)  # fmt: skip
+    for task in ("structures", "pet"):
+        (tmp_path / task).mkdir()
+    config.workflow.segmentation_bundle = str(tmp_path / "structures")
+    config.workflow.pet_imputation_bundle = str(tmp_path / "pet")
+    workflow = init_bids_dl_wf(config, {"01": subject})
+    names = set(workflow.list_node_names())
+    prefix = "single_subject_01_wf."
+    for step in ("pet_preproc_0_wf.frame_motion", "pet_preproc_0_wf.static_to_t1w",
+                 "pet_quant_0_wf.suvr", "pet_outputs_0_wf.ds_suvr_std",
+                 "pet_outputs_0_wf.pet_suvr_figure"):  # fmt: skip
+        assert prefix + step in names
+    dynamic = frames > 1
+    assert (prefix + "pet_preproc_0_wf.time_activity_curves" in names) == dynamic
+    assert (prefix + "pet_outputs_0_wf.pet_motion_figure" in names) == dynamic
+    assert (prefix + "pet_outputs_0_wf.ds_suv_t1w" in names) == suv
+    assert (prefix + "pet_imputation_wf.impute_pet" in names) == impute
+    flat = workflow.get_node("single_subject_01_wf")._create_flat_graph()
+    for node in flat.nodes():
+        assert not _unset_inputs(flat, node), node.fullname
+    paragraphs, references = methods_text(workflow.get_node("single_subject_01_wf"))
+    text = " ".join(paragraphs)
+    assert "cerebellar grey matter" in text
+    assert ("SYNTHETIC" in text and "Li R" in str(references)) == impute

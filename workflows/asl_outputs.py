@@ -21,7 +21,7 @@ from bids_dl.workflows.asl import (
     quantification_parameters,
 )
 from bids_dl.workflows.interfaces.asl_cbf import QUALITY_COLUMNS
-from bids_dl.workflows.interfaces.bids import sink_node
+from bids_dl.workflows.interfaces.bids import data_dictionary, sink_node
 from bids_dl.workflows.interfaces.motion import MOTION_COLUMNS, MOTION_DESCRIPTIONS
 from bids_dl.workflows.interfaces.reports import CBFFigure, CoregistrationFigure, MotionFigure
 from bids_dl.workflows.resources import MEM_GB
@@ -42,14 +42,6 @@ QUALITY_DESCRIPTIONS = {
     "percentage_implausible_cbf_brain": ("share of brain voxels with CBF above 150 "
                                          "mL/100 g/min", "%"),
 }  # fmt: skip
-
-
-def _dictionary(descriptions: dict, columns) -> dict:
-    return {
-        column: {"Description": description} | ({"Units": units} if units else {})
-        for column, (description, units) in descriptions.items()
-        if column in columns
-    }
 
 
 def cbf_model_metadata(series: AslSeries) -> dict:
@@ -145,10 +137,11 @@ def _series_sinks(sink_args: dict, inputnode: pe.Node) -> list:
                                 entities={"desc": "brain"}, metadata={"Type": "Brain"}, **perf),
         "confounds": sink_node(**sink_args, name="ds_asl_confounds", suffix="timeseries",
                                extension=".tsv", entities={"desc": "confounds"},
-                               metadata=_dictionary(MOTION_DESCRIPTIONS, MOTION_COLUMNS), **perf),
+                               metadata=data_dictionary(MOTION_DESCRIPTIONS, MOTION_COLUMNS),
+                               **perf),
         "quality_file": sink_node(**sink_args, name="ds_cbf_quality", suffix="cbf",
                                   extension=".tsv", entities={"desc": "qualitycontrol"},
-                                  metadata=_dictionary(QUALITY_DESCRIPTIONS, QUALITY_COLUMNS),
+                                  metadata=data_dictionary(QUALITY_DESCRIPTIONS, QUALITY_COLUMNS),
                                   **perf),
     }  # fmt: skip
     return [(inputnode, node, [(field, "in_file")]) for field, node in sinks.items()]

@@ -28,6 +28,13 @@ from bids_dl.workflows.outputs import (
     init_anat_reports_wf,
     init_lesion_outputs_wf,
 )
+from bids_dl.workflows.pet import (
+    PET_PREPROC_OUTPUTS,
+    init_pet_imputation_wf,
+    init_pet_preproc_wf,
+    init_pet_quant_wf,
+)
+from bids_dl.workflows.pet_outputs import init_imputed_pet_outputs_wf, init_pet_outputs_wf
 from bids_dl.workflows.resources import MEM_GB
 
 
@@ -186,6 +193,8 @@ def init_single_subject_wf(config: Config, inputs: SubjectInputs) -> pe.Workflow
         extra_measures += _connect_asl(workflow, config, inputs, anat_preproc_wf, structures)
     if "func" in inputs.analyses:
         _connect_func(workflow, config, inputs, anat_preproc_wf)
+    if "pet" in inputs.analyses:
+        extra_measures += _connect_pet(workflow, config, inputs, anat_preproc_wf)
     _connect_extra_measures(workflow, extra_measures, measures)
     if structures:
         workflow.connect([
@@ -376,3 +385,70 @@ def _connect_func(
             (preproc_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}")
                                       for f in BOLD_PREPROC_OUTPUTS]),
         ])  # fmt: skip
+
+
+def _connect_pet(
+    workflow: pe.Workflow, config: Config, inputs: SubjectInputs, anat_preproc_wf: pe.Workflow
+) -> list[tuple[pe.Node, str]]:
+    """One preprocessing, quantification and outputs workflow per PET, and the imputed PET
+    where :func:`~bids_dl.inputs.plan_pet` asked for it; the measures of the first PET and of
+    the imputed one go to the measures table (returned as their sources)."""
+    settings = config.workflow
+    output_dir, bids_dir = str(config.execution.output_dir), str(config.execution.bids_dir)
+    anat = [("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.brain_mask", "inputnode.t1w_mask")]  # fmt: skip
+    measures = []
+    for index, series in enumerate(inputs.pet):
+        preproc_wf = init_pet_preproc_wf(
+            series=series, window=settings.pet_window, omp_nthreads=config.nipype.omp_nthreads,
+            name=f"pet_preproc_{index}_wf",
+        )  # fmt: skip
+        preproc_wf.inputs.inputnode.pet = series.path
+        quant_wf = init_pet_quant_wf(
+            series=series, template_dir=str(config.template_dir),
+            reference=settings.pet_reference, name=f"pet_quant_{index}_wf",
+        )  # fmt: skip
+        outputs_wf = init_pet_outputs_wf(
+            output_dir=output_dir, bids_dir=bids_dir, series=series,
+            reference=settings.pet_reference, window=settings.pet_window,
+            name=f"pet_outputs_{index}_wf",
+        )  # fmt: skip
+        quant_outputs = ["suvr_t1w", "suvr_std"] + (["suv_t1w"] if series.suv_ready else [])
+        preproc_outputs = PET_PREPROC_OUTPUTS + (["tacs"] if series.is_dynamic else [])
+        workflow.connect([
+            # separate lists: nipype edits a connection list while flattening the graph
+            (anat_preproc_wf, preproc_wf, list(anat) + [("outputnode.aseg", "inputnode.aseg")]),
+            (anat_preproc_wf, outputs_wf, list(anat)),
+            (anat_preproc_wf, quant_wf, [("outputnode.aseg", "inputnode.aseg"),
+                                         ("outputnode.forward_transform",
+                                          "inputnode.forward_transform")]),
+            (preproc_wf, quant_wf, [("outputnode.static_t1w", "inputnode.static_t1w")]),
+            (preproc_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}")
+                                      for f in preproc_outputs]),
+            (quant_wf, outputs_wf, [(f"outputnode.{f}", f"inputnode.{f}")
+                                    for f in quant_outputs]),
+        ])  # fmt: skip
+        measures += [(quant_wf, "outputnode.measures")] if index == 0 else []
+    if inputs.impute_pet:
+        imputation_wf = init_pet_imputation_wf(
+            bundle=settings.pet_imputation_bundle, template_dir=str(config.template_dir),
+            omp_nthreads=config.nipype.omp_nthreads, device=settings.device,
+        )  # fmt: skip
+        imputed_outputs_wf = init_imputed_pet_outputs_wf(
+            output_dir=output_dir, bids_dir=bids_dir, t1w_file=inputs.t1w
+        )
+        workflow.connect([
+            (anat_preproc_wf, imputation_wf, [
+                ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                ("outputnode.brain_mask", "inputnode.brain_mask"),
+                ("outputnode.aseg", "inputnode.aseg"),
+                ("outputnode.forward_transform", "inputnode.forward_transform"),
+            ]),
+            (anat_preproc_wf, imputed_outputs_wf, list(anat)),
+            (imputation_wf, imputed_outputs_wf, [
+                (f"outputnode.{f}", f"inputnode.{f}")
+                for f in ("imputed_t1w", "imputed_std", "model")
+            ]),
+        ])  # fmt: skip
+        measures.append((imputation_wf, "outputnode.measures"))
+    return measures

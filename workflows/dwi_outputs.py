@@ -16,7 +16,7 @@ from bids_dl.models.gradients import B0_THRESHOLD, Gradients, read_gradients
 from bids_dl.models.tensor_features import shell_volumes
 from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.dwi import DWI_PREPROC_OUTPUTS, TEMPLATE_MAPS
-from bids_dl.workflows.interfaces.bids import sink_node
+from bids_dl.workflows.interfaces.bids import data_dictionary, sink_node
 from bids_dl.workflows.interfaces.dwi_preproc import CONFOUND_COLUMNS
 from bids_dl.workflows.interfaces.dwi_tensor import MAPS, TENSOR_BIAS_B
 from bids_dl.workflows.interfaces.motion import MOTION_DESCRIPTIONS
@@ -127,19 +127,12 @@ def _series_sinks(sink_args: dict, inputnode: pe.Node) -> list:
                             "Description": "brain mask of the b=0 reference"}, **nifti),
         "confounds": sink_node(**sink_args, name="ds_dwi_confounds", suffix="timeseries",
                            extension=".tsv", entities={"desc": "confounds"},
-                           metadata=_confounds_dictionary(), **nifti),
+                           metadata=data_dictionary(CONFOUND_DESCRIPTIONS, CONFOUND_COLUMNS),
+                           **nifti),
     }  # fmt: skip
     connections = [(inputnode, node, [(field, "in_file")]) for field, node in sinks.items()]
     connections.append((inputnode, sinks["brain_mask"], [("brain_mask_model", "model")]))
     return connections
-
-
-def _confounds_dictionary() -> dict:
-    return {
-        column: {"Description": description, "Units": units}
-        for column, (description, units) in CONFOUND_DESCRIPTIONS.items()
-        if column in CONFOUND_COLUMNS
-    }
 
 
 def _map_sinks(

@@ -71,3 +71,16 @@ def bold_mem_gb(shape: tuple[int, ...], resampled: bool = False) -> float:
     else:
         need = BOLD_BASE_GB + BOLD_RUN_COPIES * run_gb
     return round(max(need * MEMORY_MARGIN, MEM_GB["light"]), 2)
+
+
+#: PET steps on the frames (motion correction, time-activity curves) hold the series a few
+#: times over (float32) besides ANTs' copies of one frame and the reference.
+PET_BASE_GB = 0.5
+PET_SERIES_COPIES = 4
+
+
+def pet_mem_gb(shape: tuple[int, ...]) -> float:
+    """What a PET step on the frames of ``shape`` (x, y, z[, frames]) declares."""
+    series_gb = float(np.prod(shape)) * 4 / 1e9
+    return round(max((PET_BASE_GB + PET_SERIES_COPIES * series_gb) * MEMORY_MARGIN,
+                     MEM_GB["light"]), 2)  # fmt: skip

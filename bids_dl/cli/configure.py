@@ -23,6 +23,7 @@ from bids_dl.inputs import (
     collect_inputs,
     load_filters,
     plan_analyses,
+    plan_pet,
     plan_skull_stripping,
     strip_prefix,
     validate_dataset,
@@ -113,7 +114,29 @@ def _workflow(options: dict) -> WorkflowSettings:
         ),
         network_methods=list(options["network_methods"]) or list(NETWORK_METHODS),
         network_components=options["network_components"],
+        **_pet_settings(options),
     )
+
+
+def _pet_settings(options: dict) -> dict:
+    """The PET fields of :class:`WorkflowSettings`: ``--pet-imputation always`` is the shipped
+    model for every participant; a window must end after it starts."""
+    window = options["pet_window"]
+    if window and window[1] <= window[0]:
+        raise InputError(f"--pet-window {window[0]:g} {window[1]:g}: END must be after START")
+    choice = options["pet_imputation"]
+    return {
+        "pet_imputation_bundle": _model_bundle(
+            "auto" if choice == "always" else choice,
+            "--pet-imputation",
+            task="pet",
+            classical="none",
+        ),
+        "pet_impute_everywhere": choice == "always",
+        "pet_window": tuple(window) if window else None,
+        "pet_reference": options["pet_reference"],
+        "pet_suv_required": options["pet_suv"],
+    }
 
 
 def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
@@ -129,12 +152,23 @@ def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
         execution.bids_filters,
         database_dir=execution.work_dir / "bids_db",
         dummy_scans=config.workflow.dummy_scans,
+        require_suv=config.workflow.pet_suv_required,
+        pet_window=config.workflow.pet_window,
     )
     plan_analyses(
         subjects,
         execution.analyses,
         execution.analyses_requested,
         {"tumor": config.workflow.tumor_bundle, "wmh": config.workflow.wmh_bundle},
+    )
+    settings = config.workflow
+    plan_pet(
+        subjects,
+        execution.analyses,
+        execution.analyses_requested,
+        imputation=settings.pet_imputation_bundle is not None,
+        everywhere=settings.pet_impute_everywhere,
+        structures=settings.segmentation_bundle is not None,
     )
     plan_skull_stripping(subjects, config.workflow.skull_strip_t1w)
     return subjects

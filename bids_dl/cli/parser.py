@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from bids_dl import __version__
-from bids_dl.config import NETWORK_METHODS, PLUGINS
+from bids_dl.config import NETWORK_METHODS, PET_REFERENCE_REGIONS, PLUGINS
 
 #: Options that take several values separated by spaces, as BIDS-Apps users type them.
 MULTI_VALUE_OPTIONS = (
@@ -176,10 +176,12 @@ PARAMETERS = (
         "tumor where a contrast-enhanced T1w exists, wmh where a FLAIR exists and tumor does "
         "not run, since edema would pass for white-matter lesions; dwi where a diffusion "
         "series exists; asl where a perf/ ASL series exists; asl runs without a T1w on the ASL "
-        "grid; func where a func/ BOLD run exists). Known: anat, tumor, wmh, dwi, asl, func. "
+        "grid; func where a func/ BOLD run exists; pet where a pet/ PET exists, and then an "
+        "imputed PET for the participants without one). Known: anat, tumor, wmh, dwi, asl, "
+        "func, pet. "
         "Named here, tumor runs on a FLAIR or ce-T1w, wmh on a FLAIR, dwi on every diffusion "
-        "series, asl on every ASL series, func on every BOLD run, and a subject without them "
-        "is an error.",
+        "series, asl on every ASL series, func on every BOLD run, pet on every PET (imputed "
+        "where missing), and a subject without them is an error.",
     ),
     _option(
         "--skull-strip-t1w",
@@ -245,6 +247,39 @@ PARAMETERS = (
         "Group level: functional networks found by a deep model trained on the group's own "
         "BOLD runs (desc-deep_components): a networks model bundle folder or shipped name, "
         "'auto' (the shipped networks model) or 'none' (the baselines only).",
+    ),
+    _model_option(
+        "--pet-imputation",
+        "A PET predicted from the T1w for participants without one (desc-imputed_pet, "
+        "SYNTHETIC: the shipped model is trained on simulated data): a pet model bundle folder "
+        "or shipped name, 'auto' (the shipped pet model, where the PET is missing), 'always' "
+        "(the shipped model for every participant, measured PET or not: for evaluation) or "
+        "'none'.",
+    ),
+    _option(
+        "--pet-window",
+        nargs=2,
+        type=click.FloatRange(min=0),
+        group=WORKFLOW,
+        help="PET: START END, minutes after injection, summed into the static image that SUV "
+        "and SUVR come from (default: the late frames, those starting in the last third of "
+        "the acquisition).",
+    ),
+    _option(
+        "--pet-reference",
+        type=click.Choice(PET_REFERENCE_REGIONS),
+        default=PET_REFERENCE_REGIONS[0],
+        show_default=True,
+        group=WORKFLOW,
+        help="PET: the SUVR reference region, from the structures model: cerebellar grey "
+        "matter, the whole cerebellum, or the brain stem (the model has no separate pons).",
+    ),
+    _flag(
+        "--pet-suv",
+        group=WORKFLOW,
+        help="PET: require SUV; a PET whose sidecar or participants.tsv lacks the dose, decay "
+        "correction or body weight is then an error (without it, SUV is written where they "
+        "exist; SUVR needs none of them).",
     ),
     _option(
         "--network-methods",

@@ -157,6 +157,58 @@ FUNCTIONAL_FIGURES = (
     ),
 )
 
+#: The figures of each PET series (``_pet.png``, named after the raw PET file without
+#: ``_pet.nii.gz``; an imputed PET's after the participant and session), in the report's PET
+#: section: (desc entity, title, caption).
+PET_FIGURES = (
+    (
+        "imputed",
+        "Imputed PET (synthetic)",
+        "SYNTHETIC, NOT A MEASUREMENT. No PET was acquired for this participant or session: "
+        "a deep network predicted this FDG-like SUVR image from the T1w alone, and the network "
+        "was trained on SIMULATED data, so it shows what the network learnt to expect from the "
+        "anatomy, not this participant's uptake: read no finding (a hypometabolic area, an "
+        "asymmetry) from it. Drawn like a measured SUVR: colour over the T1w in grey.",
+    ),
+    (
+        "suvr",
+        "Standardised uptake value ratio",
+        "The PET on the T1w grid, divided by its mean in the reference region named in the "
+        "title (that region is about 1), in colour over the T1w in grey: axial cuts from the "
+        "bottom of the brain up, then coronal and sagittal cuts, the subject's left on the "
+        "image's left, the brain outline in grey; the scale runs from 0 to 2, or to the 99th "
+        "percentile in the brain where that is higher. With FDG, cortex, striatum and thalamus "
+        "should be brighter than white matter and left and right alike; uptake straddling the "
+        "brain outline points to a misregistration (see the coregistration figure).",
+    ),
+    (
+        "coreg",
+        "Coregistration",
+        "The static PET after rigid registration to the T1w, with the T1w's brain outline "
+        "(red) and its ventricle and sulcal edges (cyan) on top: the cortical uptake should "
+        "lie inside the outline and the ventricles stay dark. PET's resolution is a few mm, "
+        "so its edges are blurred.",
+    ),
+    (
+        "motion",
+        "Head motion",
+        "Framewise displacement (top; Power et al. 2012: the sum of the absolute changes of "
+        "the six rigid motion parameters from one frame to the next, rotations counted as arc "
+        "length on a 50 mm sphere) and the motion parameters themselves (bottom: translations "
+        "in mm, rotations in degrees), per frame of the dynamic series. Frames are counted, "
+        "not timed, and the early short frames hold few counts: their estimates are noisier.",
+    ),
+    (
+        "tacs",
+        "Time-activity curves",
+        "Mean activity per frame in cortex, cerebellar cortex, cerebral white matter, putamen, "
+        "thalamus and brain stem (where present; left solid, right dashed, in the colours of "
+        "the structures figure) against the frame's mid-time. With FDG the curves rise "
+        "steeply in the first minutes and then slowly, cortex above white matter; a step "
+        "shared by every curve points to motion between frames.",
+    ),
+)
+
 #: Suffixes of the figure files: the image each figure is drawn over or about.
 FIGURE_SUFFIXES = ("T1w", "FLAIR", "T2w", "dwi")
 
@@ -165,6 +217,7 @@ FIGURE_SETS = (
     (ANAT_FIGURES, FIGURE_SUFFIXES),
     (PERFUSION_FIGURES, ("asl",)),
     (FUNCTIONAL_FIGURES, ("bold",)),
+    (PET_FIGURES, ("pet",)),
 )
 
 #: Sections of the report: (HTML id, heading, suffixes of the figures they show).
@@ -173,6 +226,7 @@ FIGURE_GROUPS = (
     ("diffusion", "Diffusion", ("dwi",)),
     ("perfusion", "Perfusion", ("asl",)),
     ("functional", "Functional", ("bold",)),
+    ("pet", "PET", ("pet",)),
 )
 
 #: The order of each diffusion series' figures (desc entities) in the Diffusion section.
@@ -181,8 +235,18 @@ DIFFUSION_ORDER = ("fa", "colorfa", "coreg", "motion")
 PERFUSION_ORDER = ("cbf", "coreg", "motion")
 #: The order of each BOLD run's figures in the Functional section.
 FUNCTIONAL_ORDER = ("carpet", "coreg", "motion", "connectivity")
+#: The order of each PET series' figures in the PET section.
+PET_ORDER = ("imputed", "suvr", "coreg", "motion", "tacs")
 #: Per series suffix: the order of its figures (these sections show series by series).
-SERIES_ORDER = {"dwi": DIFFUSION_ORDER, "asl": PERFUSION_ORDER, "bold": FUNCTIONAL_ORDER}
+SERIES_ORDER = {
+    "dwi": DIFFUSION_ORDER,
+    "asl": PERFUSION_ORDER,
+    "bold": FUNCTIONAL_ORDER,
+    "pet": PET_ORDER,
+}
+#: The figures (desc entities) of a network's prediction where no image was measured: the
+#: report marks them synthetic, in red.
+SYNTHETIC_FIGURES = ("imputed",)
 
 #: The quality table of each ASL series, ``sub-X/[ses-Y/]perf/<series>_<QUALITY_SUFFIX>``, with
 #: ``<series>`` the figures' name before ``_desc-``.
@@ -231,12 +295,16 @@ def latest_resources(output_dir: Path, subject: str) -> dict | None:
     return {"run": tables[-1].parent.name, "period": MONITOR_PERIOD_S, "rows": rows}
 
 
+def _figure_desc(path: Path) -> str:
+    """A figure's kind: the desc entity of ``<series>_desc-<desc>_<suffix>.png``."""
+    return path.name.partition("_desc-")[2].rsplit("_", 1)[0]
+
+
 def _series_order(path: Path, order: tuple[str, ...]) -> tuple[str, int]:
     """Sort key of a series' figure: its series (the name before ``_desc-``), then its kind
     in ``order``, so that each series' figures stay together."""
-    series, _, rest = path.name.partition("_desc-")
-    desc = rest.rsplit("_", 1)[0]
-    return series, order.index(desc) if desc in order else len(order)
+    desc = _figure_desc(path)
+    return path.name.partition("_desc-")[0], order.index(desc) if desc in order else len(order)
 
 
 def _format_quality(value: str | None, decimals: int) -> str:
@@ -260,7 +328,12 @@ def read_quality(output_dir: Path, subject: str, series: str) -> list[dict] | No
 
 
 def _figure_entry(output_dir: Path, path: Path, title: str, caption: str) -> dict:
-    return {"path": path.relative_to(output_dir).as_posix(), "title": title, "caption": caption}
+    return {
+        "path": path.relative_to(output_dir).as_posix(),
+        "title": title,
+        "caption": caption,
+        "synthetic": _figure_desc(path) in SYNTHETIC_FIGURES,
+    }
 
 
 def _perfusion_series(output_dir: Path, subject: str, members: list) -> list[dict]:
@@ -283,9 +356,10 @@ def _perfusion_series(output_dir: Path, subject: str, members: list) -> list[dic
 def find_figures(output_dir: Path, subject: str) -> list[dict]:
     """The figures in ``OUTPUT_DIR/sub-<label>/figures``, per ``FIGURE_GROUPS`` section:
     dicts with ``id``, ``heading``, ``figures`` (each with ``path`` relative to
-    ``output_dir``, ``title`` and ``caption``) and ``series`` (the Perfusion section's figures
-    and quality table per ASL series, else empty). Anatomical figures come in ``ANAT_FIGURES``
-    order, then suffix order; diffusion and perfusion figures series by series."""
+    ``output_dir``, ``title``, ``caption`` and ``synthetic``: one of ``SYNTHETIC_FIGURES``)
+    and ``series`` (the Perfusion section's figures and quality table per ASL series, else
+    empty). Anatomical figures come in ``ANAT_FIGURES`` order, then suffix order; the other
+    sections' figures series by series (``SERIES_ORDER``)."""
     output_dir = Path(output_dir)
     figures_dir = output_dir / f"sub-{subject}" / "figures"
     found = [

@@ -95,6 +95,16 @@ class DerivativesDataSink(SimpleInterface):
         return runtime
 
 
+def data_dictionary(descriptions: dict, columns) -> dict:
+    """The JSON data dictionary of a TSV: each column's Description (and Units) from
+    ``descriptions`` (column -> (description, units or None)), for the columns written."""
+    return {
+        column: {"Description": description} | ({"Units": units} if units else {})
+        for column, (description, units) in descriptions.items()
+        if column in columns
+    }
+
+
 def _sidecar_name(name: str) -> str:
     return name.split(".")[0] + ".json"
 
