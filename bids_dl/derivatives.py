@@ -22,12 +22,14 @@ from bids_dl.models.labels import STRUCTURES, TUMOR_LABELS, volume_column
 #: Entity order of the BIDS specification, plus BEP016's model and param for diffusion maps
 #: (``model-tensor_desc-dtinet_param-fa_dwimap``: param last, as that proposal writes it).
 ENTITY_ORDER = (
-    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part",
+    "sub", "ses", "task", "acq", "ce", "trc", "rec", "dir", "run", "echo", "part",
     "space", "res", "den", "seg", "from", "to", "mode", "model", "label", "meas", "desc",
     "param",
 )  # fmt: skip
 #: Entities of the source file that its derivatives keep.
-INHERITED_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
+INHERITED_ENTITIES = (
+    "sub", "ses", "task", "acq", "ce", "trc", "rec", "dir", "run", "echo", "part",
+)  # fmt: skip
 _ENTITY = re.compile(r"(?P<key>[a-zA-Z]+)-(?P<value>[a-zA-Z0-9]+)")
 _LABEL = re.compile(r"^[a-zA-Z0-9]+$")
 

@@ -145,6 +145,8 @@ def train_main(config: Path, output: Path, max_minutes: float | None) -> None:
             bundle = _train_tensor_network(config, output, command)
         elif task == "asl":
             bundle = _train_asl_network(config, output, command, max_minutes)
+        elif task == "pet":
+            bundle = _train_pet_imputation(config, output, command, max_minutes)
         else:
             bundle = _train_segmentation(config, output, command, max_minutes)
     except (ValueError, FileNotFoundError) as error:  # data that cannot be used: say why
@@ -183,6 +185,18 @@ def _train_asl_network(config: Path, output: Path, command: str, max_minutes: fl
     except TypeError as error:
         _fail(f"{config}: {error}")
     return train_asl_network(settings, output, command=command, max_minutes=max_minutes)
+
+
+def _train_pet_imputation(
+    config: Path, output: Path, command: str, max_minutes: float | None
+) -> Path:
+    from bids_dl.models.pet_training import PetTrainingConfig, train_pet_imputation
+
+    try:
+        settings = PetTrainingConfig.from_file(config)
+    except TypeError as error:
+        _fail(f"{config}: {error}")
+    return train_pet_imputation(settings, output, command=command, max_minutes=max_minutes)
 
 
 def _case_images(argument: str) -> Path | tuple[Path | None, ...]:

@@ -410,7 +410,7 @@ def _connect_pet(
         )  # fmt: skip
         outputs_wf = init_pet_outputs_wf(
             output_dir=output_dir, bids_dir=bids_dir, series=series,
-            reference=settings.pet_reference, window=settings.pet_window,
+            reference=settings.pet_reference, window=settings.pet_window, t1w_file=inputs.t1w,
             name=f"pet_outputs_{index}_wf",
         )  # fmt: skip
         quant_outputs = ["suvr_t1w", "suvr_std"] + (["suv_t1w"] if series.suv_ready else [])

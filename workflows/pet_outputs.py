@@ -12,6 +12,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_dl.derivatives import derivative_path
 from bids_dl.pet_inputs import PetSeries
 from bids_dl.templates import TEMPLATE_NAME
 from bids_dl.workflows.interfaces.bids import data_dictionary, sink_node
@@ -37,7 +38,14 @@ def suvr_metadata(series: PetSeries, reference: str, window: tuple[float, float]
         "Window": list(window) if window else "late frames (starting in the last third)",
         "WindowUnits": "min after injection",
         "PartialVolumeCorrection": "none",
+        "SkullStripped": False,
     }
+
+
+def t1w_reference(t1w_file: str) -> dict:
+    """``SpatialReference`` of a ``space-T1w`` output: the preprocessed T1w of ``t1w_file``."""
+    t1w = derivative_path(t1w_file, "T1w", "anat", desc="preproc").as_posix()
+    return {"SpatialReference": f"bids::{t1w}"}
 
 
 def imputed_metadata() -> dict:
@@ -51,6 +59,7 @@ def imputed_metadata() -> dict:
         "and the model card. It reproduces what the anatomy predicts (e.g. hypometabolism "
         "tied to atrophy), not metabolism the T1w cannot show.",
         "ImputedFrom": ["T1w"],
+        "SkullStripped": True,
     }
 
 
@@ -61,10 +70,12 @@ def init_pet_outputs_wf(
     series: PetSeries,
     reference: str,
     window: tuple[float, float] | None,
+    t1w_file: str,
     name: str = "pet_outputs_wf",
 ) -> pe.Workflow:
     """Save one PET's corrected frames, motion, curves, SUVR and SUV, and draw its SUVR,
-    coregistration, motion and curve figures.
+    coregistration, motion and curve figures; ``t1w_file`` (the raw T1w) names the
+    preprocessed T1w that ``space-T1w`` refers to.
 
     Inputs
     ------
@@ -80,13 +91,15 @@ def init_pet_outputs_wf(
     timing = {"FrameTimesStart": list(series.frame_starts),
               "FrameDuration": list(series.frame_durations)}  # fmt: skip
     suvr = suvr_metadata(series, reference, window)
+    on_t1w = t1w_reference(t1w_file)
     sinks = {
         "pet_preproc": sink_node(**sink_args, name="ds_pet_preproc", suffix="pet",
                                  entities={"desc": "preproc"}, metadata={
-                                     "Units": series.units, **timing,
+                                     "Units": series.units, **timing, "SkullStripped": False,
                                      "Description": "frames corrected for head motion"}, **pet),
         "suvr_t1w": sink_node(**sink_args, name="ds_suvr_t1w", suffix="pet",
-                              entities={"space": "T1w", "desc": "suvr"}, metadata=suvr, **pet),
+                              entities={"space": "T1w", "desc": "suvr"},
+                              metadata=suvr | on_t1w, **pet),
         "suvr_std": sink_node(**sink_args, name="ds_suvr_std", suffix="pet",
                               entities={"space": TEMPLATE_NAME, "desc": "suvr"}, metadata=suvr,
                               **pet),
@@ -109,7 +122,7 @@ def init_pet_outputs_wf(
             **sink_args, name="ds_suv_t1w", suffix="pet", entities={"space": "T1w", "desc": "suv"},
             metadata={"Units": "g/mL", "Description": "standardized uptake value: activity "
                       "concentration x body weight / injected dose (decayed to the image's "
-                      "decay-correction time)"}, **pet,
+                      "decay-correction time)", "SkullStripped": False, **on_t1w}, **pet,
         )  # fmt: skip
     connections = [(inputnode, node, [(field, "in_file")]) for field, node in sinks.items()]
     figures = {
@@ -156,10 +169,11 @@ def init_imputed_pet_outputs_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     sink_args = {"output_dir": output_dir, "bids_dir": bids_dir, "source_file": t1w_file}
     connections = []
-    for field, space in (("imputed_t1w", "T1w"), ("imputed_std", TEMPLATE_NAME)):
+    spaces = (("imputed_t1w", "T1w", t1w_reference(t1w_file)), ("imputed_std", TEMPLATE_NAME, {}))
+    for field, space, reference in spaces:
         node = sink_node(**sink_args, name=f"ds_{field}", suffix="pet", datatype="pet",
                          entities={"space": space, "desc": IMPUTED_DESC},
-                         metadata=imputed_metadata())  # fmt: skip
+                         metadata=imputed_metadata() | reference)  # fmt: skip
         connections.append((inputnode, node, [(field, "in_file"), ("model", "model")]))
     figure = (
         SuvrFigure(imputed=True, reference_region=REFERENCE_NAMES["cerebellum-gm"]),
