@@ -554,7 +554,8 @@ def plan_pet(
     model is installed) for the participants without one when ``--analyses pet`` names the
     analysis or when some participant of the dataset has a PET (a multi-modal study), and for
     every participant with ``everywhere`` (``--pet-imputation always``); a T1w-only dataset
-    gets no synthetic PET unasked. SUVR's reference region comes from the structures model:
+    gets no synthetic PET unasked, nor (unless ``everywhere``) a participant whose tumour
+    analysis runs: the model never saw one. SUVR's reference region comes from the structures model:
     without it PET is refused when named, else skipped with a warning.
     """
     if "pet" not in analyses:
@@ -567,6 +568,13 @@ def plan_pet(
         subject.impute_pet = imputation and (
             everywhere or (not subject.pet and (requested or study_has_pet))
         )
+        if subject.impute_pet and "tumor" in subject.analyses and not everywhere:
+            LOGGER.warning(
+                "sub-%s: no PET is imputed: the imputation model never saw a brain tumour "
+                "(--pet-imputation always imputes one anyway)",
+                subject.label,
+            )
+            subject.impute_pet = False
         if not (subject.pet or subject.impute_pet):
             if requested:
                 raise InputError(

@@ -37,6 +37,16 @@ def test_always_imputes_beside_the_measured_pet():
     assert _plan(_subjects(("01",)), everywhere=True) == {"01": (True, True), "02": (True, True)}
 
 
+def test_no_pet_is_imputed_for_a_tumour_unless_always(caplog):
+    subjects = _subjects(("01",))
+    subjects["02"].analyses.append("tumor")
+    assert _plan(subjects)["02"] == (False, False)
+    assert "never saw a brain tumour" in caplog.text
+    subjects = _subjects(("01",))
+    subjects["02"].analyses.append("tumor")
+    assert _plan(subjects, everywhere=True)["02"] == (True, True)
+
+
 def test_without_a_model_only_the_measured_pet_runs():
     assert _plan(_subjects(("01",)), imputation=False) == {
         "01": (True, False),
