@@ -391,3 +391,35 @@ MEASURES_DICTIONARY.update(
         for region, (_, _, name) in ASL_MEASURE_REGIONS.items()
     }
 )
+
+#: regions that gather several structures: column part -> (label values, name)
+PET_AGGREGATES = {
+    "cortex": ((3, 42), "cerebral cortex (left and right)"),
+    "cerebral_wm": ((2, 41), "cerebral white matter (left and right)"),
+    "deep_gm": ((10, 11, 12, 13, 26, 49, 50, 51, 52, 58),
+                "deep grey matter (thalamus, caudate, putamen, pallidum, accumbens)"),
+}  # fmt: skip
+#: regions of the PET measures for :func:`regional_means`: each structure (its volume
+#: column without ``_mm3``: ``left_hippocampus``) and the aggregates (label image
+#: ``aggregate``, numbered in ``PET_AGGREGATES`` order from 1)
+PET_MEASURE_REGIONS = {
+    **{volume_column(v).removesuffix("_mm3"): ("aseg", v, row[0]) for v, row in STRUCTURES.items()},
+    **{key: ("aggregate", i, name) for i, (key, (_, name)) in enumerate(PET_AGGREGATES.items(), 1)},
+}
+MEASURES_DICTIONARY.update(
+    {
+        f"{prefix}_suvr_mean_{region}": {
+            "Description": f"mean {what} in {name}, on the T1w grid where it is non-zero; n/a "
+            "below 10 voxels",
+            "Units": "unitless",
+        }
+        for region, (_, _, name) in PET_MEASURE_REGIONS.items()
+        for prefix, what in (
+            ("pet", "SUVR of the participant's first PET (reference region in its sidecar)"),
+            (
+                "pet_imputed",
+                "SUVR of the IMPUTED PET (synthetic: predicted from the T1w, not measured)",
+            ),
+        )
+    }
+)

@@ -503,8 +503,9 @@ def write_sample_dataset(
     subjects with an odd number also get a diffusion series (``_simulate_dwi``) and an ASL
     series (``bids_dl.sample_asl``), unless ``dwi`` or ``asl`` is False; every healthy subject
     gets a resting-state BOLD run (``bids_dl.sample_bold``) unless ``bold`` is False, and
-    every healthy subject but the last a dynamic FDG PET (``bids_dl.sample_pet``) unless
-    ``pet`` is False: the last one has a T1w and no PET, for the imputed PET.
+    every healthy subject but the last (the only one, when there is one) a dynamic FDG PET
+    (``bids_dl.sample_pet``) unless ``pet`` is False: the others have a T1w and no PET, for
+    the imputed PET.
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -562,7 +563,7 @@ def write_sample_dataset(
         if bold and kind is None:
             _write_series("bold", output_dir, truth_dir, subject, tissues, template_affine, seed,
                           index)  # fmt: skip
-        if pet and kind is None and index < n_subjects - 1:
+        if pet and kind is None and index < max(n_subjects - 1, 1):
             weights[subject.label] = _write_pet(
                 output_dir, truth_dir, subject, tissues, template_affine, seed, index
             )
@@ -664,7 +665,8 @@ _PET_README = """
 decay-corrected to injection; body weight in participants.tsv), simulated by bids_dl: uptake
 painted on the subject's tissue maps (cerebral grey matter 1.3 times cerebellar grey matter,
 white matter 0.55, CSF 0.05), blurred to 7 mm FWHM, with an FDG-like time course per frame and
-noise; no head motion. The last healthy subject has no PET: bids_dl imputes one from its T1w.
+noise; no head motion. The other subjects have no PET: bids_dl imputes one from the T1w
+(except for a tumour).
 The true SUVR is in derivatives/sample-truth (sub-*/pet).
 """
 

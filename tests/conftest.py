@@ -121,16 +121,16 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-#: derivatives folders, figure endings and measure prefixes of the diffusion, ASL and BOLD
-#: analyses
-MODALITY_FOLDERS = ("dwi/", "perf/", "func/")
-MODALITY_FIGURES = ("_dwi.png", "_asl.png", "_bold.png")
-MODALITY_MEASURES = ("dwi_", "asl_")
+#: derivatives folders, figure endings and measure prefixes of the diffusion, ASL, BOLD and
+#: PET analyses
+MODALITY_FOLDERS = ("dwi/", "perf/", "func/", "pet/")
+MODALITY_FIGURES = ("_dwi.png", "_asl.png", "_bold.png", "_pet.png")
+MODALITY_MEASURES = ("dwi_", "asl_", "pet_")
 
 
 def subject_derivatives(output: Path, subject: str, modalities: bool = True) -> dict[str, Path]:
     """A subject's derivative files by relative path (logs excluded: they name the run;
-    diffusion and perfusion outputs and figures too unless ``modalities``)."""
+    diffusion, perfusion, BOLD and PET outputs and figures too unless ``modalities``)."""
     folder = output / f"sub-{subject}"
     files = {
         path.relative_to(folder).as_posix(): path

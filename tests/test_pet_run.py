@@ -1,5 +1,6 @@
 """The PET analysis end to end through the CLI on the sample's simulated dynamic FDG PET:
-measured SUV and SUVR and, with ``--pet-imputation always``, the imputed PET beside it."""
+measured SUV and SUVR (the smoke run makes them) and, with ``--pet-imputation always``, the
+imputed PET beside them."""
 
 from __future__ import annotations
 
@@ -19,25 +20,14 @@ SERIES = "sub-01_trc-FDG"
 
 
 @pytest.fixture(scope="module")
-def pet_bids(tmp_path_factory) -> Path:
-    """Two sample subjects at 2 mm, PET only: sub-01 with a PET, sub-02 without."""
-    from bids_dl.sample import write_sample_dataset
-
-    root = tmp_path_factory.mktemp("pet") / "bids"
-    write_sample_dataset(root, n_subjects=2, voxel_mm=2.0, seed=5, dwi=False, asl=False,
-                         bold=False)  # fmt: skip
-    return root
-
-
-@pytest.fixture(scope="module")
-def pet_run(pet_bids, tmp_path_factory) -> dict:
+def pet_run(smoke_run, tmp_path_factory) -> dict:
     """sub-01 through the CLI with SUV required and the shipped imputation model run beside
-    its measured PET (one anatomical pipeline for both paths)."""
-    base = tmp_path_factory.mktemp("pet_run")
-    output = base / "out"
-    result = run_cli(str(pet_bids), str(output), "participant", "--participant-label", "01",
-                     "--pet-imputation", "always", "--pet-suv", "-w", str(base / "work"),
-                     *SMOKE_OPTIONS)  # fmt: skip
+    its measured PET. It shares the smoke run's dataset (sub-01 has the sample's PET), work
+    dir and options, so only the imputation and what follows it run again."""
+    output = tmp_path_factory.mktemp("pet_run") / "out"
+    result = run_cli(str(smoke_run["bids"]), str(output), "participant", "--participant-label",
+                     "01", "--pet-imputation", "always", "--pet-suv", "-w",
+                     str(smoke_run["work"]), *SMOKE_OPTIONS)  # fmt: skip
     return {"result": result, "output": output, "pet": output / "sub-01" / "pet"}
 
 
@@ -129,9 +119,9 @@ def test_pet_derivatives_pass_the_bids_validator(pet_run):
     ],
     ids=["frames-mismatch", "suv-without-dose"],
 )
-def test_bad_pet_sidecars_stop_before_work(pet_bids, tmp_path, edit, message):
+def test_bad_pet_sidecars_stop_before_work(sample_small, tmp_path, edit, message):
     bids = tmp_path / "bids"
-    shutil.copytree(pet_bids, bids, ignore=shutil.ignore_patterns("derivatives"))
+    shutil.copytree(sample_small, bids, ignore=shutil.ignore_patterns("derivatives"))
     sidecar = bids / "sub-01" / "pet" / f"{SERIES}_pet.json"
     fields = {k: v for k, v in {**json.loads(sidecar.read_text()), **edit}.items() if v is not None}
     sidecar.write_text(json.dumps(fields))

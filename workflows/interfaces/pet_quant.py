@@ -12,8 +12,8 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
+from bids_dl.derivatives import PET_AGGREGATES, PET_MEASURE_REGIONS
 from bids_dl.images import save_image
-from bids_dl.models.labels import STRUCTURES, volume_column
 from bids_dl.workflows.interfaces.images import regional_means
 from bids_dl.workflows.interfaces.pet_preproc import labels_on_grid
 
@@ -24,20 +24,6 @@ REFERENCE_NAMES = {
     "cerebellum-gm": "cerebellar grey matter (Left/Right-Cerebellum-Cortex, labels 8 and 47)",
     "cerebellum": "whole cerebellum (cerebellar cortex and white matter, labels 7, 8, 46, 47)",
     "brainstem": "brain stem (Brain-Stem, label 16)",
-}
-#: regions that gather several structures: column part -> (label values, name)
-AGGREGATES = {
-    "cortex": ((3, 42), "cerebral cortex (left and right)"),
-    "cerebral_wm": ((2, 41), "cerebral white matter (left and right)"),
-    "deep_gm": ((10, 11, 12, 13, 26, 49, 50, 51, 52, 58),
-                "deep grey matter (thalamus, caudate, putamen, pallidum, accumbens)"),
-}  # fmt: skip
-#: regions of the PET measures for :func:`regional_means`: each structure (its volume
-#: column without ``_mm3``: ``left_hippocampus``) and the aggregates (label image
-#: ``aggregate``, numbered in :data:`AGGREGATES` order from 1)
-PET_MEASURE_REGIONS = {
-    **{volume_column(v).removesuffix("_mm3"): ("aseg", v, row[0]) for v, row in STRUCTURES.items()},
-    **{key: ("aggregate", i, name) for i, (key, (_, name)) in enumerate(AGGREGATES.items(), 1)},
 }
 
 
@@ -79,13 +65,13 @@ def standardized_uptake(static_file: str, factor: float, out_file: str) -> str:
 
 
 def pet_measures(suvr_file: str, aseg_file: str, prefix: str = "pet") -> dict[str, float | str]:
-    """``<prefix>_suvr_mean_<region>`` for each region of :data:`PET_MEASURE_REGIONS` (the
+    """``<prefix>_suvr_mean_<region>`` for each region of ``PET_MEASURE_REGIONS`` (the
     structures, then cortex, cerebral WM and deep GM), where the SUVR is non-zero; n/a below
     10 voxels."""
     suvr = nb.load(suvr_file).get_fdata(dtype=np.float32)
     aseg = labels_on_grid(suvr_file, aseg_file)
     aggregate = np.zeros_like(aseg)
-    for index, (values, _) in enumerate(AGGREGATES.values(), 1):
+    for index, (values, _) in enumerate(PET_AGGREGATES.values(), 1):
         aggregate[np.isin(aseg, values)] = index
     labels = {"aseg": aseg, "aggregate": aggregate}
     inside = np.isfinite(suvr) & (suvr != 0)
