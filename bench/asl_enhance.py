@@ -57,7 +57,6 @@ import numpy as np
 import torch
 from dipy.denoise.nlmeans import nlmeans
 from dipy.segment.mask import median_otsu
-from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,6 +71,7 @@ from bids_dl.models.asl_phantom import AslCase, AslSimulation, simulate_from_fra
 from bids_dl.models.asl_training import load_fractions  # noqa: E402
 from bids_dl.models.bundle import load_bundle  # noqa: E402
 from bids_dl.models.card import load_card, weights_sha256, write_card  # noqa: E402
+from bids_dl.models.metrics import masked_smooth, ssim  # noqa: E402
 from bids_dl.models.registry import find_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def real_rows(groups: list[Group]) -> list[Row]:
 
 def gm_proxy(group: Group) -> np.ndarray:
     mean = group.dm(list(range(len(group.pairs)))).mean(-1)
-    smooth = _masked_smooth(mean, group.mask, (GM_SMOOTHING, GM_SMOOTHING, 0))
+    smooth = masked_smooth(mean, group.mask, (GM_SMOOTHING, GM_SMOOTHING, 0))
     return group.mask & (smooth >= np.quantile(smooth[group.mask], 1 - GM_SHARE))
 
 
@@ -171,15 +171,9 @@ def reference_noise_variance(row: Row) -> np.ndarray:
     return row.group.dm(list(range(len(row.group.pairs)))).var(-1, ddof=1)
 
 
-def _masked_smooth(volume: np.ndarray, mask: np.ndarray, sigma) -> np.ndarray:
-    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma)
-    smooth = ndimage.gaussian_filter(np.where(mask, volume, 0.0).astype(np.float64), sigma)
-    return np.where(mask, smooth / np.maximum(weight, 1e-6), 0.0)
-
-
 def gaussian(dm: np.ndarray, mask: np.ndarray, parameter: tuple[float, float]) -> np.ndarray:
     """Normalised Gaussian smoothing inside the mask (in-plane sigma, through-slice sigma)."""
-    return _masked_smooth(dm, mask, (parameter[0], parameter[0], parameter[1]))
+    return masked_smooth(dm, mask, (parameter[0], parameter[0], parameter[1]))
 
 
 def non_local_means(dm: np.ndarray, mask: np.ndarray, parameter: tuple[float, int]) -> np.ndarray:
@@ -195,20 +189,6 @@ def non_local_means(dm: np.ndarray, mask: np.ndarray, parameter: tuple[float, in
         method="classic",
     )  # fmt: skip
     return np.where(mask, denoised - offset, 0.0)
-
-
-def ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    """Mean SSIM inside the mask (Gaussian window in-plane, statistics from brain voxels)."""
-    sigma = (SSIM_SIGMA, SSIM_SIGMA, 0)
-    values = y[mask]
-    span = float(np.percentile(values, 99) - np.percentile(values, 1)) or 1.0
-    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
-    mx, my = _masked_smooth(x, mask, sigma), _masked_smooth(y, mask, sigma)
-    sxx = _masked_smooth(x * x, mask, sigma) - mx**2
-    syy = _masked_smooth(y * y, mask, sigma) - my**2
-    sxy = _masked_smooth(x * y, mask, sigma) - mx * my
-    index = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return float(np.mean(index[mask]))
 
 
 def score(
@@ -227,7 +207,7 @@ def score(
         "mse_raw": unit * float(squared[mask].mean()),
         "mse_corrected": mean,
         "mse_corrected_se": se,
-        "ssim": ssim(output, reference, mask),
+        "ssim": ssim(output, reference, mask, (SSIM_SIGMA, SSIM_SIGMA, 0)),
         "per_slice": per_slice.tolist(),
     }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ from bids_dl.models.network_extraction import (
     smooth_run,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bootstrap import bootstrap_interval  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fmri_networks"
 BUNDLE = ROOT / "models" / "zoo" / "networks"
@@ -51,7 +55,6 @@ RESOLUTION_MM = 4
 SMOOTHING_FWHM_MM = 6.0
 #: the realistic noise level (BoldSimulation's default)
 REALISTIC = BoldSimulation().noise
-BOOTSTRAP_SAMPLES = 2000
 #: alternating repeats of the timing check
 TIMING_REPEATS = 5
 #: how often the memory sampler reads VmRSS (s)
@@ -209,12 +212,6 @@ def choose_k_check(seed: int, n_subjects: int, mask, affine) -> dict:
     }
 
 
-def _bootstrap(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean."""
-    draws = rng.choice(values, size=(BOOTSTRAP_SAMPLES, len(values)), replace=True).mean(axis=1)
-    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
-
-
 def summarise(rows: list[dict]) -> list[dict]:
     """Per method and noise: mean matched correlation with its interval, time, memory."""
     rng = np.random.default_rng(0)
@@ -223,7 +220,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for method in METHODS:
             chosen = [r for r in rows if r["method"] == method and r["noise"] == noise]
             values = np.concatenate([r["matched"] for r in chosen])
-            low, high = _bootstrap(values, rng)
+            low, high = bootstrap_interval(values, rng)
             summary.append(
                 {
                     "method": method,

@@ -383,6 +383,22 @@ def _row_height(row: list[tuple[int, int]], extent_mm: np.ndarray, width: float)
     return width * float(np.clip(max(ratios), 0.25, 1.25))
 
 
+def cut_axes(figure, rows: list, heights: list[float], top: float, total: float):
+    """The axes of a mosaic's cuts (rows of (axis, index) from ``_cbf_rows``), laid out from
+    ``top`` down (inches of a figure ``total`` high), ``CBF_ROW`` to a row: yields (axes,
+    axis, index, letters), letters True for the first cut of each orientation."""
+    lettered = set()
+    for row, height in zip(rows, heights, strict=True):
+        top -= height
+        for column, (axis, index) in enumerate(row):
+            axes = figure.add_axes(
+                (column / CBF_ROW, top / total, 0.97 / CBF_ROW, 0.97 * height / total)
+            )
+            axes.set_facecolor("black")
+            yield axes, axis, index, axis not in lettered
+            lettered.add(axis)
+
+
 def _mask_outline(axes, mask: np.ndarray, axis: int, index: int) -> None:
     """The brain mask's outline (grey) on a cut drawn by ``_panel``."""
     plane = np.take(mask, index, axis=axis).T.astype(np.float32)
@@ -447,18 +463,10 @@ def plot_cbf(
         shown = np.where(mask, data[box], np.nan)
         figure.text(0.01, (top - 0.08) / total, title, color="white", fontsize=13, va="top")
         top -= title_height
-        lettered = set()  # the first cut of each orientation gets the edge letters
-        for row, height in zip(rows, heights, strict=True):
-            top -= height
-            for column, (axis, index) in enumerate(row):
-                axes = figure.add_axes(
-                    (column / CBF_ROW, top / total, 0.97 / CBF_ROW, 0.97 * height / total)
-                )
-                axes.set_facecolor("black")
-                letters = axis not in lettered
-                lettered.add(axis)
-                _panel(axes, shown, zooms, axis, index, letters, cmap=colormap, vmin=0, vmax=vmax)
-                _mask_outline(axes, mask, axis, index)
+        for axes, axis, index, letters in cut_axes(figure, rows, heights, top, total):
+            _panel(axes, shown, zooms, axis, index, letters, cmap=colormap, vmin=0, vmax=vmax)
+            _mask_outline(axes, mask, axis, index)
+        top -= sum(heights)
     _cbf_colorbar(figure, colormap, vmax, relative, total)
     return _save(figure, out_file)
 

@@ -30,6 +30,7 @@ from bids_dl.reports.figures import (  # noqa: E402
     _panel,
     _row_height,
     cbf_upper_bound,
+    cut_axes,
     display_range,
 )
 
@@ -145,24 +146,13 @@ def plot_suvr(
     top = total - _title_strip(
         figure, f"SUVR, reference region: {region}" if region else "SUVR", imputed, total
     )
-    lettered = set()  # the first cut of each orientation gets the edge letters
-    for row, height in zip(rows, heights, strict=True):
-        top -= height
-        for column, (axis, index) in enumerate(row):
-            axes = figure.add_axes(
-                (column / CBF_ROW, top / total, 0.97 / CBF_ROW, 0.97 * height / total)
-            )
-            axes.set_facecolor("black")
-            letters = axis not in lettered
-            lettered.add(axis)
-            _panel(
-                axes, t1w, zooms, axis, index, letters, cmap="gray", vmin=grey_min, vmax=grey_max
-            )
-            _panel(
-                axes, suvr, zooms, axis, index, False, cmap=colormap, vmin=0, vmax=vmax,
-                alpha=SUVR_ALPHA,
-            )  # fmt: skip
-            _mask_outline(axes, mask, axis, index)
+    for axes, axis, index, letters in cut_axes(figure, rows, heights, top, total):
+        _panel(axes, t1w, zooms, axis, index, letters, cmap="gray", vmin=grey_min, vmax=grey_max)
+        _panel(
+            axes, suvr, zooms, axis, index, False, cmap=colormap, vmin=0, vmax=vmax,
+            alpha=SUVR_ALPHA,
+        )  # fmt: skip
+        _mask_outline(axes, mask, axis, index)
     _suvr_colorbar(figure, colormap, vmax, total)
     return _save_atomic(figure, out_file)
 
