@@ -197,9 +197,9 @@ def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
 
 #: sub-01's report figures: brain mask, registration, tissues, structures when the model
 #: ships, its diffusion series' FA, colour FA, coregistration and motion, its ASL series'
-#: CBF, coregistration and motion, and its BOLD run's carpet, coregistration, motion and
-#: connectivity
-SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4 + 3 + 4
+#: CBF, coregistration and motion, its BOLD run's carpet, coregistration, motion and
+#: connectivity, and its PET's SUVR, coregistration, frame motion and time-activity curves
+SUBJECT_FIGURES = 3 + ("structures" in shipped_bundles()) + 4 + 3 + 4 + 4
 
 
 @pytest.mark.parametrize(
@@ -261,7 +261,8 @@ def _validator_errors(output) -> list:
 def structures_run(smoke_run, tmp_path_factory) -> dict:
     """sub-01 through the CLI with a structures bundle (untrained: only the wiring is under
     test here; the shipped models are measured in bench/). It shares the smoke run's work dir
-    and options, so only the segmentation and the steps after it run again."""
+    and options, so only the segmentation and the steps after it run again; not the PET,
+    whose SUVR needs a cerebellum that an untrained model does not find."""
     from bids_dl.models.bundle import save_bundle
     from bids_dl.models.card import ModelCard
     from bids_dl.models.labels import STRUCTURES
@@ -281,7 +282,7 @@ def structures_run(smoke_run, tmp_path_factory) -> dict:
     participant = run_cli(
         str(bids), str(output), "participant", "-w", str(smoke_run["work"]), *SMOKE_OPTIONS,
         "--skip-bids-validation", "--participant-label", "01",
-        "--segmentation-model", str(base / "bundle"),
+        "--segmentation-model", str(base / "bundle"), "--analyses", "anat", "dwi", "asl", "func",
     )  # fmt: skip
     group = run_cli(str(bids), str(output), "group")
     return {"output": output, "participant": participant, "group": group}
