@@ -14,6 +14,8 @@ PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 ANALYSES = ("anat", "tumor", "wmh", "dwi", "asl", "func", "pet")
 #: Group-level decompositions of BOLD runs into networks: the deep model, nilearn's baselines.
 NETWORK_METHODS = ("deep", "canica", "dictlearning")
+#: Group-level models of ``--classify`` (``bids_dl.models.classifier_estimators``), in run order.
+CLASSIFY_MODELS = ("linear", "svm", "mlp", "cnn")
 #: Reference regions of PET SUVR (structures of the structures model), the default first.
 PET_REFERENCE_REGIONS = ("cerebellum-gm", "cerebellum", "brainstem")
 
@@ -119,6 +121,22 @@ class WorkflowSettings:
     pet_reference: str = PET_REFERENCE_REGIONS[0]
     #: ``--pet-suv``: SUV is required (a PET without dose, decay correction or weight is an error)
     pet_suv_required: bool = False
+    #: ``--classify``: the participants.tsv column the group level predicts (None: none)
+    classify_target: str | None = None
+    #: ``--threshold``: class 1 is ``classify_target >= threshold`` (a numeric column)
+    classify_threshold: float | None = None
+    #: ``--features``: prefixes of the measure columns used as features
+    classify_features: list[str] = field(default_factory=list)
+    #: ``--image-features``: BIDS patterns of maps used as features (desc-wmh_mask...)
+    classify_image_features: list[str] = field(default_factory=list)
+    #: ``--covariates``: participants.tsv columns used as features (age, sex...)
+    classify_covariates: list[str] = field(default_factory=list)
+    #: ``--classify-models``: models to cross-validate (empty: every one that applies)
+    classify_models: list[str] = field(default_factory=list)
+    #: ``--folds``: outer folds of the nested cross-validation (fewer for small classes)
+    classify_folds: int = 5
+    #: ``--classifier``: a classify bundle whose prediction joins each participant's measures
+    classifier_bundle: str | None = None
 
 
 @dataclass

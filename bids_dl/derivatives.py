@@ -199,8 +199,9 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
 #: diffusion confounds; ASLPrep's perfusion names (``*_cbf``, ``*_att``, ``*_aslref``) and the
 #: ASL confounds and brain mask (BIDS has no mask in perf/); and crash logs (``sub-*/log``).
 BIDSIGNORE = ("*.html", "logs", "figures", "sub-*/figures", "sub-*/log", "*_xfm.h5",
-              "*_measures.tsv", "*_dwimap.nii.gz", "*_dwimap.json", "*_desc-preproc_dwi.bval",
-              "*_desc-preproc_dwi.bvec", "*_dwiref.nii.gz", "*_dwiref.json",
+              "*_measures.tsv", "*_measures.json", "*_dwimap.nii.gz", "*_dwimap.json",
+              "*_desc-preproc_dwi.bval", "*_desc-preproc_dwi.bvec", "*_dwiref.nii.gz",
+              "*_dwiref.json",
               "**/dwi/*_timeseries.tsv", "**/dwi/*_timeseries.json", "*_cbf.nii.gz",
               "*_cbf.json", "*_cbf.tsv", "*_att.nii.gz", "*_att.json", "*_aslref.nii.gz",
               "*_aslref.json", "**/perf/*_timeseries.tsv", "**/perf/*_timeseries.json",

@@ -1,8 +1,10 @@
-"""The group level: gather every participant's measures into one table and one report."""
+"""The group level: gather every participant's measures into one table and one report, with
+the functional networks and the classification (``--classify``) when asked for."""
 
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ from bids_dl.derivatives import (
 from bids_dl.inputs import InputError
 
 if TYPE_CHECKING:
+    from bids_dl.group_classify import GroupClassification
     from bids_dl.group_networks import NetworkOptions
 
 #: BIDS puts participant-level measures in ``phenotype/``: the validator accepts it there.
@@ -39,6 +42,18 @@ def gather_measures(output_dir: Path, participant_labels: list[str] | None = Non
     return table.sort_values("participant_id").reset_index(drop=True)
 
 
+def participant_dictionaries(output_dir: Path) -> dict:
+    """The column entries of the participants' measures dictionaries (``--classifier`` writes
+    its columns' there), for the columns bids_dl's own dictionary lacks."""
+    entries: dict = {}
+    for path in sorted(Path(output_dir).glob("sub-*/anat/sub-*_desc-anat_measures.json")):
+        try:
+            entries.update(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return entries
+
+
 def outlier_flags(table: pd.DataFrame, threshold: float = 3.0) -> pd.DataFrame:
     """True where a value lies more than ``threshold`` MADs from its column's median."""
     numeric = table.select_dtypes("number")
@@ -52,9 +67,12 @@ def write_group_outputs(
     output_dir: Path,
     participant_labels: list[str] | None = None,
     networks: NetworkOptions | None = None,
+    classification: GroupClassification | None = None,
 ) -> Path:
     """Write the group table (TSV + JSON data dictionary), the functional networks when
-    ``networks`` is given and BOLD runs exist, and ``group.html``; return the TSV."""
+    ``networks`` is given and BOLD runs exist, the models of ``classification`` (checked by
+    :func:`bids_dl.group_classify.check_group_classification`), and ``group.html``; return
+    the TSV."""
     from bids_dl.reports.participant import template_environment
 
     output_dir = Path(output_dir)
@@ -62,7 +80,8 @@ def write_group_outputs(
     buffer = io.StringIO()
     table.to_csv(buffer, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
     table_path = write_text_atomic(buffer.getvalue(), output_dir / GROUP_TABLE)
-    dictionary = {c: MEASURES_DICTIONARY.get(c, {"Description": c}) for c in table.columns}
+    described = {**participant_dictionaries(output_dir), **MEASURES_DICTIONARY}
+    dictionary = {c: described.get(c, {"Description": c}) for c in table.columns}
     write_json_atomic(dictionary, table_path.with_suffix(".json"))
 
     flags = outlier_flags(table)
@@ -85,6 +104,11 @@ def write_group_outputs(
             }
         )
     network_sections = write_networks(output_dir, participant_labels, networks) if networks else []
+    sections = []
+    if classification is not None:
+        from bids_dl.group_classify import run_group_classification
+
+        sections.append(run_group_classification(classification))
     html = (
         template_environment()
         .get_template("group.html.j2")
@@ -96,7 +120,9 @@ def write_group_outputs(
             rows=rows,
             figures=figures,
             networks=network_sections,
-            images_total=len(figures) + sum(len(s["figures"]) for s in network_sections),
+            classifications=sections,
+            images_total=len(figures)
+            + sum(len(s["figures"]) for s in [*network_sections, *sections]),
         )
     )
     write_text_atomic(html, output_dir / "group.html")

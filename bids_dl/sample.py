@@ -49,6 +49,8 @@ WHITE_MATTER_TABLE = {"T1w": 0.85, "T1ce": 0.85, "T2w": 0.35, "FLAIR": 0.45}
 TRUTH_LABELS = {0: "background", 1: "GM", 2: "WM", 3: "CSF"}
 #: The extra subjects of ``lesions=True``: which lesions and contrasts each one has.
 LESION_SUBJECTS = {"tumor": ("T1ce", "FLAIR"), "wmh": ("FLAIR",)}
+#: the ``diagnosis`` column of participants.tsv, by kind of subject (None: healthy)
+DIAGNOSIS = {None: "control", "tumor": "patient", "wmh": "patient"}
 #: Voxel orders the subjects cycle through, so that every run meets non-RAS data.
 ORIENTATIONS = (("L", "I", "A"), ("R", "A", "S"), ("L", "P", "S"))
 HEAD_MARGIN_MM = 24
@@ -573,9 +575,10 @@ def write_sample_dataset(
     sexes = rng.choice(["F", "M"], len(subjects))
     from bids_dl.pet_inputs import WEIGHT_COLUMN
 
-    rows = [f"participant_id\tage\tsex\t{WEIGHT_COLUMN}"] + [
-        f"sub-{s.label}\t{age}\t{sex}\t{weights.get(s.label, 'n/a')}"
-        for s, age, sex in zip(subjects, ages, sexes, strict=True)
+    diagnoses = [DIAGNOSIS[kind] for kind in kinds]
+    rows = [f"participant_id\tage\tsex\t{WEIGHT_COLUMN}\tdiagnosis"] + [
+        f"sub-{s.label}\t{age}\t{sex}\t{weights.get(s.label, 'n/a')}\t{diagnosis}"
+        for s, age, sex, diagnosis in zip(subjects, ages, sexes, diagnoses, strict=True)
     ]
     write_text_atomic("\n".join(rows) + "\n", output_dir / "participants.tsv")
     write_json_atomic(
@@ -586,6 +589,14 @@ def write_sample_dataset(
                 "Levels": {"F": "female", "M": "male"},
             },
             WEIGHT_COLUMN: {"Description": "body weight (participants with a PET)", "Units": "kg"},
+            "diagnosis": {
+                "Description": "simulated diagnosis: the label the demo's group-level "
+                "classifier learns (bids_dl group --classify diagnosis)",
+                "Levels": {
+                    "control": "no simulated lesion",
+                    "patient": "a simulated glioma or white-matter hyperintensities",
+                },
+            },
         },
         output_dir / "participants.json",
     )

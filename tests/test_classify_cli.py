@@ -15,19 +15,21 @@ from click.testing import CliRunner
 from bids_dl.classify_features import (
     FeatureOptions,
     FeatureSpec,
-    block_mean,
-    find_images,
-    image_key,
     load_cohort,
     numeric_values,
     parse_covariates,
     parse_target,
     plan_training,
-    read_atlas,
     read_measures,
+)
+from bids_dl.classify_images import (
+    block_mean,
+    find_images,
+    image_key,
+    read_atlas,
     regional_means,
 )
-from bids_dl.cli.classify import main, minimum_count
+from bids_dl.cli.classify import main
 from bids_dl.inputs import InputError
 
 SHAPE = (8, 8, 6)
@@ -192,7 +194,6 @@ def test_regional_loads_and_block_means_against_hand_computed_values():
     assert means.shape == (1, 2, 2)
     assert np.isclose(means[0, 0, 0], data[:, :2, :2].mean())
     assert np.isclose(means[0, 1, 1], data[:, 2:, 2:].mean())
-    assert minimum_count(5, 5) == 7 and minimum_count(3, 2) == 3
 
 
 def test_the_atlas_path_gives_each_participants_lesion_load_per_region(derivatives):
@@ -227,22 +228,11 @@ def test_bad_inputs_are_refused_in_one_line(derivatives, tmp_path):
         "no participant in class score>=100",
     )
     assert_refused(
-        [
-            *train,
-            "--target",
-            "outcome",
-            "--features",
-            "left_",
-            "--participant-label",
-            "01",
-            "02",
-            "03",
-            "04",
-            "05",
-            "06",
-        ],
-        "3 participants in class good, too few for 5 outer and 5 inner folds (needs 7)",
-    )
+        [*train, "--target", "outcome", "--features", "left_", "--participant-label", "01", "02",
+         "04", "06"],
+        "--target outcome: 1 participant in class good: a classification needs two classes, "
+        "each of at least 2 participants",
+    )  # fmt: skip
     assert_refused(
         [*train, "--target", "outcome", "--covariates", "outcome", "--features", "nothing_"],
         "--features nothing_: no measure column",
@@ -328,3 +318,44 @@ def test_train_then_predict_with_the_linear_model(derivatives, tmp_path):
          derivatives / "participants.tsv"],
         "1 participant(s) have no sub-*/**/sub-*_measures.tsv",
     )  # fmt: skip
+
+
+def strict_json(path: Path) -> dict:
+    """A JSON file that holds no NaN or Infinity (which JSON does not have)."""
+
+    def refuse(constant: str):
+        raise AssertionError(f"{path.name} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_tiny_cohort_shrinks_the_folds_and_skips_the_inner_search(derivatives, tmp_path):
+    from bids_dl import __version__
+    from bids_dl.classify_training import NO_INNER_SEARCH, json_safe
+
+    out = tmp_path / "out"
+    code, stdout, stderr = invoke(
+        "train", derivatives, out, "--target", "outcome", "--features", "left_", "right_",
+        "--models", "linear", "mlp", "--participant-label", "01", "02", "03", "04",
+        "--bootstrap", "100",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "outer folds reduced from 5 to 2" in stdout and NO_INNER_SEARCH in stdout
+    metrics = strict_json(out / "metrics.json")
+    folds = metrics["cross_validation"]
+    assert folds["outer_folds"] == 2 and folds["inner_folds"] is None
+    assert folds["inner_search"] == NO_INNER_SEARCH and folds["final_model_inner_folds"] == 2
+    assert metrics["models"]["linear"]["hyperparameter_search"] == NO_INNER_SEARCH
+    assert metrics["models"]["linear"]["hyperparameters"] == [{"C": 1.0}, {"C": 1.0}]
+    assert metrics["models"]["linear"]["confusion_matrix"] is not None
+    weights = metrics["feature_importance"]["linear"]["features"]
+    assert {w["feature"] for w in weights} == {"left_hippocampus_mm3", "right_hippocampus_mm3"}
+    assert abs(weights[0]["weight"]) >= abs(weights[1]["weight"])
+    card = strict_json(out / "bundle" / "model.json")
+    assert card["version"] == __version__
+    final = metrics["final"]["model"]
+    assert card["metrics"]["feature_importance"] == metrics["feature_importance"][final]
+    assert json_safe({"r": float("nan"), "x": [np.float64(np.inf), 1.5]}) == {
+        "r": None,
+        "x": [None, 1.5],
+    }

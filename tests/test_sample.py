@@ -7,6 +7,7 @@ import json
 
 import nibabel as nb
 import numpy as np
+import pandas as pd
 
 from bids_dl.inputs import validate_dataset
 from bids_dl.models.geometry import resample, resample_voxels
@@ -36,7 +37,8 @@ def test_sample_is_valid_bids(sample_small):
             assert (
                 sample_small / f"sub-{label}" / "anat" / f"sub-{label}_{suffix}.nii.gz"
             ).exists()
-    assert (sample_small / "participants.tsv").read_text().count("sub-") == 3
+    participants = pd.read_csv(sample_small / "participants.tsv", sep="\t")
+    assert list(participants["diagnosis"]) == ["control", "patient", "patient"]
 
 
 def test_subjects_differ_in_pose_and_voxel_order(sample_small):

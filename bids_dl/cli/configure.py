@@ -115,6 +115,7 @@ def _workflow(options: dict) -> WorkflowSettings:
         network_methods=list(options["network_methods"]) or list(NETWORK_METHODS),
         network_components=options["network_components"],
         **_pet_settings(options),
+        **_classify_settings(options),
     )
 
 
@@ -137,6 +138,58 @@ def _pet_settings(options: dict) -> dict:
         "pet_reference": options["pet_reference"],
         "pet_suv_required": options["pet_suv"],
     }
+
+
+#: the options that only mean something with ``--classify``
+CLASSIFY_OPTIONS = {
+    "threshold": "--threshold",
+    "features": "--features",
+    "image_features": "--image-features",
+    "covariates": "--covariates",
+    "classify_models": "--classify-models",
+    "folds": "--folds",
+}
+
+
+def _classify_settings(options: dict) -> dict:
+    """The classification fields of :class:`WorkflowSettings`: ``--classify`` and its options
+    at the group level, ``--classifier`` (a checked classify bundle) at the participant level."""
+    group = options["analysis_level"] == "group"
+    given = [name for key, name in CLASSIFY_OPTIONS.items() if options[key] not in (None, ())]
+    if options["classify"] is None and given:
+        raise InputError(f"{', '.join(given)}: give --classify COLUMN too (group level)")
+    if options["classify"] is not None and not group:
+        raise InputError(
+            "--classify trains at the group level: run the participant level first, then "
+            "'bids_dl BIDS_DIR OUTPUT_DIR group --classify COLUMN'"
+        )
+    if options["classifier"] is not None and group:
+        raise InputError(
+            "--classifier predicts at the participant level; the group level trains with --classify"
+        )
+    bundle = None
+    if options["classifier"] is not None:
+        bundle = _classifier_bundle(options["classifier"])
+    return {
+        "classify_target": options["classify"],
+        "classify_threshold": options["threshold"],
+        "classify_features": list(options["features"]),
+        "classify_image_features": list(options["image_features"]),
+        "classify_covariates": list(options["covariates"]),
+        "classify_models": list(options["classify_models"]),
+        "classify_folds": options["folds"] or 5,
+        "classifier_bundle": bundle,
+    }
+
+
+def _classifier_bundle(folder: Path) -> str:
+    """``--classifier``: a folder whose card is a classify model with its feature spec."""
+    from bids_dl.classify_training import read_bundle
+
+    if not folder.is_dir():
+        raise InputError(f"--classifier {folder}: no such folder (a bundle/ folder of a training)")
+    read_bundle(folder, "--classifier")
+    return str(folder.absolute())
 
 
 def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
@@ -171,6 +224,12 @@ def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
         structures=settings.segmentation_bundle is not None,
     )
     plan_skull_stripping(subjects, config.workflow.skull_strip_t1w)
+    if settings.classifier_bundle:
+        from bids_dl.group_classify import check_classifier_covariates
+
+        check_classifier_covariates(
+            Path(settings.classifier_bundle), execution.bids_dir, list(subjects)
+        )
     return subjects
 
 

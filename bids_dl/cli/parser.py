@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from bids_dl import __version__
-from bids_dl.config import NETWORK_METHODS, PET_REFERENCE_REGIONS, PLUGINS
+from bids_dl.config import CLASSIFY_MODELS, NETWORK_METHODS, PET_REFERENCE_REGIONS, PLUGINS
 
 #: Options that take several values separated by spaces, as BIDS-Apps users type them.
 MULTI_VALUE_OPTIONS = (
@@ -21,11 +21,17 @@ MULTI_VALUE_OPTIONS = (
     "--participant_label",
     "--session-label",
     "--analyses",
+    "--network-methods",
+    "--features",
+    "--image-features",
+    "--covariates",
+    "--classify-models",
 )
 FILTERING = "Options for filtering BIDS queries"
 PERFORMANCE = "Options to handle performance"
 WORKFLOW = "Workflow configuration"
 MODELS = "Deep-learning models"
+CLASSIFICATION = "Classification and outcome prediction"
 SUBSET = "Options for running a subset of the workflow"
 #: The heading of options without a group (help, version...), listed last.
 OTHER = "Other options"
@@ -312,6 +318,74 @@ PARAMETERS = (
         help="MP-PCA denoising of each diffusion series before anything else (dipy): auto "
         "applies it to series of at least 12 volumes (with fewer it can hardly tell noise "
         "from signal), mppca always, none never.",
+    ),
+    _option(
+        "--classify",
+        metavar="COLUMN",
+        group=CLASSIFICATION,
+        help="Group level: predict this column of BIDS_DIR/participants.tsv from the "
+        "participants' results in OUTPUT_DIR (nested cross-validation of each model, bootstrap "
+        "intervals, the final model's bundle; OUTPUT_DIR/group/classify-<column>/ and a section "
+        "of group.html). 0/1 or two text values: a classification; other numbers: a regression "
+        "(or a classification with --threshold).",
+    ),
+    _option(
+        "--threshold",
+        type=float,
+        group=CLASSIFICATION,
+        help="With --classify of a numeric column: class 1 is COLUMN >= THRESHOLD.",
+    ),
+    _option(
+        "--features",
+        multiple=True,
+        metavar="PREFIX",
+        group=CLASSIFICATION,
+        help="With --classify: the columns of the participants' *_measures.tsv that start with "
+        "these, separated by spaces (e.g. left_hippocampus total_intracranial wmh_mm3).",
+    ),
+    _option(
+        "--image-features",
+        multiple=True,
+        metavar="PATTERN",
+        group=CLASSIFICATION,
+        help="With --classify: maps by BIDS entities and suffix, one per participant on one "
+        "grid (e.g. space-MNI152NLin2009cAsym_desc-wmh_mask); read by the cnn model.",
+    ),
+    _option(
+        "--covariates",
+        multiple=True,
+        metavar="COLUMN",
+        group=CLASSIFICATION,
+        help="With --classify: participants.tsv columns added as features (numbers, 89+ read as "
+        "89, or two text values coded 0/1 in sorted order); participants without one are left "
+        "out.",
+    ),
+    _option(
+        "--classify-models",
+        multiple=True,
+        type=click.Choice(CLASSIFY_MODELS),
+        group=CLASSIFICATION,
+        help="With --classify: models to cross-validate, separated by spaces (default: every one "
+        "that applies: linear and mlp, svm for a regression, cnn with one --image-features). "
+        "The final model is linear unless another beats it (paired-bootstrap interval of the "
+        "AUC or r difference above 0).",
+    ),
+    _option(
+        "--folds",
+        type=click.IntRange(min=2),
+        group=CLASSIFICATION,
+        help="With --classify: outer folds of the nested cross-validation (default: 5; fewer "
+        "when the smallest class has fewer participants, and no inner search of the "
+        "hyper-parameters where an outer training set is too small).",
+    ),
+    _option(
+        "--classifier",
+        type=click.Path(path_type=Path),
+        metavar="BUNDLE",
+        group=CLASSIFICATION,
+        help="Participant level: after the run, add each participant's prediction by this "
+        "classify bundle (bundle/ of --classify or bids_dl-classify train) to its "
+        "desc-anat_measures.tsv: <column>_predicted and <column>_model.",
     ),
     _flag("--reports-only", group=SUBSET, help="Only rewrite the reports from existing outputs."),
     _flag(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -72,7 +73,40 @@ def run_participant(config: Config, subjects: dict[str, SubjectInputs]) -> int:
         LOGGER.info("Methods text written to %s", logs / "CITATION.md")
         return 0
     write_text_atomic(config.to_json(), logs / f"config-{execution.run_uuid}.json")
-    return _execute(config, subjects, workflow)
+    code = _execute(config, subjects, workflow)
+    if config.workflow.classifier_bundle and _reports_due(config):
+        if code == 0:
+            _write_predictions(config, subjects, workflow)
+        else:
+            LOGGER.warning("--classifier: no prediction written, the run did not finish")
+    return code
+
+
+def _write_predictions(config: Config, subjects: dict[str, SubjectInputs], workflow) -> None:
+    """``--classifier``: each participant's prediction, added to its own measures table (the
+    features come from this run's outputs, so a missing one is known only now: exit 2); the
+    reports are written again to show it."""
+    from bids_dl.cli.outputs import write_reports
+    from bids_dl.group_classify import measures_file, write_participant_predictions
+
+    execution = config.execution
+    try:
+        files = [measures_file(execution.output_dir, subject) for subject in subjects.values()]
+        written = write_participant_predictions(
+            execution.output_dir,
+            execution.bids_dir,
+            Path(config.workflow.classifier_bundle),
+            files,
+            threads=config.nipype.omp_nthreads,
+        )
+    except InputError as error:
+        fail(str(error))
+    write_reports(config, subjects, workflow, [], None)
+    LOGGER.info(
+        "Predictions of %s added to %d measures table(s)",
+        config.workflow.classifier_bundle,
+        len(written),
+    )
 
 
 def _build_workflow(config: Config, subjects: dict[str, SubjectInputs]):
@@ -176,7 +210,8 @@ def _conclude(
 
 
 def run_group(config: Config) -> None:
-    """The group level: every subject's measures in one table, and the group report."""
+    """The group level: every subject's measures in one table, the networks, the models of
+    ``--classify`` (checked before any work), and the group report."""
     from bids_dl.derivatives import write_bidsignore
     from bids_dl.group import describe_table, write_group_outputs
     from bids_dl.group_networks import NetworkOptions
@@ -191,11 +226,22 @@ def run_group(config: Config) -> None:
         device=resolve_device(settings.device),
     )
     try:
+        classification = None
+        if settings.classify_target is not None:
+            from bids_dl.group_classify import check_group_classification
+
+            command = shlex.join(["bids_dl", *sys.argv[1:]])
+            classification = check_group_classification(config, command)
         table = write_group_outputs(
-            config.execution.output_dir, config.execution.participant_labels, networks
+            config.execution.output_dir,
+            config.execution.participant_labels,
+            networks,
+            classification,
         )
     except InputError as error:
         fail(str(error))
     write_bidsignore(config.execution.output_dir)
     LOGGER.info("Group table: %s", describe_table(table))
+    if classification is not None:
+        LOGGER.info("Classification: %s", classification.output_dir)
     LOGGER.info("Group report: %s", config.execution.output_dir / "group.html")
