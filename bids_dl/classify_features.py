@@ -126,6 +126,11 @@ class FeatureOptions:
     image_voxel_mm: float = 6.0
     session: str | None = None
     participant_labels: tuple[str, ...] = ()
+    #: the participants.tsv column whose values no fold may split (a site, a family, the label
+    #: map a synthetic participant came from); None: each participant apart
+    groups: str | None = None
+    #: the option that names ``groups``, in errors
+    groups_option: str = "--groups"
 
 
 @dataclass
@@ -145,6 +150,15 @@ class CohortPlan:
     left_out: dict[str, int] = field(default_factory=dict)
     #: values read from a top-coded text such as ``89+``, per column
     top_coded: dict[str, int] = field(default_factory=dict)
+    #: each participant's group and the column it comes from (``FeatureOptions.groups``);
+    #: None: the participant itself
+    groups: np.ndarray | None = None
+    groups_column: str | None = None
+
+    @property
+    def fold_groups(self) -> np.ndarray:
+        """What the cross-validation folds keep together, one value per participant."""
+        return self.groups if self.groups is not None else np.asarray(self.participant_ids)
 
 
 def read_participants(path: Path) -> pd.DataFrame:
@@ -370,6 +384,11 @@ def plan_training(derivatives_dir: Path, participants: Path, options: FeatureOpt
     atlas = read_atlas(options.atlas, options.atlas_names) if options.atlas else None
     left_out = {"no label": int(labels.isna().sum())}
     labels = labels.dropna()
+    if options.groups:
+        groups = _column(table, options.groups, options.groups_option).replace("n/a", np.nan)
+        missing = groups.loc[labels.index].isna()
+        left_out[f"no {options.groups}"] = int(missing.sum())
+        labels = labels[~missing]
     for column in covariate_values:
         missing = covariate_values.loc[labels.index, column].isna()
         left_out[f"no {column}"] = int(missing.sum())
@@ -395,6 +414,9 @@ def plan_training(derivatives_dir: Path, participants: Path, options: FeatureOpt
     plan = _plan(derivatives_dir, spec, labels, values, atlas)
     plan.left_out = {reason: n for reason, n in left_out.items() if n}
     plan.top_coded = {c: n for c, n in {**top_coded, **measure_top}.items() if n}
+    if options.groups:
+        plan.groups = groups.loc[plan.participant_ids].astype(str).to_numpy()
+        plan.groups_column = options.groups
     return plan
 
 
@@ -496,7 +518,7 @@ def load_cohort(plan: CohortPlan) -> Cohort:
         participant_ids=tuple(plan.participant_ids),
         target=plan.target if spec.target.task == "regression" else plan.target.astype(int),
         task=spec.target.task,
-        groups=np.asarray(plan.participant_ids),
+        groups=plan.fold_groups,
         tabular=tabular,
         feature_names=names,
         images=images,

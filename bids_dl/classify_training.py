@@ -171,14 +171,17 @@ def choose_models(spec: FeatureSpec, requested: tuple[str, ...], final: str) -> 
 def plan_folds(
     plan: CohortPlan, folds: int, inner_folds: int, seed: int, option: str = "--target"
 ) -> FoldPlan:
-    """The outer folds: at most the participants of the smallest class (of the cohort, for a
-    regression; at least 2, else :class:`InputError`); the inner folds: at most the smallest
-    class of any outer training set (the same splits as the cross-validation), None under 2."""
+    """The outer folds: at most the participants (groups, where folds keep groups together) of
+    the smallest class (of the cohort, for a regression; at least 2, else
+    :class:`InputError`); the inner folds: at most the smallest class of any outer training set
+    (the same splits as the cross-validation), None under 2."""
     from bids_dl.models.classifier_validation import splitter
 
-    target, spec = plan.target, plan.spec.target
+    target, spec, groups = plan.target, plan.spec.target, plan.fold_groups
     if spec.task == "classification":
-        counts = {name: int((target == i).sum()) for i, name in enumerate(spec.class_names)}
+        counts = {
+            name: len(np.unique(groups[target == i])) for i, name in enumerate(spec.class_names)
+        }
         for name, count in counts.items():
             if count < 2:
                 what = "no participant" if count == 0 else "1 participant"
@@ -192,14 +195,14 @@ def plan_folds(
             raise InputError(f"{option} {spec.column} is the same for every participant")
         if len(target) < 3:
             raise InputError(f"{option} {spec.column}: {len(target)} participants, too few")
-        smallest, unit = len(target), "the cohort has"
+        smallest, unit = len(np.unique(groups)), "the cohort has"
     outer = min(folds, smallest)
     notes = []
+    what = "groups" if plan.groups is not None else "participants"
     if outer < folds:
-        notes.append(f"outer folds reduced from {folds} to {outer}: {unit} {smallest} participants")
-    groups = np.asarray(plan.participant_ids)
+        notes.append(f"outer folds reduced from {folds} to {outer}: {unit} {smallest} {what}")
     splits = splitter(spec.task, outer, seed).split(np.zeros((len(target), 1)), target, groups)
-    capacity = min(_inner_capacity(target[train], spec.task) for train, _ in splits)
+    capacity = min(_inner_capacity(target[train], groups[train], spec.task) for train, _ in splits)
     inner = min(inner_folds, capacity) if capacity >= 2 else None
     if inner is None:
         notes.append(
@@ -212,17 +215,18 @@ def plan_folds(
         notes.append(
             f"inner folds reduced from {inner_folds} to {inner} by the outer training sets"
         )
-    whole = _inner_capacity(target, spec.task)
+    whole = _inner_capacity(target, groups, spec.task)
     final_inner = min(inner_folds, whole) if whole >= 2 else None
     return FoldPlan(outer, inner, final_inner, folds, inner_folds, tuple(notes))
 
 
-def _inner_capacity(target: np.ndarray, task: str) -> int:
-    """The most grouped folds these rows allow: the smallest class (a classification); the most
-    that leave each inner training set 2 participants and a target that varies (a regression)."""
+def _inner_capacity(target: np.ndarray, groups: np.ndarray, task: str) -> int:
+    """The most grouped folds these rows allow: the groups of the smallest class (a
+    classification); the most that leave each inner training set 2 groups and a target that
+    varies (a regression)."""
     if task == "classification":
-        return int(min((target == 0).sum(), (target == 1).sum()))
-    n = len(target)
+        return min(len(np.unique(groups[target == value])) for value in (0, 1))
+    n = len(np.unique(groups))
     if np.ptp(target) == 0:
         return 0
     return max((k for k in range(2, n + 1) if n - math.ceil(n / k) >= 2), default=0)
@@ -488,6 +492,7 @@ def training_summary(training: TrainingPlan, cohort, scores: dict, final: tuple[
         "features": {"tabular": list(spec.feature_names), "images": list(spec.images)},
         "cross_validation": {
             **training.folds.to_json(),
+            "groups": plan.groups_column or "participant_id",
             "seed": options.seed,
             "bootstrap_samples": options.bootstrap,
             "interval": "95 % percentile bootstrap over participants",

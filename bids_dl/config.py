@@ -135,6 +135,8 @@ class WorkflowSettings:
     classify_models: list[str] = field(default_factory=list)
     #: ``--folds``: outer folds of the nested cross-validation (fewer for small classes)
     classify_folds: int = 5
+    #: ``--classify-groups``: the participants.tsv column whose groups no fold splits
+    classify_groups: str | None = None
     #: ``--classifier``: a classify bundle whose prediction joins each participant's measures
     classifier_bundle: str | None = None
 

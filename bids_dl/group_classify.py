@@ -89,6 +89,8 @@ def check_group_classification(config: Config, command: str = "") -> GroupClassi
         images=tuple(settings.classify_image_features),
         session=execution.session_labels[0] if execution.session_labels else None,
         participant_labels=tuple(labels),
+        groups=settings.classify_groups,
+        groups_option="--classify-groups",
     )
     options = TrainingOptions(
         output_dir=output_dir / classify_folder(settings.classify_target),

@@ -359,3 +359,27 @@ def test_a_tiny_cohort_shrinks_the_folds_and_skips_the_inner_search(derivatives,
         "r": None,
         "x": [None, 1.5],
     }
+
+
+def test_grouped_participants_share_their_fold(derivatives, tmp_path):
+    """--groups: no fold splits a group (here a 'site' of three participants), and the
+    outer folds are limited by the groups of the smallest class."""
+    participants = pd.read_csv(derivatives / "participants.tsv", sep="\t")
+    participants["site"] = [f"s{i // 3}" for i in range(len(participants))]
+    participants.to_csv(derivatives / "participants.tsv", sep="\t", index=False)
+    out = tmp_path / "out"
+    code, stdout, stderr = invoke(
+        "train", derivatives, out, "--target", "outcome", "--features", "left_", "right_",
+        "--groups", "site", "--models", "linear", "--inner-folds", "2", "--bootstrap", "100",
+    )  # fmt: skip
+    assert code == 0, stderr
+    folds = pd.read_csv(out / "cv_predictions.tsv", sep="\t").merge(participants)
+    assert (folds.groupby("site")["fold"].nunique() == 1).all()
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["cross_validation"]["groups"] == "site"
+    assert metrics["cross_validation"]["outer_folds"] == 5
+    assert_refused(
+        ["train", derivatives, tmp_path / "again", "--target", "outcome", "--features",
+         "left_", "--groups", "centre"],
+        "--groups centre: no such column",
+    )  # fmt: skip

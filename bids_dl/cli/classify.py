@@ -126,6 +126,12 @@ def main() -> None:
     "left out",
 )
 @click.option(
+    "--groups",
+    metavar="COLUMN",
+    help="a column of participants.tsv whose groups the folds never split (a site, a family, "
+    "the image a synthetic participant was made from)  [default: each participant apart]",
+)
+@click.option(
     "--models",
     multiple=True,
     type=click.Choice(MODELS),
@@ -195,6 +201,7 @@ def train(**options) -> None:
         image_voxel_mm=options["image_voxel_mm"],
         session=options["session_label"],
         participant_labels=options["participant_labels"],
+        groups=options["groups"],
     )
     settings = TrainingOptions(
         output_dir=options["output_dir"],

@@ -148,6 +148,7 @@ CLASSIFY_OPTIONS = {
     "covariates": "--covariates",
     "classify_models": "--classify-models",
     "folds": "--folds",
+    "classify_groups": "--classify-groups",
 }
 
 
@@ -178,6 +179,7 @@ def _classify_settings(options: dict) -> dict:
         "classify_covariates": list(options["covariates"]),
         "classify_models": list(options["classify_models"]),
         "classify_folds": options["folds"] or 5,
+        "classify_groups": options["classify_groups"],
         "classifier_bundle": bundle,
     }
 

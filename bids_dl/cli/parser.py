@@ -379,6 +379,14 @@ PARAMETERS = (
         "hyper-parameters where an outer training set is too small).",
     ),
     _option(
+        "--classify-groups",
+        metavar="COLUMN",
+        group=CLASSIFICATION,
+        help="With --classify: a participants.tsv column whose groups the cross-validation "
+        "folds never split (a site, a family, the image a synthetic participant was made "
+        "from); default: each participant apart.",
+    ),
+    _option(
         "--classifier",
         type=click.Path(path_type=Path),
         metavar="BUNDLE",
