@@ -8,7 +8,9 @@ baselines in the same run, the REAL SPM12 template pair end to end, and the infe
    each), counted in the results. Every method is scored against the noise-free SUVR
    (``case.suvr``, reference cerebellar cortex) inside ``case.brain_mask``:
 
-   - ``model``: ``pet_imputation.impute_suvr`` on (t1w, brain_mask, affine), 2 threads;
+   - ``model``: ``pet_imputation.impute_suvr`` on (t1w, brain_mask, labels, affine), 2
+     threads, given the same TRUE labels as ``regional_mean`` (its prior channel is that
+     baseline's kind of image, with the card's values);
    - ``template``: SPM12's OldNorm PET template (an average of 12 H2-15O blood-flow scans: not
      FDG, not one subject; the best public PET template a user has here) warped to the
      subject: antspyx ``registration`` (``--template-transform``, default ``SyN``: affine then
@@ -18,9 +20,9 @@ baselines in the same run, the REAL SPM12 template pair end to end, and the infe
      over the case's cerebellar cortex (labels 8/47 of ``case.labels``);
    - ``regional_mean``: one SUVR per label value (structure) from simulated cases of the
      TRAINING label maps (01-16, ``--regional-draws`` draws each, never 17-20), painted on the
-     case's TRUE labels (``case.labels``; the pipeline would have the structures model's, so
-     the bench favours this baseline), blurred with the simulation's mean scanner FWHM and
-     divided by its cerebellar-cortex mean. The value of a structure is the population value
+     case's TRUE labels (``case.labels``; the pipeline would have the structures model's),
+     blurred with the simulation's mean scanner FWHM and divided by its cerebellar-cortex
+     mean (``pet_prior.RegionalPrior``). The value of a structure is the population value
      that, painted and blurred with each training case's own FWHM, best fits (least squares
      over brain voxels, a small ridge towards the plain mean) the training cases' SUVR: the
      plain mean of the blurred SUVR in a structure would blur twice (thin cortex mixes with
@@ -105,6 +107,7 @@ from bids_dl.models.bundle import load_bundle  # noqa: E402
 from bids_dl.models.card import ModelCard, weights_sha256  # noqa: E402
 from bids_dl.models.metrics import ssim  # noqa: E402
 from bids_dl.models.pet_imputation import impute_suvr  # noqa: E402
+from bids_dl.models.pet_prior import RegionalPrior, TrainingRegions, voxel_mm  # noqa: E402
 from bids_dl.models.pet_simulation import (  # noqa: E402
     CEREBELLAR_CORTEX,
     CEREBRAL_CORTEX,
@@ -128,8 +131,6 @@ TRAINING_MAPS = tuple(f"{i:02d}" for i in range(1, 17))
 SSIM_SIGMA = 1.5
 #: the matched recovery's offsets come from each label's voxels this close to the region (mm)
 SHELL_MM = 15.0
-#: ridge of the regional fit, relative to the mean diagonal of the normal equations
-REGIONAL_RIDGE = 1e-3
 METHODS = ("model", "template", "regional_mean")
 BASELINES = METHODS[1:]
 STRUCTURE_GROUPS = {
@@ -189,72 +190,28 @@ def reference_normalised(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (image / max(float(image[reference].mean()), 1e-6)).astype(np.float32)
 
 
-def fwhm_sigma(fwhm_mm: float, voxel_mm: float) -> float:
-    return fwhm_mm / (2 * np.sqrt(2 * np.log(2))) / voxel_mm
-
-
-def _voxel_mm(affine: np.ndarray) -> float:
-    return float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).mean())
-
-
 class RegionalMean:
-    """SUVR per label value from the training maps' simulated cases, painted on a case's labels
-    and blurred with the mean scanner FWHM (see the module's docstring)."""
+    """The training maps' regional prior (``pet_prior.RegionalPrior``, fitted on their
+    simulated cases) painted on a case's labels, reference-normalised (module docstring)."""
 
     def __init__(self, data: Path, draws: int, settings: PetSimulation) -> None:
-        size = 1024  # label values index the arrays (grown for a larger value)
-        gram, moment = np.zeros((size, size)), np.zeros(size)
-        total, counts, self.cases = np.zeros(size), np.zeros(size), 0
-        for _, _, case in simulated_cases(data, TRAINING_MAPS, draws, settings):
-            labels, suvr, mask = case.labels.astype(np.int64), case.suvr, case.brain_mask
-            if labels.max() >= size:
-                grow = int(labels.max()) + 1 - size
-                gram, moment = np.pad(gram, (0, grow)), np.pad(moment, (0, grow))
-                total, counts, size = (
-                    np.pad(total, (0, grow)),
-                    np.pad(counts, (0, grow)),
-                    size + grow,
-                )
-            present = np.unique(labels)
-            sigma = fwhm_sigma(case.parameters["fwhm_mm"], _voxel_mm(case.affine))
-            design = np.stack([
-                ndimage.gaussian_filter((labels == v).astype(np.float32), sigma)[mask]
-                for v in present
-            ], 1).astype(np.float64)  # fmt: skip
-            gram[np.ix_(present, present)] += design.T @ design
-            moment[present] += design.T @ suvr[mask].astype(np.float64)
-            total += np.bincount(labels.ravel(), suvr.ravel().astype(np.float64), size)
-            counts += np.bincount(labels.ravel(), minlength=size)
-            self.cases += 1
-        self.values = np.flatnonzero(counts)
-        gram, moment = gram[np.ix_(self.values, self.values)], moment[self.values]
-        self.plain = total[self.values] / counts[self.values]
-        ridge = REGIONAL_RIDGE * float(np.mean(np.diag(gram)))
-        self.fitted = np.linalg.solve(gram + ridge * np.eye(len(gram)), moment + ridge * self.plain)
-        outside = (self.values == 0) | (self.values > 99)
-        self.default = float(np.mean(self.fitted[outside])) if outside.any() else 0.0
-        self.sigma_mm = fwhm_sigma(float(np.mean(settings.fwhm_mm_range)), 1.0)
-
-    def table(self, size: int) -> np.ndarray:
-        lookup = np.full(max(size, int(self.values.max()) + 1), self.default, np.float32)
-        lookup[self.values] = self.fitted
-        return lookup
+        cases = [case for _, _, case in simulated_cases(data, TRAINING_MAPS, draws, settings)]
+        self.cases = len(cases)
+        self.prior = RegionalPrior.fit(
+            (TrainingRegions(c.labels, c.suvr, c.brain_mask, c.affine, c.parameters["fwhm_mm"])
+             for c in cases),
+            float(np.mean(settings.fwhm_mm_range)),
+        )  # fmt: skip
 
     def __call__(self, case: PetCase) -> np.ndarray:
-        painted = self.table(int(case.labels.max()) + 1)[case.labels]
-        blurred = ndimage.gaussian_filter(painted, self.sigma_mm / _voxel_mm(case.affine))
-        return reference_normalised(blurred, case.labels)
+        return reference_normalised(self.prior.paint(case.labels, case.affine), case.labels)
 
     def describe(self) -> dict:
         return {
             "training_maps": f"{TRAINING_MAPS[0]}-{TRAINING_MAPS[-1]}",
             "training_cases": self.cases,
-            "blur_fwhm_mm": round(self.sigma_mm * 2 * np.sqrt(2 * np.log(2)), 3),
             "labels_given": "TRUE labels of each case (case.labels), which favours this baseline",
-            "values": {
-                str(int(v)): {"fitted": round(float(f), 4), "plain_mean": round(float(p), 4)}
-                for v, f, p in zip(self.values, self.fitted, self.plain, strict=True)
-            },
+            **self.prior.to_dict(),
         }
 
 
@@ -320,7 +277,7 @@ def _matched_deficit(image: np.ndarray, case: PetCase, region: np.ndarray) -> fl
     labels = case.labels.astype(np.int64)
     size = int(labels.max()) + 1
     outside = case.brain_mask & ~case.tied_region & ~case.independent_region
-    distance = ndimage.distance_transform_edt(~region) * _voxel_mm(case.affine)
+    distance = ndimage.distance_transform_edt(~region) * voxel_mm(case.affine)
     near = _label_means(difference, labels, outside & (distance <= SHELL_MM), size)
     offset = np.where(np.isnan(near), _label_means(difference, labels, outside, size), near)
     return float(np.nanmean(difference[region] - offset[labels[region]]))
@@ -648,20 +605,22 @@ import nibabel as nib, numpy as np, torch
 from bids_dl.models.bundle import load_bundle
 from bids_dl.models.pet_imputation import impute_suvr
 torch.set_num_threads({threads})
-t1w, mask = nib.load({t1w!r}), nib.load({mask!r})
+t1w, mask, labels = nib.load({t1w!r}), nib.load({mask!r}), nib.load({labels!r})
 card, network = load_bundle({bundle!r})
 start = time.perf_counter()
 suvr = impute_suvr(np.asarray(t1w.dataobj, np.float32), np.asarray(mask.dataobj) > 0,
-                   t1w.affine, network, card)
+                   np.asarray(labels.dataobj, np.int16), t1w.affine, network, card)
 seconds = time.perf_counter() - start
 json.dump({{"call_seconds": seconds, "shape": list(suvr.shape)}}, open({result!r}, "w"))
 """
 
 
-def upsampled_volume(case: PetCase, scratch: Path) -> tuple[Path, Path]:
-    """The case's T1w (linear) and mask (nearest) at 1 mm, padded into ``COST_SHAPE``."""
+def upsampled_volume(case: PetCase, scratch: Path) -> tuple[Path, Path, Path]:
+    """The case's T1w (linear), mask and labels (nearest) at 1 mm, padded into
+    ``COST_SHAPE``."""
     t1w = ndimage.zoom(case.t1w, 2, order=1).astype(np.float32)
     mask = ndimage.zoom(case.brain_mask.astype(np.uint8), 2, order=0)
+    labels = ndimage.zoom(case.labels.astype(np.int16), 2, order=0)
     if any(n > m for n, m in zip(t1w.shape, COST_SHAPE, strict=True)):
         raise RuntimeError(f"upsampled case {t1w.shape} exceeds {COST_SHAPE}")
     start = [(m - n) // 2 for n, m in zip(t1w.shape, COST_SHAPE, strict=True)]
@@ -669,24 +628,25 @@ def upsampled_volume(case: PetCase, scratch: Path) -> tuple[Path, Path]:
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = case.affine[:3, 3] - 0.5 - np.array(start)
     paths = []
-    for name, volume, dtype in (("t1w", t1w, np.float32), ("mask", mask, np.uint8)):
+    volumes = (("t1w", t1w, np.float32), ("mask", mask, np.uint8), ("labels", labels, np.int16))
+    for name, volume, dtype in volumes:
         padded = np.zeros(COST_SHAPE, dtype)
         padded[box] = volume
         paths.append(scratch / f"cost_{name}.nii.gz")
         nib.save(nib.Nifti1Image(padded, affine), paths[-1])
-    return paths[0], paths[1]
+    return paths[0], paths[1], paths[2]
 
 
 def inference_cost(case: PetCase, bundle: Path, scratch: Path) -> dict:
-    t1w, mask = upsampled_volume(case, scratch)
+    t1w, mask, labels = upsampled_volume(case, scratch)
     result = scratch / "cost.json"
-    code = COST_CODE.format(threads=THREADS, t1w=str(t1w), mask=str(mask), bundle=str(bundle),
-                            result=str(result))  # fmt: skip
+    code = COST_CODE.format(threads=THREADS, t1w=str(t1w), mask=str(mask), labels=str(labels),
+                            bundle=str(bundle), result=str(result))  # fmt: skip
     seconds, peak = run_measured([sys.executable, "-c", code], cwd=ROOT)
     call = json.loads(result.read_text())
     return {
-        "volume": f"{COST_SHAPE[0]}^3 at 1 mm: the first held-out case's T1w (linear) and mask "
-        "(nearest) upsampled x2, zero-padded",
+        "volume": f"{COST_SHAPE[0]}^3 at 1 mm: the first held-out case's T1w (linear), mask and "
+        "labels (nearest) upsampled x2, zero-padded",
         "threads": THREADS, "call_seconds": round(call["call_seconds"], 2),
         "process_seconds": round(seconds, 2), "peak_gb": round(peak, 2),
         "meets_30s": call["call_seconds"] < TARGETS["cost_seconds"],
@@ -862,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                 template = TemplateBaseline(args.data, args.template_transform, scratch)
                 methods = {
                     "model": lambda case: impute_suvr(
-                        case.t1w, case.brain_mask, case.affine, network, card
+                        case.t1w, case.brain_mask, case.labels, case.affine, network, card
                     ),
                     "template": template,
                     "regional_mean": regional,

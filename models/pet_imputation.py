@@ -1,10 +1,12 @@
 """Missing-PET imputation: what the network reads and how it predicts an FDG SUVR image.
 
-The network (``networks.UNet3D``) reads a T1w and its brain mask on a RAS grid of 2 mm voxels
-that covers the mask's bounding box plus a margin, each size a multiple of 16; channels: the
-T1w over its 95th percentile inside the mask (zero outside) and the mask. It regresses one
-channel, the SUVR (reference: cerebellar cortex), which is mapped back to the input grid and
-set to zero outside the mask. Inputs finer than 2 mm are smoothed before resampling, so that a
+The network (``networks.UNet3D``) reads a T1w, its brain mask and its structures on a RAS grid
+of 2 mm voxels that covers the mask's bounding box plus a margin, each size a multiple of 16;
+channels: the T1w over its 95th percentile inside the mask (zero outside), the mask, and the
+regional prior (``pet_prior``: the training population's SUVR of each structure painted on the
+labels and blurred to PET resolution). It predicts the correction to the prior; prior plus
+correction is the SUVR (reference: cerebellar cortex), mapped back to the input grid and set
+to zero outside the mask. Inputs finer than 2 mm are smoothed before resampling, so that a
 1 mm T1w reads like the 2 mm voxels (averages of finer ones) of training. Training prepares
 its examples with the same :func:`network_inputs`.
 
@@ -23,6 +25,7 @@ from scipy import ndimage
 
 from bids_dl.models.card import ModelCard
 from bids_dl.models.geometry import mask_bounds, model_grid, resample, world_bounds
+from bids_dl.models.pet_prior import RegionalPrior
 
 VOXEL_MM = 2.0
 #: each model-grid size is a multiple of this (the U-Net's pooling and some slack)
@@ -31,18 +34,23 @@ MARGIN_MM = 4.0
 PERCENTILE = 95.0
 #: the normalised T1w is clipped to this (vessels, fat left in the mask)
 T1W_CLIP = 3.0
-CHANNELS = ("T1w", "brain_mask")
+CHANNELS = ("T1w", "brain_mask", "regional_prior")
+MASK_CHANNEL, PRIOR_CHANNEL = 1, 2
+#: the SUVR's reference region: cerebellar cortex (FreeSurfer left and right)
+REFERENCE_LABELS = (8, 47)
 NORMALISATION = (
     f"T1w resampled (linear, after smoothing inputs finer than {VOXEL_MM:g} mm) to a RAS "
     f"{VOXEL_MM:g} mm grid over the brain mask's bounding box + {MARGIN_MM:g} mm (sizes a "
     f"multiple of {DIVISOR}), divided by its {PERCENTILE:g}th percentile inside the mask, "
-    f"clipped to [0, {T1W_CLIP:g}], zero outside; second channel: the mask"
+    f"clipped to [0, {T1W_CLIP:g}], zero outside; second channel: the mask; third: the card's "
+    "regional_prior painted on the structures (labels), blurred to its FWHM, resampled the same "
+    "way; the network's output is added to the third channel"
 )
 
 
 @dataclass(frozen=True)
 class NetworkInputs:
-    """The network's channels (2, X, Y, Z) on the model grid, the mask there and the grid's
+    """The network's channels (3, X, Y, Z) on the model grid, the mask there and the grid's
     affine."""
 
     channels: np.ndarray
@@ -89,10 +97,20 @@ def _shifted(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
     return shifted
 
 
-def network_inputs(t1w: np.ndarray, brain_mask: np.ndarray, affine: np.ndarray) -> NetworkInputs:
-    """The network's input channels of a T1w and its brain mask (same grid, ``affine``)."""
-    if t1w.shape[:3] != brain_mask.shape[:3]:
-        raise ValueError(f"T1w {t1w.shape} and brain mask {brain_mask.shape} differ in shape")
+def network_inputs(
+    t1w: np.ndarray,
+    brain_mask: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    prior: RegionalPrior,
+) -> NetworkInputs:
+    """The network's input channels of a T1w, its brain mask and its structures (integer
+    FreeSurfer labels), all on one grid (``affine``)."""
+    if not t1w.shape[:3] == brain_mask.shape[:3] == labels.shape[:3]:
+        raise ValueError(
+            f"T1w {t1w.shape}, brain mask {brain_mask.shape} and labels {labels.shape} differ "
+            "in shape"
+        )
     brain_mask = np.asarray(brain_mask) > 0
     bounds = mask_bounds(brain_mask, affine, MARGIN_MM)
     if bounds is None:
@@ -106,8 +124,21 @@ def network_inputs(t1w: np.ndarray, brain_mask: np.ndarray, affine: np.ndarray) 
     image = to_model_grid(np.squeeze(t1w), affine, shape, grid_affine)
     scale = max(float(np.percentile(image[mask], PERCENTILE)), 1e-6)
     image = np.where(mask, np.clip(image / scale, 0, T1W_CLIP), 0)
-    channels = np.stack([image, mask]).astype(np.float32)
+    painted = prior.paint(labels, affine)
+    regional = np.where(mask, to_model_grid(painted, affine, shape, grid_affine), 0)
+    channels = np.stack([image, mask, regional]).astype(np.float32)
     return NetworkInputs(channels, mask, grid_affine)
+
+
+def predicted_suvr(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The SUVR of a batch of network inputs: the regional prior plus the network's
+    correction."""
+    return batch[:, PRIOR_CHANNEL : PRIOR_CHANNEL + 1] + network(batch)
+
+
+def card_prior(card: ModelCard) -> RegionalPrior:
+    """The regional prior a card stores."""
+    return RegionalPrior.from_dict(card.inputs["regional_prior"])
 
 
 def check_card(card: ModelCard) -> None:
@@ -119,6 +150,8 @@ def check_card(card: ModelCard) -> None:
         )
     if list(card.inputs.get("channels", [])) != list(CHANNELS):
         raise ValueError(f"{card.name}: its input channels are not {list(CHANNELS)}")
+    if "regional_prior" not in card.inputs:
+        raise ValueError(f"{card.name}: its card has no regional_prior")
 
 
 def predict_on_grid(network: torch.nn.Module, inputs: NetworkInputs, device: str = "cpu"):
@@ -129,26 +162,32 @@ def predict_on_grid(network: torch.nn.Module, inputs: NetworkInputs, device: str
         torch.no_grad(),
         torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")),
     ):
-        suvr = network(batch)[0, 0].float().clamp_min(0).cpu().numpy()
+        suvr = predicted_suvr(network, batch)[0, 0].float().clamp_min(0).cpu().numpy()
     return np.where(inputs.brain_mask, suvr, 0).astype(np.float32)
 
 
 def impute_suvr(
     t1w: np.ndarray,
     brain_mask: np.ndarray,
+    labels: np.ndarray,
     affine: np.ndarray,
     network: torch.nn.Module,
     card: ModelCard,
     device: str = "cpu",
 ) -> np.ndarray:
-    """An FDG-like SUVR image (float32) predicted from a T1w and its brain mask (same grid,
-    ``affine``), on that grid, zero outside the mask."""
+    """An FDG-like SUVR image (float32) predicted from a T1w, its brain mask and its
+    structures (same grid, ``affine``), on that grid, zero outside the mask, divided by its
+    own mean over the cerebellar cortex (where the labels have one) so that its reference
+    region reads 1, as a measured SUVR's does."""
     check_card(card)
-    inputs = network_inputs(t1w, brain_mask, affine)
+    inputs = network_inputs(t1w, brain_mask, labels, affine, card_prior(card))
     suvr = predict_on_grid(network, inputs, device)
     mask = np.asarray(brain_mask) > 0
     box = _box(mask.shape, affine, suvr.shape, inputs.affine)
     out = np.zeros(mask.shape, dtype=np.float32)
     out[box] = resample(suvr, inputs.affine, out[box].shape, _shifted(affine, box), order=1)
     out[~mask] = 0
+    reference = mask & np.isin(labels, REFERENCE_LABELS)
+    if reference.any():
+        out /= max(float(out[reference].mean()), 1e-6)
     return out

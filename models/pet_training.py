@@ -10,16 +10,20 @@ Two sources of T1w + FDG SUVR pairs, the config's ``source``:
   (and session) has ``anat/sub-X[_ses-Y]_..._T1w.nii.gz`` and ``pet/sub-X[_ses-Y]_..._pet.nii.gz``;
   ``derivatives_dir`` (what the bids_dl participant level writes) holds, under
   ``sub-X[/ses-Y]/``, its brain mask ``sub-X[_ses-Y]_..._desc-brain_mask.nii.gz`` and its PET
-  already in T1w space as SUVR, ``sub-X[_ses-Y]_..._space-T1w_desc-suvr_pet.nii.gz``. Mask
-  and SUVR may lie on their own grids (same world space); they are resampled to the T1w's.
+  already in T1w space as SUVR, ``sub-X[_ses-Y]_..._space-T1w_desc-suvr_pet.nii.gz``, and its
+  structures, ``sub-X[_ses-Y]_..._desc-aseg_dseg.nii.gz``. Mask, SUVR and structures may lie
+  on their own grids (same world space); they are resampled to the T1w's.
   Sessions without both a T1w and a PET are skipped; a listed participant without any pair,
   or a pair without its derivatives, is an error.
 
-Each step reads ``batch_size`` random ``patch`` crops (model grid: 2 mm RAS, see
-``pet_imputation``) of pooled examples, flipped left-right at random; the loss is the L1
-error inside the brain mask (Adam, cosine learning-rate decay). Every ``validation_every``
-steps the validation MAE in the brain (SUVR units, on each case's own grid) is logged and
-printed, and the checkpoint and the bundle are rewritten; a rerun resumes.
+The regional prior (``pet_prior``) is fitted on the training pairs (the first pool, for
+simulation) and stored in the card. Each step reads ``batch_size`` random ``patch`` crops
+(model grid: 2 mm RAS, see ``pet_imputation``) of pooled examples, flipped left-right at
+random; the loss is the L1 error of prior plus correction inside the brain mask (Adam, cosine
+learning-rate decay; the network's last layer starts at zero, so training starts from the
+prior). Every ``validation_every`` steps the validation MAE in the brain (SUVR units, on
+each case's own grid) is logged and printed, and the checkpoint and the bundle are
+rewritten; a rerun resumes.
 """
 
 from __future__ import annotations
@@ -44,12 +48,15 @@ from bids_dl.models.image_io import read_volume
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.pet_imputation import (
     CHANNELS,
+    MASK_CHANNEL,
     NORMALISATION,
     VOXEL_MM,
     impute_suvr,
     network_inputs,
+    predicted_suvr,
     to_model_grid,
 )
+from bids_dl.models.pet_prior import RegionalPrior, TrainingRegions
 from bids_dl.models.pet_simulation import PetSimulation, canonical_head, simulate_case
 
 SOURCES = ("simulated", "bids")
@@ -85,6 +92,9 @@ class PetTrainingConfig:
     cases_per_map: int = 2
     refresh_every: int = 10
     validation_cases: int = 4
+    #: the PET resolution the regional prior is fitted and painted at (real pairs; a simulated
+    #: case is fitted at its own)
+    prior_fwhm_mm: float = 7.0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -113,21 +123,27 @@ class PetTrainingConfig:
 
 @dataclass(frozen=True)
 class PetPair:
-    """A T1w, its brain mask and SUVR on one grid (``affine``): a training or validation case.
-    ``regions`` names extra masks to score separately (the simulated hypometabolisms)."""
+    """A T1w, its brain mask, structures (labels) and SUVR on one grid (``affine``), and the
+    PET's resolution: a training or validation case. ``regions`` names extra masks to score
+    separately (the simulated hypometabolisms)."""
 
     name: str
     t1w: np.ndarray
     brain_mask: np.ndarray
+    labels: np.ndarray
     suvr: np.ndarray
     affine: np.ndarray
+    fwhm_mm: float
     regions: dict[str, np.ndarray]
 
+    def prior_regions(self) -> TrainingRegions:
+        return TrainingRegions(self.labels, self.suvr, self.brain_mask, self.affine, self.fwhm_mm)
 
-def training_example(pair: PetPair) -> tuple[np.ndarray, np.ndarray]:
-    """The network's inputs (2, X, Y, Z) and the SUVR target (1, X, Y, Z) of a pair, on its
+
+def training_example(pair: PetPair, prior: RegionalPrior) -> tuple[np.ndarray, np.ndarray]:
+    """The network's inputs (3, X, Y, Z) and the SUVR target (1, X, Y, Z) of a pair, on its
     model grid (``pet_imputation.network_inputs``)."""
-    inputs = network_inputs(pair.t1w, pair.brain_mask, pair.affine)
+    inputs = network_inputs(pair.t1w, pair.brain_mask, pair.labels, pair.affine, prior)
     target = to_model_grid(pair.suvr, pair.affine, inputs.brain_mask.shape, inputs.affine)
     return inputs.channels, np.where(inputs.brain_mask, target, 0)[None].astype(np.float32)
 
@@ -147,7 +163,10 @@ def load_label_maps(folder: str | Path, subjects: tuple[str, ...]) -> list[tuple
 def simulated_pair(name: str, label_map: tuple, rng, settings: PetSimulation) -> PetPair:
     case = simulate_case(*label_map, rng, settings)
     regions = {"tied_region": case.tied_region, "independent_region": case.independent_region}
-    return PetPair(name, case.t1w, case.brain_mask, case.suvr, case.affine, regions)
+    return PetPair(
+        name, case.t1w, case.brain_mask, case.labels, case.suvr, case.affine,
+        float(case.parameters["fwhm_mm"]), regions,
+    )  # fmt: skip
 
 
 def _one(folder: Path, pattern: str) -> Path | None:
@@ -166,8 +185,11 @@ def _on_grid(path: Path, shape: tuple, affine: np.ndarray, order: int) -> np.nda
     return resample(data, image.affine, shape, affine, order=order)
 
 
-def bids_pairs(bids_dir: str | Path, derivatives_dir: str | Path, subjects) -> list[PetPair]:
-    """The real T1w + SUVR pairs of ``subjects`` (labels with or without ``sub-``)."""
+def bids_pairs(
+    bids_dir: str | Path, derivatives_dir: str | Path, subjects, fwhm_mm: float
+) -> list[PetPair]:
+    """The real T1w + SUVR pairs of ``subjects`` (labels with or without ``sub-``), their PET
+    taken to have a resolution of ``fwhm_mm``."""
     bids_dir, derivatives_dir = Path(bids_dir), Path(derivatives_dir)
     pairs = []
     for subject in subjects:
@@ -186,20 +208,22 @@ def bids_pairs(bids_dir: str | Path, derivatives_dir: str | Path, subjects) -> l
             derivatives = derivatives_dir / session.relative_to(bids_dir)
             mask = _one(derivatives, f"{prefix}_*desc-brain_mask.nii*")
             suvr = _one(derivatives, f"{prefix}_*space-T1w_desc-suvr_pet.nii*")
-            for kind, path in (("brain mask", mask), ("SUVR PET in T1w space", suvr)):
+            aseg = _one(derivatives, f"{prefix}_*desc-aseg_dseg.nii*")
+            needed = (("brain mask", mask), ("SUVR PET in T1w space", suvr), ("structures", aseg))
+            for kind, path in needed:
                 if path is None:
                     raise ValueError(
                         f"{derivatives}: no {kind} of {prefix} (run the bids_dl participant "
                         f"level first: {prefix}_desc-brain_mask.nii.gz, "
-                        f"{prefix}_space-T1w_desc-suvr_pet.nii.gz)"
+                        f"{prefix}_space-T1w_desc-suvr_pet.nii.gz, {prefix}_desc-aseg_dseg.nii.gz)"
                     )
             image, data = read_volume(t1w)
             shape, affine = image.shape[:3], image.affine
             brain = _on_grid(mask, shape, affine, order=0) > 0.5
             values = _on_grid(suvr, shape, affine, order=1)
-            pairs.append(
-                PetPair(prefix, np.asarray(data, np.float32), brain, values, affine, regions={})
-            )
+            labels = np.rint(_on_grid(aseg, shape, affine, order=0)).astype(np.int16)
+            t1w_data = np.asarray(data, np.float32)
+            pairs.append(PetPair(prefix, t1w_data, brain, labels, values, affine, fwhm_mm, {}))
             found += 1
         if not found:
             raise ValueError(
@@ -214,11 +238,11 @@ class PairSource:
     def __init__(self, config: PetTrainingConfig, rng: np.random.Generator) -> None:
         self.config, self.rng = config, rng
         if config.source == "bids":
-            train = bids_pairs(config.bids_dir, config.derivatives_dir, config.train_subjects)
-            self.validation = bids_pairs(
-                config.bids_dir, config.derivatives_dir, config.validation_subjects
-            )
-            self.pool = [training_example(p) for p in train]
+            folders, fwhm = (config.bids_dir, config.derivatives_dir), config.prior_fwhm_mm
+            train = bids_pairs(*folders, config.train_subjects, fwhm)
+            self.validation = bids_pairs(*folders, config.validation_subjects, fwhm)
+            self.prior = RegionalPrior.fit((p.prior_regions() for p in train), fwhm)
+            self.pool = [training_example(p, self.prior) for p in train]
             return
         self.settings = config.simulation_settings()
         self.maps = load_label_maps(config.label_maps, config.train_subjects)
@@ -233,25 +257,27 @@ class PairSource:
             )
             for i in range(config.validation_cases)
         ]
-        self.pool = [
-            self.fresh(index)
+        first = [
+            self.fresh_pair(index)
             for _ in range(config.cases_per_map)
             for index in range(len(self.maps))
         ]
+        self.prior = RegionalPrior.fit((p.prior_regions() for p in first), config.prior_fwhm_mm)
+        self.pool = [training_example(p, self.prior) for p in first]
 
-    def fresh(self, index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A new simulated example of training map ``index`` (default: a random one)."""
+    def fresh_pair(self, index: int | None = None) -> PetPair:
+        """A new simulated case of training map ``index`` (default: a random one)."""
         if index is None:
             index = int(self.rng.integers(len(self.maps)))
-        pair = simulated_pair(
+        return simulated_pair(
             self.config.train_subjects[index], self.maps[index], self.rng, self.settings
         )
-        return training_example(pair)
 
     def refresh(self, step: int) -> None:
         """Replace a random pooled simulated example every ``refresh_every`` steps."""
         if self.config.source == "simulated" and step % self.config.refresh_every == 0:
-            self.pool[int(self.rng.integers(len(self.pool)))] = self.fresh()
+            fresh = training_example(self.fresh_pair(), self.prior)
+            self.pool[int(self.rng.integers(len(self.pool)))] = fresh
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` random patches (inputs, target) of pooled examples."""
@@ -290,7 +316,7 @@ def validate(network: torch.nn.Module, card: ModelCard, pairs: list[PetPair]) ->
     one), each case on its own grid, averaged over cases."""
     scores: dict[str, list[float]] = {}
     for pair in pairs:
-        predicted = impute_suvr(pair.t1w, pair.brain_mask, pair.affine, network, card)
+        predicted = impute_suvr(pair.t1w, pair.brain_mask, pair.labels, pair.affine, network, card)
         error = np.abs(predicted - pair.suvr)
         scores.setdefault("brain", []).append(float(error[pair.brain_mask].mean()))
         for name, region in pair.regions.items():
@@ -337,7 +363,13 @@ def _provenance(config: PetTrainingConfig) -> dict:
     }
 
 
-def pet_card(config: PetTrainingConfig, record: dict, command: str, validation: dict) -> ModelCard:
+def pet_card(
+    config: PetTrainingConfig,
+    prior: RegionalPrior,
+    record: dict,
+    command: str,
+    validation: dict,
+) -> ModelCard:
     """The card of a network trained by ``train_pet_imputation``."""
     kind = "real" if config.source == "bids" else "simulated"
     subjects = ", ".join(config.validation_subjects)
@@ -361,6 +393,8 @@ def pet_card(config: PetTrainingConfig, record: dict, command: str, validation: 
             "orientation": "RAS",
             "normalisation": NORMALISATION,
             "needs_brain_mask": True,
+            "needs_labels": "the structures model's FreeSurfer labels (desc-aseg_dseg)",
+            "regional_prior": prior.to_dict(),
         },
         outputs={
             "channels": ["SUVR"],
@@ -405,6 +439,8 @@ def train_pet_imputation(
     torch.set_num_threads(settings.threads)
     output.mkdir(parents=True, exist_ok=True)
     network = UNet3D(**architecture(settings)["args"])
+    torch.nn.init.zeros_(network.head.weight)  # the untrained network predicts the prior
+    torch.nn.init.zeros_(network.head.bias)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     resumed = load_checkpoint(output / "checkpoint", network, optimizer)
     start = resumed[0] if resumed else 0
@@ -422,7 +458,8 @@ def train_pet_imputation(
             inputs, target = source.batch()
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(settings, step)
-            loss = masked_l1(network(inputs), target, inputs[:, -1:])
+            mask = inputs[:, MASK_CHANNEL : MASK_CHANNEL + 1]
+            loss = masked_l1(predicted_suvr(network, inputs), target, mask)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -439,7 +476,7 @@ def train_pet_imputation(
                     "loss_last_100": round(float(np.mean(losses[-100:])), 5),
                 }
                 validation = validate(
-                    network, pet_card(settings, {}, command, {}), source.validation
+                    network, pet_card(settings, source.prior, {}, command, {}), source.validation
                 )
                 log.write(json.dumps(record | {"validation_mae": validation}) + "\n")
                 log.flush()
@@ -448,7 +485,7 @@ def train_pet_imputation(
                     f"elapsed {time.time() - started:.0f} s"
                 )
                 save_checkpoint(output / "checkpoint", network, optimizer, step, torch.zeros(1))
-                card = pet_card(settings, record, command, validation)
+                card = pet_card(settings, source.prior, record, command, validation)
                 save_bundle(output / "bundle", card, network)
             if out_of_time:
                 print(f"stopped after {max_minutes} min, at step {step}", file=sys.stderr)

@@ -10,12 +10,14 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bids_dl.models.bundle import load_bundle
 from bids_dl.models.card import ModelCard
 from bids_dl.models.networks import UNet3D
 from bids_dl.models.pet_imputation import impute_suvr
+from bids_dl.models.pet_prior import RegionalPrior, TrainingRegions
 from bids_dl.models.pet_simulation import (
     CEREBELLAR_CORTEX,
     PetSimulation,
@@ -134,18 +136,51 @@ def _t1w_like(labels: np.ndarray) -> np.ndarray:
     return table[labels]
 
 
+PRIOR = RegionalPrior({2: 0.8, 41: 0.8, 3: 1.3, 42: 1.3, 8: 1.0, 47: 1.0}, 0.6, 7.0)
+
+
+def test_the_regional_prior_fit_finds_the_values_it_was_painted_with(head):
+    labels, affine = head
+    mask = (labels > 0) & (labels < 100)
+    values = {int(v): 0.5 + 0.01 * i for i, v in enumerate(np.unique(labels[mask]))}
+    truth = RegionalPrior(values, 0.6, 7.0)
+    suvr = truth.paint(labels, affine)
+    fitted = RegionalPrior.fit([TrainingRegions(labels, suvr, mask, affine, 7.0)], 7.0)
+    assert set(fitted.values) == set(values)
+    assert max(abs(fitted.values[k] - v) for k, v in values.items()) < 0.02
+    plain = {k: float(suvr[mask & (labels == k)].mean()) for k in values}
+    assert max(abs(plain[k] - v) for k, v in values.items()) > 0.05  # partial volume is real
+    assert RegionalPrior.from_dict(fitted.to_dict()).values.keys() == fitted.values.keys()
+
+
 def test_impute_suvr_returns_the_input_grid_zero_outside_the_mask(head):
     labels, affine = head
     mask = (labels > 0) & (labels < 100)
     config = PetTrainingConfig(name="tiny", **{**TINY, "features": (4, 8)})
-    network = UNet3D(2, 1, (4, 8))
-    suvr = impute_suvr(_t1w_like(labels), mask, affine, network, pet_card(config, {}, "", {}))
+    network = UNet3D(3, 1, (4, 8))
+    card = pet_card(config, PRIOR, {}, "", {})
+    suvr = impute_suvr(_t1w_like(labels), mask, labels, affine, network, card)
     assert suvr.shape == labels.shape and suvr.dtype == np.float32
     assert np.isfinite(suvr).all() and suvr.min() >= 0
     assert not suvr[~mask].any() and suvr[mask].any()
     other = ModelCard("seg", "1", "structures", {}, {"voxel_size_mm": 1}, {"labels": {}})
     with pytest.raises(ValueError, match="PET imputation"):
-        impute_suvr(_t1w_like(labels), mask, affine, network, other)
+        impute_suvr(_t1w_like(labels), mask, labels, affine, network, other)
+
+
+def test_a_network_that_predicts_no_correction_returns_the_regional_prior(head):
+    labels, affine = head
+    mask = (labels > 0) & (labels < 100)
+    network = UNet3D(3, 1, (4, 8))
+    torch.nn.init.zeros_(network.head.weight)
+    torch.nn.init.zeros_(network.head.bias)
+    card = pet_card(PetTrainingConfig(name="tiny", **TINY), PRIOR, {}, "", {})
+    suvr = impute_suvr(_t1w_like(labels), mask, labels, affine, network, card)
+    cortex, reference = mask & np.isin(labels, (3, 42)), mask & np.isin(labels, (8, 47))
+    painted = PRIOR.paint(labels, affine)
+    painted /= painted[reference].mean()  # an SUVR's reference region reads 1
+    assert abs(suvr[reference].mean() - 1) < 1e-4
+    assert abs(np.median(suvr[cortex]) - np.median(painted[cortex])) < 0.05
 
 
 def _train(tmp_path: Path, config: dict) -> tuple[object, Path]:
@@ -196,6 +231,8 @@ def test_training_on_real_pairs_reads_bids_and_its_derivatives(tmp_path, head):
         _write(case.pet, case.affine, bids / subject / "pet" / f"{subject}_trc-FDG_pet.nii.gz")
         mask = derivatives / subject / "anat" / f"{subject}_desc-brain_mask.nii.gz"
         _write(case.brain_mask, case.affine, mask)
+        aseg = derivatives / subject / "anat" / f"{subject}_desc-aseg_dseg.nii.gz"
+        _write(case.labels, case.affine, aseg)
         suvr = derivatives / subject / "pet" / f"{subject}_space-T1w_desc-suvr_pet.nii.gz"
         _write(case.pet, case.affine, suvr)
     config = {

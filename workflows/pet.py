@@ -246,7 +246,8 @@ def init_pet_imputation_wf(
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
         "A PET was imputed for this participant: a 3D U-Net trained by bids_dl predicted an "
-        f"FDG-like SUVR image from the T1w (bundle {Path(bundle).name}), after Li et al. "
+        "FDG-like SUVR image from the T1w and its structures (a correction to the training "
+        f"population's SUVR of each structure; bundle {Path(bundle).name}), after Li et al. "
         "[@li2014pet]. It is SYNTHETIC, not a measurement: the shipped model was trained on "
         "simulated T1w/FDG pairs, it can only reproduce the part of hypometabolism that the "
         "anatomy shows (atrophy), and its regional values are written apart "
@@ -267,7 +268,8 @@ def init_pet_imputation_wf(
     to_std = pe.Node(ApplyTransformToTemplate(template_dir=template_dir), name="imputed_to_std",
                      mem_gb=MEM_GB["resample"])  # fmt: skip
     workflow.connect([
-        (inputnode, impute, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask")]),
+        (inputnode, impute, [("t1w_preproc", "t1w"), ("brain_mask", "brain_mask"),
+                             ("aseg", "aseg")]),
         (impute, outputnode, [("out_file", "imputed_t1w"), ("model", "model")]),
         (impute, measures, [("out_file", "suvr")]),
         (inputnode, measures, [("aseg", "aseg")]),
