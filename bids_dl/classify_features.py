@@ -412,6 +412,13 @@ def plan_training(derivatives_dir: Path, participants: Path, options: FeatureOpt
     )
     values = pd.concat([measures, covariate_values.loc[measures.index]], axis=1)
     plan = _plan(derivatives_dir, spec, labels, values, atlas)
+    names = pd.Series(plan.spec.feature_names)
+    if names.duplicated().any():
+        raise InputError(
+            f"two features would share the name {names[names.duplicated()].iloc[0]}: give "
+            "--image-features patterns with different desc entities (and covariates that are "
+            "not measure columns)"
+        )
     plan.left_out = {reason: n for reason, n in left_out.items() if n}
     plan.top_coded = {c: n for c, n in {**top_coded, **measure_top}.items() if n}
     if options.groups:

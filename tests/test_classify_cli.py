@@ -383,3 +383,9 @@ def test_grouped_participants_share_their_fold(derivatives, tmp_path):
          "left_", "--groups", "centre"],
         "--groups centre: no such column",
     )  # fmt: skip
+    assert_refused(
+        ["train", derivatives, tmp_path / "twice", "--target", "outcome", "--image-features",
+         "desc-lesion_mask", "space-Test_desc-lesion_mask", "--atlas",
+         derivatives.parent / "atlas.nii.gz"],
+        "two features would share the name lesion_1",
+    )  # fmt: skip
