@@ -43,6 +43,18 @@ def run_measured(command: list[str], **popen) -> tuple[float, float]:
     return seconds, peak_kb / 1024**2
 
 
+def run_logged(command: list[str], log: Path) -> tuple[float, float]:
+    """:func:`run_measured` with the command's output in ``log``; a failure raises
+    ``RuntimeError`` with the log's tail."""
+    print("  " + " ".join(command), flush=True)
+    with open(log, "w", encoding="utf-8") as handle:
+        try:
+            return run_measured(command, stdout=handle, stderr=subprocess.STDOUT)
+        except subprocess.CalledProcessError as error:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise RuntimeError(f"{command[0]} failed ({error.returncode}):\n{tail}") from None
+
+
 if __name__ == "__main__":
     arguments = sys.argv[1:]
     arguments = arguments[1:] if arguments[:1] == ["--"] else arguments

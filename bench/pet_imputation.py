@@ -84,7 +84,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,7 +100,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bootstrap import BOOTSTRAP_SAMPLES as BOOTSTRAP  # noqa: E402
 from bootstrap import bootstrap_interval  # noqa: E402
-from peak_memory import run_measured  # noqa: E402
+from peak_memory import run_logged, run_measured  # noqa: E402
 
 from bids_dl.models.bundle import load_bundle  # noqa: E402
 from bids_dl.models.card import ModelCard, weights_sha256  # noqa: E402
@@ -500,13 +499,7 @@ def run_pipeline(bids: Path, out: Path, work: Path, extra: list[str], log: Path)
     command = [str(Path(sys.executable).parent / "bids_dl"), str(bids), str(out), "participant",
                "--analyses", "pet", "--skip-bids-validation", "-w", str(work), "--nprocs",
                str(THREADS), "--omp-nthreads", "1", *extra]  # fmt: skip
-    print("  " + " ".join(command), flush=True)
-    with open(log, "w", encoding="utf-8") as handle:
-        try:
-            seconds, peak = run_measured(command, stdout=handle, stderr=subprocess.STDOUT)
-        except subprocess.CalledProcessError as error:
-            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-            raise RuntimeError(f"bids_dl failed ({error.returncode}):\n{tail}") from None
+    seconds, peak = run_logged(command, log)
     return {"command": " ".join(command[1:]), "seconds": round(seconds, 1),
             "main_process_peak_gb": round(peak, 2)}  # fmt: skip
 

@@ -301,53 +301,12 @@ def _search(name: str, cohort, inner: int | None) -> str:
     return f"grid search on {inner} grouped inner folds" if inner else NO_INNER_SEARCH
 
 
-def fixed_defaults(estimator, grid: dict) -> dict:
-    """The values a grid model takes without an inner search: its constructor's."""
-    params = estimator.get_params()
-    return {key.rsplit("__", 1)[-1]: params[key] for key in grid}
-
-
 def cross_validate(cohort, name: str, folds: FoldPlan, options: TrainingOptions):
-    """The core's nested cross-validation, or, without inner folds, the same outer folds with
-    each grid model at its fixed defaults."""
-    from sklearn.base import clone
+    """The core's nested cross-validation on the planned folds (without inner folds, each grid
+    model at its defaults)."""
+    from bids_dl.models.classifier_validation import nested_cv
 
-    from bids_dl.models.classifier_estimators import (
-        design_matrix,
-        image_shape,
-        limited_threads,
-        make_estimator,
-        predict,
-    )
-    from bids_dl.models.classifier_validation import CrossValidation, nested_cv, splitter
-
-    estimator, grid = make_estimator(name, cohort.task, options.seed, image_shape(cohort))
-    if folds.inner is not None or not grid:
-        inner = folds.inner or folds.outer  # a fixed recipe never searches
-        return nested_cv(cohort, name, folds.outer, inner, options.seed, options.threads)
-    x = design_matrix(name, cohort.tabular, cohort.images)
-    target, groups = cohort.target, cohort.groups
-    prediction, fold = np.full(len(cohort), np.nan), np.full(len(cohort), -1)
-    seconds = []
-    with limited_threads(options.threads):
-        splits = splitter(cohort.task, folds.outer, options.seed).split(x, target, groups)
-        for index, (train, test) in enumerate(splits):
-            begin = time.perf_counter()
-            fitted = clone(estimator).fit(x[train], target[train])
-            seconds.append(time.perf_counter() - begin)
-            prediction[test] = predict(fitted, x[test], cohort.task)
-            fold[test] = index
-    defaults = fixed_defaults(estimator, grid)
-    return CrossValidation(
-        model=name,
-        task=cohort.task,
-        participant_ids=cohort.participant_ids,
-        target=target,
-        prediction=prediction,
-        fold=fold,
-        hyperparameters=tuple(dict(defaults) for _ in seconds),
-        fit_seconds=tuple(seconds),
-    )
+    return nested_cv(cohort, name, folds.outer, folds.inner, options.seed, options.threads)
 
 
 def score_models(results: dict, task: str, samples: int, seed: int) -> dict[str, dict]:
@@ -504,28 +463,12 @@ def training_summary(training: TrainingPlan, cohort, scores: dict, final: tuple[
 
 def fit_final_model(cohort, name: str, folds: FoldPlan, options: TrainingOptions):
     """Refit model ``name`` on every participant: its grid searched on inner folds of all of
-    them, or at its fixed defaults where a class is too small for 2 folds."""
-    from sklearn.base import clone
+    them, or at its defaults where a class is too small for 2 folds."""
+    from bids_dl.models.classifier_bundle import fit_final
 
-    from bids_dl.models.classifier_bundle import FittedClassifier, fit_final
-    from bids_dl.models.classifier_estimators import (
-        design_matrix,
-        image_shape,
-        limited_threads,
-        make_estimator,
+    return fit_final(
+        cohort, name, seed=options.seed, inner_folds=folds.final_inner, threads=options.threads
     )
-
-    estimator, grid = make_estimator(name, cohort.task, options.seed, image_shape(cohort))
-    if folds.final_inner is not None or not grid:
-        inner = folds.final_inner or folds.outer
-        return fit_final(
-            cohort, name, seed=options.seed, inner_folds=inner, threads=options.threads
-        )
-    x = design_matrix(name, cohort.tabular, cohort.images)
-    with limited_threads(options.threads):
-        fitted = clone(estimator).fit(x, cohort.target)
-    defaults = fixed_defaults(estimator, grid)
-    return FittedClassifier(name, cohort.task, fitted, defaults, {}, options.seed, 0, cohort)
 
 
 def importances(fitted, cohort, training: TrainingPlan, results: dict) -> dict:

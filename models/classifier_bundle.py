@@ -58,16 +58,19 @@ class FittedClassifier:
     hyperparameters: dict
     grid: dict
     seed: int
-    inner_folds: int
+    #: None: too few participants to search the grid (its defaults were taken)
+    inner_folds: int | None
     cohort: Cohort
 
 
 def fit_final(
-    cohort: Cohort, model: str, seed: int = 0, inner_folds: int = 5, threads: int = 1
+    cohort: Cohort, model: str, seed: int = 0, inner_folds: int | None = 5, threads: int = 1
 ) -> FittedClassifier:
     """Pick ``model``'s hyper-parameters on grouped folds of all participants, then refit on
-    all of them (a fixed recipe is fitted once)."""
-    check_folds(cohort.target, cohort.groups, cohort.task, inner_folds, "in the cohort")
+    all of them (a fixed recipe is fitted once; without ``inner_folds``, at the grid's
+    defaults)."""
+    if inner_folds is not None:
+        check_folds(cohort.target, cohort.groups, cohort.task, inner_folds, "in the cohort")
     estimator, grid = make_estimator(model, cohort.task, seed, image_shape(cohort))
     x = design_matrix(model, cohort.tabular, cohort.images)
     with limited_threads(threads):
@@ -143,11 +146,13 @@ def _card(fitted: FittedClassifier, steps: list[dict], card_extra: dict) -> Mode
         }
         counts = {}
     shape, uses_images = image_shape(cohort), fitted.model == "cnn"
-    search = (
-        f"grid search on {fitted.inner_folds} grouped folds of all participants"
-        if fitted.grid
-        else "none: a fixed recipe"
-    )
+    search = "none: a fixed recipe"
+    if fitted.grid:
+        search = (
+            f"grid search on {fitted.inner_folds} grouped folds of all participants"
+            if fitted.inner_folds
+            else "none: too few participants, the grid's defaults"
+        )
     return ModelCard(
         name=card_extra.get("name", f"{cohort.target_name}-{fitted.model}"),
         version=card_extra.get("version", "0.1.0"),

@@ -101,13 +101,17 @@ def tune_and_fit(
     groups: np.ndarray,
     *,
     task: Task,
-    inner_folds: int,
+    inner_folds: int | None,
     seed: int,
 ) -> tuple[BaseEstimator, dict]:
     """Pick the hyper-parameters on grouped inner folds of these rows, refit on all of them;
-    return the fitted estimator and the chosen values (``{}`` for a fixed recipe, fitted once)."""
+    return the fitted estimator and the chosen values (``{}`` for a fixed recipe, fitted once;
+    without ``inner_folds``, too few rows to search, the grid's parameters at the estimator's
+    own defaults)."""
     if not grid:
         return clone(estimator).fit(x, target), {}
+    if inner_folds is None:
+        return clone(estimator).fit(x, target), fixed_defaults(estimator, grid)
     check_folds(target, groups, task, inner_folds, "in an outer training set")
     search = GridSearchCV(
         clone(estimator), grid, scoring=INNER_SCORING[task], cv=splitter(task, inner_folds, seed)
@@ -117,15 +121,23 @@ def tune_and_fit(
     return search.best_estimator_, chosen
 
 
+def fixed_defaults(estimator: BaseEstimator, grid: dict[str, list]) -> dict:
+    """The values a grid model takes without an inner search: its constructor's."""
+    params = estimator.get_params()
+    return {key.rsplit("__", 1)[-1]: params[key] for key in grid}
+
+
 def nested_cv(
     cohort: Cohort,
     model: str,
     outer_folds: int = 5,
-    inner_folds: int = 5,
+    inner_folds: int | None = 5,
     seed: int = 0,
     threads: int = 1,
 ) -> CrossValidation:
-    """Out-of-fold predictions of ``model`` for every participant of ``cohort``.
+    """Out-of-fold predictions of ``model`` for every participant of ``cohort``; with
+    ``inner_folds`` None (outer training sets too small to search), each fold's model at the
+    grid's default values.
 
     Raises ``ValueError`` (one line) when the cohort has one class, or fewer groups of a class
     (or, for a regression, fewer groups) than folds.
