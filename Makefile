@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	@test -f $(DEMO)/sample/dataset_description.json || $(BIN)/bids_dl-sample --small $(DEMO)/sample
 	$(BIN)/bids_dl $(DEMO)/sample $(DEMO)/output participant -w $(DEMO)/work
-	$(BIN)/bids_dl $(DEMO)/sample $(DEMO)/output group --classify diagnosis --features volume_ --covariates age
+	$(BIN)/bids_dl $(DEMO)/sample $(DEMO)/output group --classify diagnosis --features left_ right_ --covariates age
 
 test: install
 	$(BIN)/python -m pytest -q
