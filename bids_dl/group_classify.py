@@ -29,11 +29,11 @@ from bids_dl.classify_features import (
     plan_prediction,
     read_participants,
 )
+from bids_dl.classify_prediction import read_bundle
 from bids_dl.classify_training import (
     TrainingOptions,
     TrainingPlan,
     check_training,
-    read_bundle,
     run_training,
     write_tsv,
 )

@@ -22,14 +22,8 @@ import click
 
 from bids_dl import __version__
 from bids_dl.classify_features import FeatureOptions
-from bids_dl.classify_training import (
-    MODELS,
-    TrainingOptions,
-    check_prediction,
-    check_training,
-    run_prediction,
-    run_training,
-)
+from bids_dl.classify_prediction import check_prediction, run_prediction
+from bids_dl.classify_training import MODELS, TrainingOptions, check_training, run_training
 from bids_dl.inputs import InputError
 
 PROGRAM = "bids_dl-classify"

@@ -186,7 +186,7 @@ def _classify_settings(options: dict) -> dict:
 
 def _classifier_bundle(folder: Path) -> str:
     """``--classifier``: a folder whose card is a classify model with its feature spec."""
-    from bids_dl.classify_training import read_bundle
+    from bids_dl.classify_prediction import read_bundle
 
     if not folder.is_dir():
         raise InputError(f"--classifier {folder}: no such folder (a bundle/ folder of a training)")
