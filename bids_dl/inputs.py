@@ -69,6 +69,17 @@ class InputError(Exception):
     """Invalid input: the CLI prints the message on one line and exits with code 2."""
 
 
+@dataclass(frozen=True)
+class SeriesOptions:
+    """The options that decide whether a participant's series can be processed: BOLD volumes
+    to drop (``--dummy-scans``), SUV required (``--pet-suv``) and the PET's static window in
+    minutes (``--pet-window``)."""
+
+    dummy_scans: int | None = None
+    require_suv: bool = False
+    pet_window: tuple[float, float] | None = None
+
+
 @dataclass
 class SubjectInputs:
     """The files found for one participant."""
@@ -238,16 +249,14 @@ def collect_inputs(
     session_labels: list[str],
     filters: dict,
     database_dir: Path | None = None,
-    dummy_scans: int | None = None,
-    require_suv: bool = False,
-    pet_window: tuple[float, float] | None = None,
+    options: SeriesOptions = SeriesOptions(),
 ) -> dict[str, SubjectInputs]:
     """Index the dataset (cached in ``database_dir``) and return each participant's files.
 
     Raises :class:`InputError` for unknown participants, a participant without any T1w (plain
     or contrast-enhanced) nor ASL, an image that cannot be read as one 3D volume with contrast,
-    and a diffusion, ASL, BOLD or PET series that cannot be processed (with
-    ``require_suv``, a PET that lacks what SUV needs; a ``pet_window`` that misses its frames).
+    and a diffusion, ASL, BOLD or PET series that cannot be processed with ``options`` (SUV
+    required: a PET that lacks what SUV needs; a PET window that misses its frames).
     """
     layout = index_dataset(bids_dir, database_dir)
     available = sorted(layout.get_subjects())
@@ -272,8 +281,7 @@ def collect_inputs(
             bold=_bold_series(layout, label, files["bold"]),
             pet=_pet_series(layout, bids_dir, label, files["pet"]),
         )
-        checks = {"dummy_scans": dummy_scans, "require_suv": require_suv, "pet_window": pet_window}
-        subjects[label] = _check_subject(subject, session_labels, **checks)
+        subjects[label] = _check_subject(subject, session_labels, options)
     return subjects
 
 
@@ -336,11 +344,7 @@ def _pet_series(layout, bids_dir: Path, label: str, paths: list[str]) -> list[Pe
 
 
 def _check_subject(
-    subject: SubjectInputs,
-    session_labels: list[str],
-    dummy_scans: int | None = None,
-    require_suv: bool = False,
-    pet_window: tuple[float, float] | None = None,
+    subject: SubjectInputs, session_labels: list[str], options: SeriesOptions
 ) -> SubjectInputs:
     """Refuse a participant without a T1w nor ASL, or with an unreadable image; warn about
     choices."""
@@ -361,15 +365,10 @@ def _check_subject(
             label, f" (its {', '.join(unused)} images are not used)" if unused else "",
         )  # fmt: skip
         return subject
-    return _check_anatomy(subject, dummy_scans, require_suv, pet_window)
+    return _check_anatomy(subject, options)
 
 
-def _check_anatomy(
-    subject: SubjectInputs,
-    dummy_scans: int | None = None,
-    require_suv: bool = False,
-    pet_window: tuple[float, float] | None = None,
-) -> SubjectInputs:
+def _check_anatomy(subject: SubjectInputs, options: SeriesOptions) -> SubjectInputs:
     """Check the anatomical images, diffusion series and BOLD runs of a participant with a
     T1w."""
     label, files = subject.label, subject.files
@@ -387,25 +386,20 @@ def _check_anatomy(
         path = subject.t1w if kind == "t1w" else subject.first(kind)
         if path is not None:
             _check_image(subject, kind, path)
-    _check_series(subject, dummy_scans, require_suv, pet_window)
+    _check_series(subject, options)
     return subject
 
 
-def _check_series(
-    subject: SubjectInputs,
-    dummy_scans: int | None,
-    require_suv: bool,
-    pet_window: tuple[float, float] | None,
-) -> None:
+def _check_series(subject: SubjectInputs, options: SeriesOptions) -> None:
     """Check the diffusion series, BOLD runs and PETs of a participant with a T1w."""
     label, files = subject.label, subject.files
     try:
         for series in subject.dwi:
             check_dwi_series(series)
         for run in subject.bold:
-            check_bold_series(run, dummy_scans)
+            check_bold_series(run, options.dummy_scans)
         for pet in subject.pet:
-            check_pet_series(pet, suv=require_suv, window_min=pet_window)
+            check_pet_series(pet, suv=options.require_suv, window_min=options.pet_window)
     except (DwiInputError, BoldInputError, PetInputError) as error:
         raise InputError(f"sub-{label}: {error}") from None
     series_kinds = [name for name, found in (("diffusion", subject.dwi), ("BOLD", subject.bold))

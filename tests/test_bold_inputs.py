@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bids_dl.bold_inputs import MIN_BOLD_VOLUMES
-from bids_dl.inputs import InputError, collect_inputs, plan_analyses
+from bids_dl.inputs import InputError, SeriesOptions, collect_inputs, plan_analyses
 from tests.conftest import run_cli, write_tiny_bids
 
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
@@ -105,9 +105,9 @@ def test_a_bad_run_is_refused_in_one_line(tmp_path, case):
 
 def test_dummy_scans_count_against_the_volumes_needed(tmp_path):
     bids, _ = dataset(tmp_path, volumes=MIN_BOLD_VOLUMES + 2)
-    collect_inputs(bids, [], [], {}, dummy_scans=2)
+    collect_inputs(bids, [], [], {}, options=SeriesOptions(dummy_scans=2))
     with pytest.raises(InputError, match=r"9 volumes after 3 dummy scans; .* at least 10"):
-        collect_inputs(bids, [], [], {}, dummy_scans=3)
+        collect_inputs(bids, [], [], {}, options=SeriesOptions(dummy_scans=3))
 
 
 def test_a_header_tr_that_disagrees_warns_and_the_sidecar_wins(tmp_path, caplog):

@@ -18,6 +18,7 @@ from bids_dl.config import (
 )
 from bids_dl.inputs import (
     InputError,
+    SeriesOptions,
     SubjectInputs,
     check_folders,
     collect_inputs,
@@ -206,9 +207,11 @@ def collect_subjects(config: Config) -> dict[str, SubjectInputs]:
         execution.session_labels,
         execution.bids_filters,
         database_dir=execution.work_dir / "bids_db",
-        dummy_scans=config.workflow.dummy_scans,
-        require_suv=config.workflow.pet_suv_required,
-        pet_window=config.workflow.pet_window,
+        options=SeriesOptions(
+            dummy_scans=config.workflow.dummy_scans,
+            require_suv=config.workflow.pet_suv_required,
+            pet_window=config.workflow.pet_window,
+        ),
     )
     plan_analyses(
         subjects,
