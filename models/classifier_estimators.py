@@ -69,7 +69,7 @@ def _final_step(
     classification = task == "classification"
     if name == "linear":
         if classification:
-            return LogisticRegression(max_iter=2000), {"C": [0.01, 0.1, 1.0, 10.0]}
+            return LogisticRegression(max_iter=2000), {"C": [0.001, 0.01, 0.1, 1.0, 10.0]}
         return Ridge(), {"alpha": [1.0, 10.0, 100.0, 1000.0]}
     if name == "svm" and not classification:
         # gamma 1/p is sklearn's "scale" on standardised features, and needs no training data

@@ -3,7 +3,9 @@
 The outer folds (``StratifiedGroupKFold`` for a classification, shuffled ``GroupKFold`` for a
 regression) keep each of the cohort's groups whole; inside each outer training set a grid
 search picks the hyper-parameters on inner folds made the same way from the training rows only,
-then refits on all of them. Inner scoring: AUC for a classification; the negative mean absolute
+then refits on all of them. Inner scoring: the log loss for a classification (a proper score:
+AUC, which only ranks, is flat under strong regularisation, and its ties went to the grid's
+strongest penalty, whose probabilities all sit near the base rate); the negative mean absolute
 error for a regression (in the target's units: Pearson's r would not see a prediction that is
 shifted or shrunk). Each participant thus gets one prediction from a model that never saw it,
 nor any participant of its group.
@@ -28,7 +30,7 @@ from bids_dl.models.classifier_estimators import (
 )
 from bids_dl.models.classifier_metrics import PRIMARY_METRIC, metrics
 
-INNER_SCORING = {"classification": "roc_auc", "regression": "neg_mean_absolute_error"}
+INNER_SCORING = {"classification": "neg_log_loss", "regression": "neg_mean_absolute_error"}
 
 
 @dataclass(frozen=True)
