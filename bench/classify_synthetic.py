@@ -129,9 +129,9 @@ def write_dataset(participants: list[dict], folder: Path) -> pd.DataFrame:
     description = {"Name": "bids_dl synthetic classification cohort (SIMULATED T1w)",
                    "BIDSVersion": "1.10.0", "DatasetType": "raw"}  # fmt: skip
     (folder / "dataset_description.json").write_text(json.dumps(description, indent=1))
-    kept = ("participant_id", "label_map", "group", "severity", "age")
+    kept = ("participant_id", "label_map", "group", "severity", "age", TRUTH)
     table = label_columns(pd.DataFrame([{k: e[k] for k in kept} for e in participants]))
-    table.drop(columns=["group", "severity"]).to_csv(
+    table.drop(columns=["group", "severity", TRUTH]).to_csv(
         folder / "participants.tsv", sep="\t", index=False
     )
     dictionary = {
@@ -259,7 +259,6 @@ def simulate_cohort(data: Path, per_map: int, bids: Path) -> tuple[pd.DataFrame,
     participants = simulated_participants(data, per_map)
     seconds = round(time.perf_counter() - start, 1)
     table = write_dataset(participants, bids)
-    table[TRUTH] = [p[TRUTH] for p in participants]
     return table, seconds
 
 
